@@ -1,0 +1,191 @@
+"""Issue 4 benchmark: parallel fan-out against the local emulator.
+
+(a) overhead: invoke_parallel vs a hand-written ThreadPoolExecutor over one shared SDK client
+    (N=1000, zero latency, 10 workers); baselines with ``messages.create`` and ``messages.stream``;
+(b) fan-out efficiency: N=100 requests of 0.5 s each over 10 workers, wall / ideal;
+(c) interrupt latency with 10 in-flight long streams (median and max);
+(d) cache: 10 prompts over a 5k-token shared system, cache reads and USD cost, pilot vs none;
+(e) peak RSS growth of a process fanning out 10,000 prompts.
+
+Run: ``python bench/bench_parallel.py [--quick]`` (quick scales every size down).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import _common
+from _common import BENCH_KEY, ROOT, row
+
+logger = logging.getLogger("bench.parallel")
+
+LONG_SYSTEM = " ".join(f"rule{i} keep answers short and precise." for i in range(600))  # ~5k tokens
+
+
+def _overhead(emu, n: int) -> list[dict]:
+    import anthropic
+
+    import claude_client
+
+    prompts = [{"prompt": f"item {i}"} for i in range(n)]
+    client = anthropic.Anthropic(api_key=BENCH_KEY, base_url=emu.base_url)
+    params = {"model": claude_client.DEFAULT_MODEL, "max_tokens": 64}
+
+    def create(p: dict) -> str:
+        m = client.messages.create(messages=[{"role": "user", "content": p["prompt"]}], **params)
+        return "".join(b.text for b in m.content if b.type == "text")
+
+    def stream(p: dict) -> str:
+        with client.messages.stream(messages=[{"role": "user", "content": p["prompt"]}], **params) as s:
+            return s.get_final_text()
+
+    def hand(fn) -> float:
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=10) as pool:
+            list(pool.map(fn, prompts))
+        return time.perf_counter() - started
+
+    def library() -> float:
+        started = time.perf_counter()
+        claude_client.invoke_parallel(prompts, max_tokens=64, max_workers=10)
+        return time.perf_counter() - started
+
+    hand(create)  # warm-up
+    library()
+    totals = {"library": 0.0, "create": 0.0, "stream": 0.0}
+    for _ in range(3):  # interleaved rounds
+        emu.reset()
+        totals["library"] += library()
+        emu.reset()
+        totals["create"] += hand(create)
+        emu.reset()
+        totals["stream"] += hand(stream)
+    client.close()
+    per = {k: 1000.0 * v / (3 * n) for k, v in totals.items()}
+    return [
+        row("parallel", f"(a) invoke_parallel N={n}, ms/request vs hand-written pool + messages.stream",
+            per["library"], "ms", baseline=per["stream"], baseline_name="ThreadPoolExecutor + stream",
+            target="<= 1.05"),
+        row("parallel", f"(a) invoke_parallel N={n}, ms/request vs hand-written pool + messages.create",
+            per["library"], "ms", baseline=per["create"], baseline_name="ThreadPoolExecutor + create",
+            target="<= 1.05"),
+    ]
+
+
+def _fan_out(emu, n: int, seconds: float) -> list[dict]:
+    import claude_client
+
+    workers = 10
+    emu.reset()
+    prompts = [{"prompt": f"q{i} [[ttft_ms={int(seconds * 1000)}]]"} for i in range(n)]
+    started = time.perf_counter()
+    claude_client.invoke_parallel(prompts, max_tokens=64, max_workers=workers)
+    wall = time.perf_counter() - started
+    ideal = -(-n // workers) * seconds
+    return [row("parallel", f"(b) fan-out N={n}, {seconds} s/request, {workers} workers: wall", wall, "s",
+                baseline=ideal, baseline_name="ideal (ceil(N/workers) x latency)", target="<= 1.05")]
+
+
+def _interrupt_latency(emu, repeats: int) -> list[dict]:
+    import claude_client
+
+    latencies = []
+    for _ in range(repeats):
+        emu.reset()
+        token = claude_client.InterruptToken()
+        prompts = [{"prompt": f"long {i} [[words=100000 delay_ms=20]]"} for i in range(10)]
+        box: dict = {}
+
+        def run(token=token, prompts=prompts, box=box) -> None:
+            claude_client.invoke_parallel_interruptible(prompts, interrupt_token=token, max_workers=10)
+            box["t"] = time.perf_counter()
+
+        runner = threading.Thread(target=run)
+        runner.start()
+        emu.wait_for(lambda e: e.active_requests == 10, timeout=10)
+        time.sleep(0.2)
+        started = time.perf_counter()
+        token.interrupt()
+        runner.join()
+        latencies.append(box["t"] - started)
+        emu.wait_idle(timeout=5)
+    return [
+        row("parallel", f"(c) interrupt latency, 10 in-flight streams, median of {repeats}",
+            statistics.median(latencies), "s", target="<= 0.2"),
+        row("parallel", f"(c) interrupt latency, 10 in-flight streams, max of {repeats}", max(latencies), "s",
+            target="<= 0.2"),
+    ]
+
+
+def _cache(emu) -> list[dict]:
+    import claude_client
+
+    prompts = [{"prompt": f"question {i} [[ttft_ms=200]]"} for i in range(10)]
+    out = {}
+    for label, pilot in (("pilot", True), ("none", False)):
+        emu.reset()
+        results = claude_client.invoke_parallel(prompts, shared_system=LONG_SYSTEM, cache_shared_system=True,
+                                                max_workers=10, max_tokens=64, cache_pilot=pilot)
+        out[label] = (emu.cache_stats(), results.cost_usd)
+    return [
+        row("parallel", "(d) cache reads of 10 prompts over a 5k-token shared system, with pilot",
+            out["pilot"][0]["reads"], "reads", baseline=out["none"][0]["reads"], baseline_name="no pilot",
+            target=">= 9", lower_is_better=False),
+        row("parallel", "(d) cache writes, with pilot", out["pilot"][0]["writes"], "writes",
+            baseline=out["none"][0]["writes"], baseline_name="no pilot"),
+        row("parallel", "(d) USD cost of the run, with pilot", out["pilot"][1], "USD",
+            baseline=out["none"][1], baseline_name="no pilot", target="< 1"),
+    ]
+
+
+_RSS_CHILD = r"""
+import json, resource, sys
+sys.path.insert(0, sys.argv[1])
+import claude_client
+claude_client.invoke_parallel([{"prompt": "warm"}], max_tokens=8)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+n = int(sys.argv[2])
+results = claude_client.invoke_parallel([{"prompt": f"p{i}"} for i in range(n)], max_tokens=8, max_workers=10)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"before_kb": before, "after_kb": after, "n": len(results)}))
+"""
+
+
+def _rss(emu, n: int) -> list[dict]:
+    emu.reset()
+    env = dict(os.environ, ANTHROPIC_BASE_URL=emu.base_url, ANTHROPIC_API_KEY=BENCH_KEY)
+    out = subprocess.run([sys.executable, "-c", _RSS_CHILD, str(ROOT / "scripts"), str(n)], env=env,
+                         capture_output=True, text=True, timeout=600, check=True)
+    data = json.loads(out.stdout.strip().splitlines()[-1])
+    growth_mb = (data["after_kb"] - data["before_kb"]) / 1024.0
+    return [row("parallel", f"(e) peak RSS growth for {n} prompts", growth_mb, "MB",
+                target="a few KB per prompt")]
+
+
+def run(quick: bool = False) -> list[dict]:
+    from anthropic_emulator import Emulator
+
+    rows: list[dict] = []
+    with Emulator() as emu:
+        _common.point_library_at(emu.base_url)
+        rows += _overhead(emu, 200 if quick else 1000)
+        rows += _fan_out(emu, 20 if quick else 100, 0.5)
+        rows += _interrupt_latency(emu, 3 if quick else 10)
+        rows += _cache(emu)
+        rows += _rss(emu, 1000 if quick else 10000)
+    return rows
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stdout)
+    logger.setLevel(logging.INFO)
+    for r in run(quick="--quick" in sys.argv):
+        ratio = "" if r["ratio"] is None else f"  ratio {r['ratio']:.3f} vs {r['baseline_name']} ({r['baseline']:.6g})"
+        logger.info("%-85s %12.6g %s%s", r["figure"], r["value"], r["unit"], ratio)

@@ -1,0 +1,1179 @@
+"""``orchestrate``: fan prompts out to many Claude calls from the command line.
+
+Prompts come from the arguments, from ``--file`` (one per line, or JSONL with per-prompt keys)
+or from stdin; ``--perspectives`` turns one document into a multi-perspective review. Results
+go to stdout (or ``--output``) in input order, as JSONL records or text; live progress goes to
+stderr (a table per agent on a terminal, plain lines otherwise). Without an API key and without
+``ANTHROPIC_BASE_URL`` it runs offline against the bundled emulator.
+
+Examples::
+
+    orchestrate "Summarise the CAP theorem" "Explain Raft in two lines"
+    orchestrate --file prompts.jsonl --workers 8 --format jsonl --output results.jsonl
+    git diff | orchestrate --perspectives security,performance,correctness --input -
+    python -m orchestrate --help
+
+Exit status: 0 every prompt succeeded, 1 some failed, 2 bad usage (arguments, unreadable
+input), 130 interrupted (Ctrl-C: requests in flight are aborted, completed results are written).
+
+Each JSONL record: ``index``, ``task_id``, ``category``, ``status`` (``ok`` / ``failed`` /
+``interrupted``), ``text``, ``usage`` (input, output, cache write and cache read tokens),
+``cost_usd``, ``stop_reason``, ``error_kind``, ``error``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from typing import IO, Any, Callable, Optional, Sequence
+
+__all__ = ["main"]
+
+_log = logging.getLogger(__name__)
+
+PROG = "orchestrate"
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+#: Keys a JSONL prompt line may carry.
+PROMPT_KEYS = frozenset(
+    {"prompt", "system", "task_id", "category", "model", "max_tokens", "temperature",
+     "cache_system", "cache_prompt"}
+)
+#: Keys the CLI consumes itself; the rest are passed to the library as per-prompt keys.
+_CLI_ONLY_KEYS = frozenset({"task_id", "category"})
+
+#: Placeholder key sent to the in-process emulator in offline mode (not a secret).
+OFFLINE_KEY = "sk-ant-offline-placeholder"
+
+#: How long after Ctrl-C the CLI waits for the library to hand back its results before it
+#: writes what it has and leaves anyway (the whole exit must stay within 2 s).
+_INTERRUPT_GRACE_S = 1.2
+
+_PERSPECTIVE_FOCUS = {
+    "security": "vulnerabilities, injection, authentication and authorisation, secrets handling, "
+                "unsafe input, and data exposure",
+    "performance": "algorithmic complexity, needless work, I/O and memory use, contention, "
+                   "and scalability limits",
+    "correctness": "logic errors, edge cases, error handling, concurrency hazards, and broken "
+                   "invariants",
+    "readability": "naming, structure, comments, and how easily a newcomer can follow it",
+    "maintainability": "coupling, duplication, testability, and how safely it can be changed",
+    "testing": "missing tests, weak assertions, untested edge cases, and flaky patterns",
+    "architecture": "module boundaries, responsibilities, dependencies, and extension points",
+    "reliability": "failure modes, retries, timeouts, resource cleanup, and recovery",
+    "accessibility": "barriers for users of assistive technology, contrast, semantics, and "
+                     "keyboard use",
+    "cost": "spend on compute, tokens, storage and network, and how to reduce it",
+    "ux": "clarity, feedback, defaults, error messages, and the user's path to success",
+    "documentation": "accuracy, completeness, examples, and what a reader still has to guess",
+}
+
+
+class UsageError(Exception):
+    """Bad command-line input: reported as one line on stderr, exit status 2."""
+
+
+# ----------------------------------------------------------------------------- arguments
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _temperature(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and documentation tools)."""
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Fan prompts out to parallel Claude calls; results in input order on stdout, "
+                    "live progress on stderr. Without an API key it runs offline against the "
+                    "bundled emulator.",
+        epilog="Exit status: 0 all ok, 1 some failed, 2 usage error, 130 interrupted.",
+    )
+    src = p.add_argument_group("input")
+    src.add_argument("prompts", nargs="*", metavar="PROMPT",
+                     help="prompts to run (else --file, --perspectives, or lines on stdin)")
+    src.add_argument("-f", "--file", metavar="FILE",
+                     help="prompts, one per line, or JSONL objects with keys prompt, system, "
+                          "task_id, category, model, max_tokens, temperature ('-' for stdin)")
+    src.add_argument("--perspectives", metavar="LIST",
+                     help="comma-separated review perspectives (e.g. security,performance); "
+                          "each becomes one prompt over --input")
+    src.add_argument("--input", metavar="FILE_OR_TEXT",
+                     help="with --perspectives: the file (or literal text, or '-' for stdin) to review")
+    run = p.add_argument_group("model and run")
+    run.add_argument("-m", "--model", help="model for every prompt (default: the library's default)")
+    run.add_argument("-w", "--workers", type=_positive_int, default=5,
+                     help="prompts in flight at once (default 5)")
+    run.add_argument("--max-tokens", type=_positive_int, default=4096, metavar="N",
+                     help="maximum output tokens per prompt (default 4096)")
+    run.add_argument("--temperature", type=_temperature, metavar="T",
+                     help="sampling temperature for prompts that do not set one")
+    sysg = run.add_mutually_exclusive_group()
+    sysg.add_argument("--system", metavar="TEXT", help="system prompt shared by every prompt")
+    sysg.add_argument("--system-file", metavar="FILE",
+                      help="read the shared system prompt from FILE")
+    run.add_argument("--cache", action="store_true",
+                     help="prompt-cache the shared system prompt (one request warms the cache, "
+                          "the rest read it)")
+    run.add_argument("--retries", type=_non_negative_int, default=3, metavar="N",
+                     help="retries per prompt after a transient failure (default 3)")
+    run.add_argument("--stall-timeout", type=_positive_float, metavar="SECONDS",
+                     help="abort and retry a stream that sends nothing for this long")
+    run.add_argument("--offline", action="store_true",
+                     help="run against the bundled emulator even when an API key is configured")
+    out = p.add_argument_group("output")
+    out.add_argument("--format", choices=("text", "jsonl"),
+                     help="result format (default: text on a terminal, jsonl otherwise)")
+    out.add_argument("-o", "--output", metavar="FILE", help="write results to FILE instead of stdout")
+    out.add_argument("--no-progress", action="store_true", help="no live progress on stderr")
+    out.add_argument("-q", "--quiet", action="store_true",
+                     help="no progress and no notices on stderr (errors only)")
+    return p
+
+
+# ----------------------------------------------------------------------------- input
+
+
+def _read_path(path: str, what: str, stdin: IO[str]) -> str:
+    if path == "-":
+        return stdin.read()
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        raise UsageError(f"{what}: no such file: {path}") from None
+    except IsADirectoryError:
+        raise UsageError(f"{what}: is a directory: {path}") from None
+    except PermissionError:
+        raise UsageError(f"{what}: permission denied: {path}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{what}: not UTF-8 text: {path}") from None
+    except OSError as exc:
+        raise UsageError(f"{what}: cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _looks_jsonl(text: str, name: str) -> bool:
+    if name.endswith((".jsonl", ".ndjson")):
+        return True
+    for line in text.splitlines():
+        if line.strip():
+            stripped = line.strip()
+            if not stripped.startswith("{"):
+                return False
+            try:
+                return isinstance(json.loads(stripped), dict)
+            except ValueError:
+                return False
+    return False
+
+
+def parse_prompt_text(text: str, name: str = "<stdin>") -> list[dict]:
+    """Prompts from file text: JSONL objects (one per line) or plain lines (blank lines skipped).
+
+    >>> parse_prompt_text('{"prompt": "hi", "task_id": "a"}\\n')
+    [{'prompt': 'hi', 'task_id': 'a'}]
+    >>> parse_prompt_text("one\\n\\ntwo\\n")
+    [{'prompt': 'one'}, {'prompt': 'two'}]
+    """
+    items: list[dict] = []
+    if not _looks_jsonl(text, name):
+        for line in text.splitlines():
+            if line.strip():
+                items.append({"prompt": line.strip()})
+        return items
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:
+            raise UsageError(f"{name}:{lineno}: not valid JSON ({exc.msg})") from None
+        if not isinstance(obj, dict):
+            raise UsageError(f"{name}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        unknown = sorted(set(obj) - PROMPT_KEYS)
+        if unknown:
+            raise UsageError(
+                f"{name}:{lineno}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(PROMPT_KEYS))})"
+            )
+        obj["_where"] = f"{name}:{lineno}"
+        items.append(obj)
+    return items
+
+
+def _check_item(item: dict, where: str) -> dict:
+    """Validate one prompt dict's types (values the library would reject are caught here too)."""
+    prompt = item.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise UsageError(f"{where}: 'prompt' must be a non-empty string")
+    for key in ("system", "category", "model"):
+        if key in item and item[key] is not None and not isinstance(item[key], str):
+            raise UsageError(f"{where}: {key!r} must be a string")
+    if "task_id" in item:
+        tid = item["task_id"]
+        if isinstance(tid, bool) or not isinstance(tid, (str, int)) or str(tid) == "":
+            raise UsageError(f"{where}: 'task_id' must be a non-empty string or an integer")
+        item["task_id"] = str(tid)
+    if "max_tokens" in item:
+        mt = item["max_tokens"]
+        if isinstance(mt, bool) or not isinstance(mt, int) or mt < 1:
+            raise UsageError(f"{where}: 'max_tokens' must be an integer >= 1")
+    if "temperature" in item:
+        t = item["temperature"]
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 1:
+            raise UsageError(f"{where}: 'temperature' must be a number in [0, 1]")
+    for key in ("cache_system", "cache_prompt"):
+        if key in item and not isinstance(item[key], bool):
+            raise UsageError(f"{where}: {key!r} must be true or false")
+    return item
+
+
+def _perspective_prompts(names: str) -> list[dict]:
+    """One prompt per perspective; the material itself goes in the shared system prompt.
+
+    Putting the material in the shared system (before each perspective's own system block)
+    gives every request the same prefix, so ``--cache`` lets N-1 of them read it from the cache.
+    """
+    perspectives = [n.strip() for n in names.split(",") if n.strip()]
+    if not perspectives:
+        raise UsageError("--perspectives: expected a comma-separated list, e.g. security,performance")
+    seen: set[str] = set()
+    items = []
+    for name in perspectives:
+        if name.lower() in seen:
+            raise UsageError(f"--perspectives: {name!r} is listed twice")
+        seen.add(name.lower())
+        focus = _PERSPECTIVE_FOCUS.get(name.lower(), f"everything that matters from the {name} point of view")
+        system = (
+            f"For this review you are an expert reviewer focused only on {name}. Look for {focus}. "
+            f"Report concrete findings, most important first, each with where it is, why it "
+            f"matters and a fix. Say plainly if you find nothing significant."
+        )
+        prompt = f"Review the material above from the {name} perspective."
+        items.append({"prompt": prompt, "system": system, "task_id": name, "category": name})
+    return items
+
+
+def _perspective_system(material: str, source: str, user_system: Optional[str]) -> str:
+    head = (user_system.rstrip() + "\n\n") if user_system else ""
+    return (f"{head}You review material for one perspective at a time. The material to review "
+            f"({source}):\n\n<material>\n{material}\n</material>")
+
+
+def collect_prompts(args: argparse.Namespace, stdin: IO[str]) -> list[dict]:
+    """Every prompt dict, in input order, validated; each has a unique ``task_id``.
+
+    With ``--perspectives``, ``args.material`` is set to ``(text, source)`` of the material.
+    """
+    sources = sum(bool(x) for x in (args.prompts, args.file, args.perspectives))
+    if sources > 1:
+        raise UsageError("give prompts in one way only: arguments, --file, or --perspectives")
+    if args.input is not None and not args.perspectives:
+        raise UsageError("--input is only used with --perspectives")
+    if args.perspectives:
+        if args.input is None:
+            raise UsageError("--perspectives needs --input FILE_OR_TEXT (the material to review)")
+        if args.input == "-" or os.path.isfile(args.input):
+            material = _read_path(args.input, "--input", stdin)
+            source = "text" if args.input == "-" else f"file ({os.path.basename(args.input)})"
+        else:
+            material, source = args.input, "text"
+        if not material.strip():
+            raise UsageError("--input: the material to review is empty")
+        items = _perspective_prompts(args.perspectives)
+        args.material = (material, source)
+    elif args.file:
+        text = _read_path(args.file, "--file", stdin)
+        items = parse_prompt_text(text, "<stdin>" if args.file == "-" else args.file)
+    elif args.prompts:
+        items = [{"prompt": p, "_where": f"argument {i + 1}"} for i, p in enumerate(args.prompts)]
+    elif not _isatty(stdin):
+        items = parse_prompt_text(stdin.read(), "<stdin>")
+    else:
+        raise UsageError("no prompts: give them as arguments, with --file, or on stdin")
+    if not items:
+        raise UsageError("no prompts found in the input")
+    seen: dict[str, str] = {}
+    for index, item in enumerate(items):
+        where = item.pop("_where", f"prompt {index}")
+        _check_item(item, where)
+        item.setdefault("task_id", str(index))
+        if item["task_id"] in seen:
+            raise UsageError(f"{where}: task_id {item['task_id']!r} is already used by {seen[item['task_id']]}")
+        seen[item["task_id"]] = where
+        if args.temperature is not None and "temperature" not in item:
+            item["temperature"] = args.temperature
+    return items
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+# ----------------------------------------------------------------------------- per-agent board
+
+
+@dataclasses.dataclass
+class _Agent:
+    index: int
+    task_id: str
+    category: Optional[str]
+    label: str = ""                  # the start of the prompt, for the live table
+    state: str = "queued"            # queued, running, streaming, retrying, ok, failed, interrupted
+    chars: int = 0                   # characters received in the current attempt
+    output_tokens: Optional[int] = None
+    attempts: int = 0
+    started: Optional[float] = None
+    ended: Optional[float] = None
+    cost_usd: float = 0.0
+    error: str = ""
+
+    @property
+    def tokens(self) -> int:
+        """Output tokens: exact once finished, else estimated from the text so far."""
+        if self.output_tokens is not None:
+            return self.output_tokens
+        return math.ceil(self.chars / 4)
+
+    def elapsed(self, now: float) -> float:
+        if self.started is None:
+            return 0.0
+        return (self.ended if self.ended is not None else now) - self.started
+
+
+class _Board:
+    """Per-agent progress, updated from worker threads and read by the display (one lock)."""
+
+    TERMINAL = ("ok", "failed", "interrupted")
+
+    def __init__(self, items: Sequence[dict], on_event: Optional[Callable[[str, _Agent], None]] = None):
+        self._lock = threading.Lock()
+        self.agents = [_Agent(i, it["task_id"], it.get("category"), " ".join(it["prompt"].split())[:60])
+                       for i, it in enumerate(items)]
+        self._on_event = on_event
+        self.started = time.monotonic()
+        self.interrupted = False
+        self._ended = 0
+
+    def _emit(self, kind: str, agent: _Agent) -> None:
+        if self._on_event is not None:
+            snap = dataclasses.replace(agent)
+            try:
+                self._on_event(kind, snap)
+            except Exception:  # the display must never break a run
+                _log.debug("progress display failed", exc_info=True)
+
+    def running(self, index: int, attempt: Optional[int] = None) -> None:
+        with self._lock:
+            a = self.agents[index]
+            if a.state in self.TERMINAL:
+                return
+            new_attempt = attempt if attempt is not None else a.attempts + 1
+            if a.state in ("running", "streaming") and new_attempt == a.attempts:
+                return
+            if a.started is None:
+                a.started = time.monotonic()
+            a.state = "running"
+            a.chars = 0
+            a.attempts = new_attempt
+
+    def text(self, index: int, chunk: str) -> None:
+        with self._lock:
+            a = self.agents[index]
+            if a.state in self.TERMINAL:
+                return
+            if a.started is None:
+                a.started = time.monotonic()
+                a.attempts = max(a.attempts, 1)
+            a.state = "streaming"
+            a.chars += len(chunk)
+
+    def retrying(self, index: int, error: str = "") -> None:
+        with self._lock:
+            a = self.agents[index]
+            if a.state in self.TERMINAL:
+                return
+            a.state = "retrying"
+            a.error = error
+            snap = a
+        self._emit("retry", snap)
+
+    def finish(self, index: int, status: str, *, output_tokens: Optional[int] = None,
+               cost_usd: float = 0.0, error: str = "") -> None:
+        with self._lock:
+            a = self.agents[index]
+            if a.state in self.TERMINAL:
+                return
+            a.state = status
+            self._ended += 1
+            a.ended = time.monotonic()
+            if a.started is None:
+                a.started = a.ended
+            if output_tokens is not None:
+                a.output_tokens = output_tokens
+            a.cost_usd = cost_usd or 0.0
+            a.error = error
+            snap = a
+        self._emit(status, snap)
+
+    def ended_count(self) -> int:
+        """How many agents have finished (ok, failed or interrupted)."""
+        with self._lock:
+            return self._ended
+
+    def snapshot(self) -> list[_Agent]:
+        with self._lock:
+            return [dataclasses.replace(a) for a in self.agents]
+
+    def is_finished(self, index: int) -> bool:
+        with self._lock:
+            return self.agents[index].state in self.TERMINAL
+
+
+def _totals(agents: Sequence[_Agent]) -> dict:
+    counts = {"ok": 0, "failed": 0, "interrupted": 0, "running": 0, "queued": 0}
+    cost = 0.0
+    tokens = 0
+    for a in agents:
+        if a.state in ("running", "streaming", "retrying"):
+            counts["running"] += 1
+        else:
+            counts[a.state] = counts.get(a.state, 0) + 1
+        cost += a.cost_usd
+        tokens += a.tokens
+    counts["cost"] = cost
+    counts["tokens"] = tokens
+    counts["total"] = len(agents)
+    return counts
+
+
+# ----------------------------------------------------------------------------- progress displays
+
+
+class _Progress:
+    """No progress at all (``--quiet`` / ``--no-progress``)."""
+
+    def event(self, kind: str, agent: _Agent) -> None:
+        pass
+
+    def start(self, board: _Board) -> None:
+        pass
+
+    def tick(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def notice(self, text: str) -> None:
+        pass
+
+
+class _PlainProgress(_Progress):
+    """Log-like lines on stderr: one per finished (or retried) agent, and a summary."""
+
+    def __init__(self, stream: IO[str]):
+        self._stream = stream
+        self._lock = threading.Lock()
+        self._board: Optional[_Board] = None
+
+    def start(self, board: _Board) -> None:
+        self._board = board
+
+    def _write(self, line: str) -> None:
+        with self._lock:
+            try:
+                self._stream.write(f"{PROG}: {line}\n")
+                self._stream.flush()
+            except (OSError, ValueError):
+                pass
+
+    def notice(self, text: str) -> None:
+        self._write(text)
+
+    def event(self, kind: str, agent: _Agent) -> None:
+        board = self._board
+        done = ""
+        if board is not None:
+            done = f"[{board.ended_count()}/{len(board.agents)}] "
+        now = time.monotonic()
+        if kind == "retry":
+            self._write(f"{done}{agent.task_id} retrying after: {agent.error}")
+            return
+        detail = f"{agent.tokens} tokens, {agent.elapsed(now):.1f}s"
+        if agent.cost_usd:
+            detail += f", ${agent.cost_usd:.4f}"
+        if kind == "failed" and agent.error:
+            detail += f": {agent.error}"
+        self._write(f"{done}{agent.task_id} {kind} ({detail})")
+
+
+class _RichProgress(_Progress):
+    """A live table on a terminal: a line per agent (state, tokens, elapsed) and totals."""
+
+    _STYLE = {"queued": "dim", "running": "cyan", "streaming": "bold cyan", "retrying": "yellow",
+              "ok": "green", "failed": "bold red", "interrupted": "magenta"}
+
+    def __init__(self, stream: IO[str]):
+        from rich.console import Console
+        from rich.live import Live
+
+        self._console = Console(file=stream, stderr=True)
+        self._board: Optional[_Board] = None
+        self._live = Live(console=self._console, refresh_per_second=8, transient=False,
+                          get_renderable=self._render, redirect_stdout=False, redirect_stderr=False)
+
+    def start(self, board: _Board) -> None:
+        self._board = board
+        self._live.start()
+
+    def notice(self, text: str) -> None:
+        self._console.print(f"{PROG}: {text}", highlight=False, markup=False)
+
+    def stop(self) -> None:
+        try:
+            self._live.refresh()
+        finally:
+            self._live.stop()
+
+    def _render(self) -> Any:
+        from rich.console import Group
+        from rich.table import Table
+        from rich.text import Text
+
+        board = self._board
+        table = Table(box=None, pad_edge=False, expand=False, header_style="bold")
+        table.add_column("#", justify="right")
+        table.add_column("task")
+        table.add_column("prompt", no_wrap=True, overflow="ellipsis", max_width=40)
+        table.add_column("state")
+        table.add_column("tokens", justify="right")
+        table.add_column("elapsed", justify="right")
+        if board is None:
+            return table
+        agents = board.snapshot()
+        now = time.monotonic()
+        room = max(3, self._console.size.height - 4)
+        order = {"streaming": 0, "running": 0, "retrying": 0, "failed": 1, "interrupted": 1, "ok": 2,
+                 "queued": 3}
+        shown = agents
+        if len(agents) > room:
+            ended = sorted((a for a in agents if a.state in _Board.TERMINAL),
+                           key=lambda a: -(a.ended or 0))
+            active = [a for a in agents if a.state in ("running", "streaming", "retrying")]
+            queued = [a for a in agents if a.state == "queued"]
+            shown = sorted((active + ended + queued)[:room],
+                           key=lambda a: (order.get(a.state, 3), a.index))
+        for a in shown:
+            table.add_row(str(a.index), Text(a.task_id[:30]), Text(a.label), Text(a.state, style=self._STYLE.get(a.state, "")),
+                          str(a.tokens), f"{a.elapsed(now):.1f}s" if a.started is not None else "")
+        t = _totals(agents)
+        summary = (f"done {t['ok']}/{t['total']}  failed {t['failed']}  running {t['running']}  "
+                   f"queued {t['queued']}  tokens {t['tokens']}  cost ${t['cost']:.4f}  "
+                   f"{now - board.started:.1f}s")
+        if t["interrupted"] or board.interrupted:
+            summary += f"  interrupted {t['interrupted']}"
+        if len(agents) > len(shown):
+            summary += f"  ({len(agents) - len(shown)} rows hidden)"
+        return Group(table, Text(summary, style="bold"))
+
+
+class _NoticeHandler(logging.Handler):
+    """Routes the library's warnings through the progress display (so a live table stays intact)."""
+
+    def __init__(self, progress: _Progress, stream: IO[str]):
+        super().__init__(logging.WARNING)
+        self._progress = progress
+        self._stream = stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = f"{record.levelname.lower()}: {_one_line(record.getMessage())}"
+            if isinstance(self._progress, (_PlainProgress, _RichProgress)):
+                self._progress.notice(text)
+            else:
+                self._stream.write(f"{PROG}: {text}\n")
+        except Exception:
+            self.handleError(record)
+
+
+def _make_progress(args: argparse.Namespace, stream: IO[str]) -> _Progress:
+    if args.quiet or args.no_progress:
+        return _Progress()
+    if _isatty(stream) and os.environ.get("TERM") != "dumb":
+        try:
+            return _RichProgress(stream)
+        except ImportError:
+            pass
+    return _PlainProgress(stream)
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def _usage_dict(usage: Any) -> Optional[dict]:
+    if usage is None:
+        return None
+    if dataclasses.is_dataclass(usage):
+        return {f.name: getattr(usage, f.name) for f in dataclasses.fields(usage)}
+    return {k: getattr(usage, k, 0) for k in (
+        "input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")}
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What happened to one prompt (becomes one output record)."""
+
+    status: str                      # ok, failed, interrupted
+    text: Optional[str] = None
+    usage: Optional[dict] = None
+    cost_usd: Optional[float] = None
+    stop_reason: Optional[str] = None
+    error_kind: Optional[str] = None
+    error: Optional[str] = None
+
+
+def _outcome_ok(result: Any) -> Outcome:
+    cost = getattr(result, "cost_usd", None)
+    return Outcome("ok", text=str(result), usage=_usage_dict(getattr(result, "usage", None)),
+                   cost_usd=float(cost) if cost is not None else None,
+                   stop_reason=getattr(result, "stop_reason", None))
+
+
+def _outcome_error(exc: BaseException) -> Outcome:
+    kind = getattr(exc, "kind", None)
+    status = "interrupted" if kind == "interrupted" else "failed"
+    return Outcome(status, error_kind=kind or type(exc).__name__, error=_one_line(str(exc)))
+
+
+def _one_line(text: str, limit: int = 500) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def make_record(index: int, item: dict, outcome: Outcome) -> dict:
+    """The JSONL record of one prompt."""
+    return {
+        "index": index,
+        "task_id": item["task_id"],
+        "category": item.get("category"),
+        "status": outcome.status,
+        "text": outcome.text,
+        "usage": outcome.usage,
+        "cost_usd": outcome.cost_usd,
+        "stop_reason": outcome.stop_reason,
+        "error_kind": outcome.error_kind,
+        "error": outcome.error,
+    }
+
+
+def write_records(records: Sequence[dict], fmt: str, out: IO[str]) -> None:
+    """Write every record in order, as JSONL or as readable text."""
+    if fmt == "jsonl":
+        for r in records:
+            out.write(json.dumps(r, ensure_ascii=False) + "\n")
+        out.flush()
+        return
+    single = len(records) == 1
+    for r in records:
+        if not single:
+            head = f"=== [{r['index']}] {r['task_id']}: {r['status']}"
+            if r["usage"]:
+                head += f", {r['usage'].get('output_tokens', 0)} output tokens"
+            if r["cost_usd"]:
+                head += f", ${r['cost_usd']:.4f}"
+            out.write(head + " ===\n")
+        if r["status"] == "ok":
+            text = r["text"] or ""
+            out.write(text + ("" if text.endswith("\n") else "\n"))
+        else:
+            out.write(f"[{r['status']}{': ' + r['error_kind'] if r['error_kind'] else ''}]"
+                      f"{' ' + r['error'] if r['error'] else ''}\n")
+        if not single:
+            out.write("\n")
+    out.flush()
+
+
+# ----------------------------------------------------------------------------- credentials / offline
+
+
+def _has_credentials() -> bool:
+    """True when the library finds an API key (argument, environment or project folder).
+
+    A key file that exists but cannot be used (empty, malformed) is an error, not "no key":
+    the CLI must not silently run offline when the user meant to configure a key.
+    """
+    if os.environ.get("ANTHROPIC_API_KEY", "").strip():
+        return True
+    import claude_client
+
+    try:
+        claude_client.get_client()
+    except claude_client.ClaudeInvocationError as exc:
+        if getattr(exc, "kind", None) != "auth":
+            raise
+        if str(exc).startswith("No Anthropic API key found"):
+            return False
+        raise UsageError(_one_line(str(exc))) from None
+    return True
+
+
+def _start_offline() -> Any:
+    """Start the bundled emulator in-process and point the library at it."""
+    try:
+        from anthropic_emulator import Emulator
+    except ImportError as exc:
+        raise UsageError(
+            f"no API key found and the offline emulator cannot start ({exc}); set ANTHROPIC_API_KEY, "
+            f"or install the emulator's server library: pip install aiohttp"
+        ) from None
+    # A little latency so the offline demo streams visibly; replies are the emulator's echo rule.
+    emu = Emulator(ttft_ms=150, chunk_delay_ms=40)
+    emu.start()
+    os.environ["ANTHROPIC_BASE_URL"] = emu.base_url
+    os.environ["ANTHROPIC_API_KEY"] = OFFLINE_KEY
+    import claude_client
+
+    claude_client.reset_client()
+    return emu
+
+
+# ----------------------------------------------------------------------------- execution
+
+
+class _Execution:
+    """Runs the prompts through the library on a worker thread; the main thread waits and draws.
+
+    With :func:`orchestration.invoke_parallel_managed` available, a :class:`task_state.TaskTracker`
+    is passed in and polled by the main thread (:meth:`sync`), which gives per-agent states,
+    retries and completed results while the run is going; otherwise the run falls back to
+    :func:`claude_client.invoke_parallel_streaming` (no retries or per-agent completion until the end).
+    """
+
+    def __init__(self, items: list[dict], args: argparse.Namespace, shared_system: Optional[str],
+                 board: _Board, token: Any):
+        self.items = items
+        self.args = args
+        self.shared_system = shared_system
+        self.board = board
+        self.token = token
+        self.outcomes: Optional[list[Outcome]] = None
+        self.crash: Optional[BaseException] = None
+        self.done = threading.Event()
+        self.managed = _managed_function()
+        self.tracker: Any = None
+        if self.managed is not None:
+            from task_state import TaskTracker
+
+            self.tracker = TaskTracker(max_retries=args.retries)
+        self._seen: dict[str, float] = {}
+        self._thread = threading.Thread(target=self._main, name="orchestrate-run", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _main(self) -> None:
+        try:
+            if self.managed is not None:
+                self.outcomes = self._run_managed()
+            else:
+                self.outcomes = self._run_streaming()
+        except BaseException as exc:  # reported by the main thread
+            self.crash = exc
+        finally:
+            self.done.set()
+
+    # -- the two ways to run --------------------------------------------------------------
+
+    def _callbacks(self) -> list[Callable[[str], None]]:
+        board = self.board
+
+        def make(i: int) -> Callable[[str], None]:
+            def on_text(chunk: str) -> None:
+                board.text(i, chunk)
+            return on_text
+
+        return [make(i) for i in range(len(self.items))]
+
+    def _common(self) -> dict:
+        import claude_client
+
+        return dict(model=self.args.model or claude_client.DEFAULT_MODEL, max_tokens=self.args.max_tokens,
+                    max_workers=self.args.workers, shared_system=self.shared_system,
+                    cache_shared_system=self.args.cache)
+
+    def _run_managed(self) -> list[Outcome]:
+        import inspect
+
+        fn = self.managed
+        params = inspect.signature(fn).parameters
+        kwargs: dict[str, Any] = dict(self._common(), max_retries=self.args.retries,
+                                      stall_timeout=self.args.stall_timeout, interrupt_token=self.token,
+                                      tracker=self.tracker)
+        if "callbacks" in params:
+            kwargs["callbacks"] = self._callbacks()
+        if "return_exceptions" in params:
+            kwargs["return_exceptions"] = True
+        try:
+            results = fn([dict(it) for it in self.items], **kwargs)
+        except Exception as exc:
+            carried = getattr(exc, "results", None)
+            if carried is None or isinstance(exc, (ValueError, TypeError)):
+                raise
+            results = carried
+        outcomes = []
+        for i, item in enumerate(self.items):
+            res = results[i] if i < len(results) else None
+            oc = self._outcome_from_tracker(item["task_id"], res)
+            _finish_on_board(self.board, i, oc)
+            outcomes.append(oc)
+        return outcomes
+
+    def _run_streaming(self) -> list[Outcome]:
+        import claude_client
+
+        results = claude_client.invoke_parallel_streaming(
+            _library_items(self.items), callbacks=self._callbacks(), interrupt_token=self.token,
+            return_exceptions=True, stall_timeout=self.args.stall_timeout, **self._common())
+        outcomes: list[Outcome] = []
+        for i, res in enumerate(results):
+            if isinstance(res, BaseException):
+                oc = _outcome_error(res)
+            elif res is None:
+                oc = _interrupted_outcome()
+            else:
+                oc = _outcome_ok(res)
+            _finish_on_board(self.board, i, oc)
+            outcomes.append(oc)
+        return outcomes
+
+    # -- reading the tracker ------------------------------------------------------------------
+
+    def _info(self, task_id: str) -> Any:
+        try:
+            return self.tracker.get(task_id)
+        except (KeyError, LookupError, ValueError):
+            return None
+
+    def _outcome_from_tracker(self, task_id: str, result: Any = None) -> Outcome:
+        """Outcome of one task from the run's result slot and its tracker record."""
+        from task_state import TaskState, TerminalReason
+
+        if isinstance(result, BaseException):
+            return _outcome_error(result)
+        if result is not None:
+            return _outcome_ok(result)
+        info = self._info(task_id) if self.tracker is not None else None
+        if info is None:
+            return _interrupted_outcome() if self.token.is_interrupted() else Outcome(
+                "failed", error_kind="unknown", error="the task did not run")
+        if info.state is TaskState.COMPLETED and info.result is not None:
+            return _outcome_ok(info.result)
+        reason = info.terminal_reason
+        if reason is TerminalReason.INTERRUPTED or (reason is None and self.token.is_interrupted()) \
+                or (reason is TerminalReason.CANCELLED and self.token.is_interrupted()):
+            return _interrupted_outcome()
+        if info.error is not None:
+            oc = _outcome_error(info.error)
+            if oc.status == "failed" and reason is TerminalReason.RETRIES_EXHAUSTED:
+                oc.error = f"{oc.error} (after {info.attempts} attempts)"
+            return oc
+        return Outcome("failed", error_kind=str(reason) if reason else "unknown",
+                       error=f"task ended: {reason or info.state}")
+
+    def sync(self) -> None:
+        """Copy what the tracker knows onto the board (called by the main thread)."""
+        if self.tracker is None:
+            return
+        from task_state import TaskState
+
+        try:
+            infos = self.tracker.all()
+        except Exception:  # never let the display break the run
+            return
+        index = {it["task_id"]: i for i, it in enumerate(self.items)} if not hasattr(self, "_index") else self._index
+        self._index = index
+        for info in infos:
+            if self._seen.get(info.task_id) == info.updated_at:
+                continue
+            self._seen[info.task_id] = info.updated_at
+            i = index.get(info.task_id)
+            if i is None or self.board.is_finished(i):
+                continue
+            state = info.state
+            if state is TaskState.RUNNING:
+                self.board.running(i, attempt=info.attempts)
+            elif state is TaskState.RETRY_QUEUED or (state is TaskState.FAILED and info.terminal_reason is None):
+                self.board.retrying(i, _one_line(str(info.error), 160) if info.error else "")
+            elif info.terminal_reason is not None:
+                if state is TaskState.COMPLETED and info.result is None:
+                    continue  # the result list will tell
+                _finish_on_board(self.board, i, self._outcome_from_tracker(info.task_id))
+
+    def partial_outcomes(self) -> list[Outcome]:
+        """After an abandoned interrupt: completed tasks from the tracker, the rest interrupted."""
+        outcomes = []
+        for it in self.items:
+            oc = _interrupted_outcome()
+            if self.tracker is not None:
+                from task_state import TaskState
+
+                info = self._info(it["task_id"])
+                if info is not None and info.state is TaskState.COMPLETED and info.result is not None:
+                    oc = _outcome_ok(info.result)
+            outcomes.append(oc)
+        return outcomes
+
+
+def _managed_function() -> Optional[Callable[..., Any]]:
+    try:
+        import orchestration
+    except ImportError:
+        return None
+    return getattr(orchestration, "invoke_parallel_managed", None)
+
+
+def _interrupted_outcome() -> Outcome:
+    return Outcome("interrupted", error_kind="interrupted", error="interrupted before it finished")
+
+
+def _library_items(items: list[dict]) -> list[dict]:
+    return [{k: v for k, v in it.items() if k not in _CLI_ONLY_KEYS} for it in items]
+
+
+def validate_with_library(items: list[dict], args: argparse.Namespace, shared_system: Optional[str]) -> None:
+    """Let the library validate every prompt before any request is sent (ValueError -> usage)."""
+    import claude_client
+
+    normalize = getattr(claude_client, "_normalize_prompts", None)
+    if normalize is None:
+        return
+    try:
+        normalize(_library_items(items), shared_system=shared_system, cache_shared_system=args.cache,
+                  model=args.model or claude_client.DEFAULT_MODEL, max_tokens=args.max_tokens)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(_one_line(str(exc))) from None
+
+
+def _finish_on_board(board: _Board, i: int, oc: Outcome) -> None:
+    board.finish(i, oc.status, output_tokens=(oc.usage or {}).get("output_tokens"),
+                 cost_usd=oc.cost_usd or 0.0, error=oc.error or "")
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def _open_output(path: Optional[str], stdout: IO[str]) -> IO[str]:
+    if not path or path == "-":
+        return stdout
+    try:
+        return open(path, "w", encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"--output: cannot write {path}: {exc.strerror or exc}") from None
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 1 failures, 2 usage, 130 interrupted).
+
+    >>> import orchestrate
+    >>> orchestrate.main(["--help"])  # doctest: +SKIP
+    """
+    stdin, stdout, stderr = sys.stdin, sys.stdout, sys.stderr
+    parser = build_parser()
+    args = parser.parse_args(list(argv) if argv is not None else None)  # exits 2 on bad arguments
+    try:
+        return _main(args, stdin, stdout, stderr)
+    except BrokenPipeError:
+        # The reader of stdout went away (e.g. `| head`): stop quietly.
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps the interpreter's final flush quiet
+        except OSError:
+            pass
+        return EXIT_FAILED
+    except UsageError as exc:
+        stderr.write(f"{PROG}: error: {exc}\n")
+        stderr.flush()
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        stderr.write(f"{PROG}: interrupted\n")
+        return EXIT_INTERRUPTED
+
+
+def _main(args: argparse.Namespace, stdin: IO[str], stdout: IO[str], stderr: IO[str]) -> int:
+    items = collect_prompts(args, stdin)
+    shared_system = None
+    if args.system_file:
+        shared_system = _read_path(args.system_file, "--system-file", stdin)
+        if not shared_system.strip():
+            raise UsageError(f"--system-file: {args.system_file} is empty")
+    elif args.system is not None:
+        shared_system = args.system
+    if getattr(args, "material", None):
+        shared_system = _perspective_system(*args.material, shared_system)
+    if args.cache and not shared_system:
+        raise UsageError("--cache caches the shared system prompt: give --system or --system-file")
+    fmt = args.format or ("text" if (not args.output and _isatty(stdout)) else "jsonl")
+
+    import claude_client
+
+    progress = _make_progress(args, stderr)
+    root = logging.getLogger()
+    handler: Optional[logging.Handler] = None
+    if not root.handlers and not args.quiet:
+        handler = _NoticeHandler(progress, stderr)
+        root.addHandler(handler)
+    try:
+        return _run_main(args, items, shared_system, fmt, progress, stdout, stderr)
+    finally:
+        if handler is not None:
+            root.removeHandler(handler)
+
+
+def _run_main(args: argparse.Namespace, items: list[dict], shared_system: Optional[str], fmt: str,
+              progress: _Progress, stdout: IO[str], stderr: IO[str]) -> int:
+    import claude_client
+
+    notice = (lambda text: None) if args.quiet else (
+        lambda text: (stderr.write(f"{PROG}: {text}\n"), stderr.flush()))
+
+    emulator = None
+    if args.offline or (not os.environ.get("ANTHROPIC_BASE_URL") and not _has_credentials()):
+        emulator = _start_offline()
+        why = "--offline given" if args.offline else "no API key found"
+        notice(f"{why}: running offline against the bundled Messages API emulator at "
+               f"{emulator.base_url} (replies are canned echoes; set ANTHROPIC_API_KEY for real answers)")
+    elif os.environ.get("ANTHROPIC_BASE_URL") and not _has_credentials():
+        os.environ["ANTHROPIC_API_KEY"] = OFFLINE_KEY
+        claude_client.reset_client()
+    try:
+        validate_with_library(items, args, shared_system)
+        out = _open_output(args.output, stdout)
+        try:
+            return _execute(items, args, shared_system, progress, fmt, out, stderr)
+        finally:
+            if out is not stdout:
+                out.close()
+    finally:
+        if emulator is not None:
+            emulator.stop()
+
+
+def _execute(items: list[dict], args: argparse.Namespace, shared_system: Optional[str],
+             progress: _Progress, fmt: str, out: IO[str], stderr: IO[str]) -> int:
+    import claude_client
+
+    token = claude_client.InterruptToken()
+    board = _Board(items, on_event=progress.event)
+    run = _Execution(items, args, shared_system, board, token)
+    interrupted_at: list[float] = []
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if interrupted_at:
+            interrupted_at.append(-1.0)  # a second Ctrl-C: stop waiting for the library at all
+            return
+        interrupted_at.append(time.monotonic())
+        board.interrupted = True
+        token.interrupt()
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    old_handler = signal.signal(signal.SIGINT, on_sigint) if in_main_thread else None
+    poll = 0.05 if len(items) <= 200 else 0.25
+    progress.start(board)
+    try:
+        run.start()
+        while not run.done.wait(poll):
+            run.sync()
+            if interrupted_at and (interrupted_at[-1] < 0
+                                   or time.monotonic() - interrupted_at[0] > _INTERRUPT_GRACE_S):
+                break
+        run.sync()
+    finally:
+        progress.stop()
+        if in_main_thread:
+            signal.signal(signal.SIGINT, old_handler)
+
+    if run.crash is not None and run.outcomes is None and not interrupted_at:
+        exc = run.crash
+        if isinstance(exc, (ValueError, TypeError)):
+            raise UsageError(_one_line(str(exc)))
+        stderr.write(f"{PROG}: error: {_one_line(f'{type(exc).__name__}: {exc}')}\n")
+        return EXIT_FAILED
+    outcomes = run.outcomes
+    abandoned = outcomes is None
+    if outcomes is None:
+        # Ctrl-C and the library did not hand its results back in time: completed results come
+        # from the tracker, the rest are reported as interrupted.
+        outcomes = run.partial_outcomes()
+    records = [make_record(i, it, oc) for i, (it, oc) in enumerate(zip(items, outcomes))]
+    write_records(records, fmt, out)
+    ok = sum(r["status"] == "ok" for r in records)
+    failed = sum(r["status"] == "failed" for r in records)
+    interrupted = sum(r["status"] == "interrupted" for r in records)
+    cost = sum(r["cost_usd"] or 0.0 for r in records)
+    if not args.quiet:
+        stderr.write(f"{PROG}: {ok} ok, {failed} failed"
+                     f"{f', {interrupted} interrupted' if interrupted else ''}, "
+                     f"${cost:.4f}, {time.monotonic() - board.started:.1f}s\n")
+        stderr.flush()
+    if interrupted_at:
+        if abandoned:
+            # Worker threads may still be unwinding: leave now, the results are written.
+            try:
+                out.flush()
+                stderr.flush()
+            finally:
+                os._exit(EXIT_INTERRUPTED)
+        return EXIT_INTERRUPTED
+    return EXIT_OK if failed == 0 and interrupted == 0 else EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

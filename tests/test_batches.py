@@ -1,0 +1,473 @@
+"""invoke_batch against the emulator's Message Batches endpoints, through the real SDK over HTTP."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import claude_client
+from claude_client import ClaudeInvocationError, InterruptToken
+from message_batches import BatchProgress, invoke_batch
+
+pytestmark = pytest.mark.timeout(60)
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+FAST = 0.002  # emulator seconds per batch request
+
+
+def creates(emu):
+    return [r for r in emu.requests if r.method == "POST" and r.path == "/v1/messages/batches"]
+
+
+def on_path(emu, suffix, method=None):
+    return [r for r in emu.requests if r.path.endswith(suffix) and (method is None or r.method == method)]
+
+
+def prompts_of(n, prefix="item"):
+    return [{"prompt": f"{prefix} {i}"} for i in range(n)]
+
+
+# --------------------------------------------------------------------------- results and order
+
+
+def test_results_in_input_order_with_usage_and_batch_price(client_env):
+    client_env.configure(batch_seconds_per_request=FAST)
+    n = 30
+    results = invoke_batch(prompts_of(n), poll_interval=0.05)
+    assert list(results) == [f"Echo: item {i}" for i in range(n)]
+    assert results.errors == {}
+    assert len(creates(client_env)) == 1
+    body = creates(client_env)[0].body
+    ids = [r["custom_id"] for r in body["requests"]]
+    assert len(set(ids)) == n and all(cid.startswith(f"req-{i}-") for i, cid in enumerate(ids))
+    # usage summed over the items; batch price is half the standard price
+    assert results.usage.output_tokens == sum(len(r.split()) for r in results)
+    assert results.usage.input_tokens == sum(r.usage.input_tokens for r in results)
+    u = results.usage
+    standard = (u.input_tokens * 3.0 + u.output_tokens * 15.0) / 1e6  # claude-sonnet-4-6 list price
+    assert results.cost_usd == pytest.approx(standard * 0.5)
+    assert results[3].usage.output_tokens == 3 and results[3].stop_reason == "end_turn"
+
+
+def test_results_jsonl_out_of_order_still_land_in_their_slots(client_env):
+    # Distinct reply lengths make a misplaced result visible.
+    client_env.configure(batch_seconds_per_request=FAST)
+    prompts = [{"prompt": f"q{i} [[words={i + 1}]]"} for i in range(12)]
+    results = invoke_batch(prompts, poll_interval=0.05)
+    assert [len(r.split()) for r in results] == list(range(1, 13))
+    assert all(r.split()[0] == "Echo:" for r in results)
+
+
+def test_custom_ids_are_deterministic(client_env):
+    client_env.configure(batch_seconds_per_request=FAST)
+    invoke_batch(prompts_of(5), poll_interval=0.05)
+    invoke_batch(prompts_of(5), poll_interval=0.05)
+    first, second = creates(client_env)
+    assert [r["custom_id"] for r in first.body["requests"]] == [r["custom_id"] for r in second.body["requests"]]
+    invoke_batch(prompts_of(5), max_tokens=50, poll_interval=0.05)
+    third = creates(client_env)[2]
+    assert [r["custom_id"] for r in third.body["requests"]] != [r["custom_id"] for r in first.body["requests"]]
+
+
+def test_same_prompt_dicts_as_invoke_parallel(client_env):
+    client_env.configure(batch_seconds_per_request=FAST)
+    prompts = [
+        {"prompt": "a", "system": "be brief", "temperature": 0.2, "max_tokens": 2},
+        {"prompt": "b c d e", "model": "claude-haiku-4-5"},
+    ]
+    results = invoke_batch(prompts, shared_system="shared", poll_interval=0.05)
+    assert results[0] == "Echo: a" and results[1] == "Echo: b c d e"
+    sent = {r["custom_id"].split("-")[1]: r["params"] for r in creates(client_env)[0].body["requests"]}
+    assert sent["0"]["max_tokens"] == 2 and sent["0"]["temperature"] == 0.2
+    assert sent["1"]["model"] == "claude-haiku-4-5"
+    assert "stream" not in sent["0"]
+    assert results[1].model == "claude-haiku-4-5"
+
+
+def test_empty_prompt_list_sends_nothing(client_env, tmp_path):
+    assert list(invoke_batch([], journal=tmp_path / "j.json")) == []
+    assert client_env.requests == []
+
+
+# --------------------------------------------------------------------------- splitting
+
+
+def test_split_by_count(client_env):
+    client_env.configure(batch_seconds_per_request=FAST)
+    seen = []
+    results = invoke_batch(prompts_of(25), poll_interval=0.05, max_batch_requests=10, on_progress=seen.append)
+    assert list(results) == [f"Echo: item {i}" for i in range(25)]
+    sizes = [len(r.body["requests"]) for r in creates(client_env)]
+    assert sizes == [10, 10, 5]
+    last = seen[-1]
+    assert [(b.start, b.end) for b in last.batches] == [(0, 10), (10, 20), (20, 25)]
+    assert last.done == last.total == last.succeeded == 25
+    assert len(set(last.batch_ids)) == 3
+
+
+def test_split_by_bytes(client_env):
+    client_env.configure(batch_seconds_per_request=FAST)
+    prompts = [{"prompt": f"{i} " + "x" * 900} for i in range(10)]
+    limit = 3000
+    results = invoke_batch(prompts, poll_interval=0.05, max_batch_bytes=limit)
+    assert [r.split()[1] for r in results] == [str(i) for i in range(10)]
+    made = creates(client_env)
+    assert len(made) >= 4
+    assert sum(len(r.body["requests"]) for r in made) == 10
+    for r in made:
+        assert len(json.dumps(r.body, separators=(",", ":")).encode()) <= limit
+
+
+# --------------------------------------------------------------------------- per-item failures
+
+
+def test_errored_and_expired_items_keep_the_others(client_env):
+    client_env.configure(batch_seconds_per_request=FAST)
+    prompts = prompts_of(6)
+    prompts[1] = {"prompt": "bad [[batch=errored]]"}
+    prompts[4] = {"prompt": "late [[batch=expired]]"}
+    with pytest.raises(ClaudeInvocationError) as info:
+        invoke_batch(prompts, poll_interval=0.05)
+    err = info.value
+    assert err.results[0] == "Echo: item 0" and err.results[5] == "Echo: item 5"
+    assert err.results[1] is None and err.results[4] is None
+    assert set(err.errors) == {1, 4}
+    assert err.errors[1].kind == "batch_errored"
+    assert err.errors[4].kind == "batch_expired"
+    assert "prompts[1]" in str(err.errors[1])
+
+
+def test_return_exceptions_puts_errors_in_slots(client_env):
+    client_env.configure(batch_seconds_per_request=FAST)
+    prompts = prompts_of(3) + [{"prompt": "x [[batch=errored]]"}]
+    results = invoke_batch(prompts, poll_interval=0.05, return_exceptions=True)
+    assert results[:3] == ["Echo: item 0", "Echo: item 1", "Echo: item 2"]
+    assert isinstance(results[3], ClaudeInvocationError) and results[3].kind == "batch_errored"
+    assert set(results.errors) == {3}
+    assert results[3].transient is False
+
+
+# --------------------------------------------------------------------------- journal
+
+
+def test_rerun_after_completion_sends_no_request(client_env, tmp_path):
+    client_env.configure(batch_seconds_per_request=FAST)
+    journal = tmp_path / "job.json"
+    prompts = prompts_of(8) + [{"prompt": "y [[batch=errored]]"}]
+    first = invoke_batch(prompts, journal=journal, poll_interval=0.05, return_exceptions=True)
+    data = json.loads(journal.read_text())
+    assert data["state"] == "ended" and len(data["results"]) == 9
+    before = len(client_env.requests)
+    second = invoke_batch(prompts, journal=journal, poll_interval=0.05, return_exceptions=True)
+    assert len(client_env.requests) == before
+    assert list(second[:8]) == list(first[:8])
+    assert [r.usage for r in second[:8]] == [r.usage for r in first[:8]]
+    assert second.cost_usd == pytest.approx(first.cost_usd)
+    assert second[8].kind == "batch_errored"
+
+
+def test_journal_of_another_job_is_refused(client_env, tmp_path):
+    client_env.configure(batch_seconds_per_request=FAST)
+    journal = tmp_path / "job.json"
+    invoke_batch(prompts_of(3), journal=journal, poll_interval=0.05)
+    before = len(client_env.requests)
+    with pytest.raises(ValueError, match="journal.*different job"):
+        invoke_batch(prompts_of(3, prefix="other"), journal=journal, poll_interval=0.05)
+    with pytest.raises(ValueError, match="journal.*different job"):
+        invoke_batch(prompts_of(3), journal=journal, model="claude-haiku-4-5", poll_interval=0.05)
+    assert len(client_env.requests) == before
+
+
+def test_unreadable_journal_is_refused(client_env, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="journal"):
+        invoke_batch(prompts_of(2), journal=bad)
+    assert bad.read_text() == "{not json"
+    assert client_env.requests == []
+
+
+def test_journal_written_before_waiting(client_env, tmp_path):
+    client_env.configure(batch_seconds_per_request=FAST)
+    journal = tmp_path / "job.json"
+    snapshots = []
+
+    def look(progress):
+        snapshots.append(json.loads(journal.read_text()))
+
+    invoke_batch(prompts_of(4), journal=journal, poll_interval=0.05, max_batch_requests=2, on_progress=look)
+    first = snapshots[0]
+    assert len(creates(client_env)) == 2
+    assert len({b["id"] for b in first["batches"]}) == 2
+    assert all(b["id"].startswith("msgbatch_") for b in first["batches"])
+    assert [(b["start"], b["end"]) for b in first["batches"]] == [(0, 2), (2, 4)]
+    assert first["batches"][0]["first_custom_id"].startswith("req-0-")
+    assert first["batches"][1]["last_custom_id"].startswith("req-3-")
+
+
+_CHILD = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {scripts!r})
+    from message_batches import invoke_batch
+    prompts = [{{"prompt": f"item {{i}}"}} for i in range({n})]
+    invoke_batch(prompts, journal={journal!r}, poll_interval=0.05, max_batch_requests={split})
+    """
+)
+
+
+def test_resume_after_process_killed_mid_poll(client_env, tmp_path):
+    n, split = 12, 5
+    client_env.configure(batch_seconds_per_request=0.3)
+    journal = tmp_path / "job.json"
+    code = _CHILD.format(scripts=str(SCRIPTS), n=n, journal=str(journal), split=split)
+    child = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ))
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                data = json.loads(journal.read_text())
+                if all(b["id"] for b in data["batches"]):
+                    break
+            except (OSError, ValueError):
+                pass
+            assert child.poll() is None, "the child ended before it was killed"
+            time.sleep(0.01)
+        else:
+            pytest.fail("the child never journaled its batch ids")
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert data["state"] != "ended"
+    assert len(creates(client_env)) == 3
+    results = invoke_batch(prompts_of(n), journal=journal, poll_interval=0.05, max_batch_requests=split)
+    assert list(results) == [f"Echo: item {i}" for i in range(n)]
+    assert len(creates(client_env)) == 3  # resumed: no new batch
+    assert json.loads(journal.read_text())["state"] == "ended"
+
+
+def test_timeout_leaves_batches_running_and_resume_finishes(client_env, tmp_path):
+    client_env.configure(batch_seconds_per_request=0.2)
+    journal = tmp_path / "job.json"
+    with pytest.raises(ClaudeInvocationError) as info:
+        invoke_batch(prompts_of(6), journal=journal, poll_interval=0.05, timeout=0.3)
+    err = info.value
+    assert err.kind == "timeout"
+    assert str(journal) in str(err) and "resume" in str(err)
+    assert on_path(client_env, "/cancel") == []
+    results = invoke_batch(prompts_of(6), journal=journal, poll_interval=0.05)
+    assert list(results) == [f"Echo: item {i}" for i in range(6)]
+    assert len(creates(client_env)) == 1
+
+
+def _crash_during_create(journal: Path) -> None:
+    """Rewrite a journal as a run killed inside the create call leaves it: no id recorded."""
+    data = json.loads(journal.read_text())
+    for b in data["batches"]:
+        b.update(id=None, status="pending", seen=False, request_counts=None, create_started_at=time.time() - 1,
+                 results_fetched=False, cancel_requested=False)
+    data["state"] = "submitting"
+    data["results"] = {}
+    journal.write_text(json.dumps(data))
+
+
+def test_crash_during_create_adopts_the_created_batch(client_env, tmp_path):
+    client_env.configure(batch_seconds_per_request=0.05)
+    journal = tmp_path / "job.json"
+    token = InterruptToken()
+    invoke_batch(prompts_of(4), journal=journal, poll_interval=0.05, interrupt_token=token,
+                 on_progress=lambda p: token.interrupt(), on_interrupt="leave")
+    original = json.loads(journal.read_text())["batches"][0]["id"]
+    _crash_during_create(journal)
+    results = invoke_batch(prompts_of(4), journal=journal, poll_interval=0.05)
+    assert list(results) == [f"Echo: item {i}" for i in range(4)]
+    assert len(creates(client_env)) == 1  # found through the batches list, not submitted again
+    assert json.loads(journal.read_text())["batches"][0]["id"] == original
+
+
+def test_crash_during_create_without_a_batch_submits_again(client_env, tmp_path):
+    client_env.configure(batch_seconds_per_request=FAST)
+    journal = tmp_path / "job.json"
+    invoke_batch(prompts_of(3), journal=journal, poll_interval=0.05)
+    _crash_during_create(journal)
+    client_env.reset()  # the server has no such batch
+    client_env.configure(batch_seconds_per_request=FAST)
+    results = invoke_batch(prompts_of(3), journal=journal, poll_interval=0.05)
+    assert list(results) == ["Echo: item 0", "Echo: item 1", "Echo: item 2"]
+    assert len(creates(client_env)) == 1
+
+
+def test_resume_uses_the_journal_split(client_env, tmp_path):
+    client_env.configure(batch_seconds_per_request=0.05)
+    journal = tmp_path / "job.json"
+    token = InterruptToken()
+    invoke_batch(prompts_of(6), journal=journal, poll_interval=0.05, interrupt_token=token, max_batch_requests=2,
+                 on_progress=lambda p: token.interrupt(), on_interrupt="leave")
+    results = invoke_batch(prompts_of(6), journal=journal, poll_interval=0.05)  # default split now
+    assert list(results) == [f"Echo: item {i}" for i in range(6)]
+    assert len(creates(client_env)) == 3
+
+
+def test_explicit_base_url_and_api_key(client_env, monkeypatch):
+    client_env.configure(batch_seconds_per_request=FAST)
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.delenv("ANTHROPIC_API_KEY")
+    claude_client.reset_client()
+    results = invoke_batch(prompts_of(2), poll_interval=0.05, base_url=client_env.base_url, api_key="sk-ant-explicit")
+    assert list(results) == ["Echo: item 0", "Echo: item 1"]
+
+
+# --------------------------------------------------------------------------- interrupts
+
+
+def test_interrupt_token_cancels_batches(client_env, tmp_path, caplog):
+    client_env.configure(batch_seconds_per_request=0.5)
+    journal = tmp_path / "job.json"
+    token = InterruptToken()
+
+    def stop(progress: BatchProgress):
+        token.interrupt()
+
+    with caplog.at_level("WARNING", logger="message_batches"):
+        results = invoke_batch(prompts_of(6), journal=journal, poll_interval=0.05, on_progress=stop,
+                               interrupt_token=token, max_batch_requests=3)
+    # like invoke_parallel_interruptible: returns at once, None where nothing was fetched
+    assert list(results) == [None] * 6 and results.errors == {}
+    assert "canceled batches" in caplog.text and str(journal) in caplog.text
+    ids = json.loads(journal.read_text())["batches"]
+    cancels = on_path(client_env, "/cancel", "POST")
+    assert sorted(r.path for r in cancels) == sorted(f"/v1/messages/batches/{b['id']}/cancel" for b in ids)
+    # Collect what the canceled batches produced: canceled items are distinguished by kind.
+    results = invoke_batch(prompts_of(6), journal=journal, poll_interval=0.05, return_exceptions=True)
+    assert len(creates(client_env)) == 2
+    kinds = [getattr(r, "kind", "ok") for r in results]
+    assert "batch_canceled" in kinds
+    assert set(kinds) <= {"ok", "batch_canceled"}
+    for i, r in enumerate(results):
+        assert r == f"Echo: item {i}" or r.kind == "batch_canceled"
+
+
+def test_interrupt_leave_keeps_batches_running(client_env, tmp_path, caplog):
+    client_env.configure(batch_seconds_per_request=0.05)
+    journal = tmp_path / "job.json"
+    token = InterruptToken()
+    with caplog.at_level("WARNING", logger="message_batches"):
+        results = invoke_batch(prompts_of(4), journal=journal, poll_interval=0.05, interrupt_token=token,
+                               on_progress=lambda p: token.interrupt(), on_interrupt="leave")
+    assert list(results) == [None] * 4
+    assert "left running" in caplog.text and str(journal) in caplog.text
+    assert on_path(client_env, "/cancel") == []
+    results = invoke_batch(prompts_of(4), journal=journal, poll_interval=0.05)
+    assert list(results) == [f"Echo: item {i}" for i in range(4)]
+    assert len(creates(client_env)) == 1
+
+
+def test_interrupt_from_another_thread_stops_polling_promptly(client_env):
+    import threading
+
+    client_env.configure(batch_seconds_per_request=5.0)
+    token = InterruptToken()
+    threading.Timer(0.3, token.interrupt).start()
+    started = time.monotonic()
+    results = invoke_batch(prompts_of(3), poll_interval=30.0, interrupt_token=token)
+    assert time.monotonic() - started < 10  # not the 30 s poll interval
+    assert list(results) == [None] * 3
+    assert len(on_path(client_env, "/cancel", "POST")) == 1
+
+
+def test_keyboard_interrupt_cancels_and_propagates(client_env, tmp_path):
+    client_env.configure(batch_seconds_per_request=0.5)
+
+    def ctrl_c(progress):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        invoke_batch(prompts_of(4), journal=tmp_path / "j.json", poll_interval=0.05, on_progress=ctrl_c)
+    assert len(on_path(client_env, "/cancel", "POST")) == 1
+
+
+def test_token_already_interrupted_creates_nothing(client_env):
+    token = InterruptToken()
+    token.interrupt()
+    assert list(invoke_batch(prompts_of(3), poll_interval=0.05, interrupt_token=token)) == [None] * 3
+    assert client_env.requests == []
+
+
+# --------------------------------------------------------------------------- wire details
+
+
+def test_transient_404_after_create_is_retried(client_env):
+    client_env.configure(batch_seconds_per_request=FAST, batch_retrieve_404_times=2)
+    results = invoke_batch(prompts_of(3), poll_interval=0.05)
+    assert list(results) == ["Echo: item 0", "Echo: item 1", "Echo: item 2"]
+    statuses = [r.status for r in client_env.requests if r.method == "GET" and "/results" not in r.path]
+    assert statuses[:2] == [404, 404]
+
+
+def test_cache_uses_one_hour_ttl(client_env):
+    client_env.configure(batch_seconds_per_request=FAST)
+    shared = "context " * 2000
+    results = invoke_batch(prompts_of(3), shared_system=shared, cache_shared_system=True, poll_interval=0.05)
+    assert len(results) == 3
+    for req in creates(client_env)[0].body["requests"]:
+        marks = [b["cache_control"] for b in req["params"]["system"] if "cache_control" in b]
+        assert marks == [{"type": "ephemeral", "ttl": "1h"}]
+    assert results.usage.cache_creation_1h_input_tokens > 0
+    assert results.usage.cache_creation_1h_input_tokens == results.usage.cache_creation_input_tokens
+
+
+def test_progress_snapshots(client_env):
+    client_env.configure(batch_seconds_per_request=0.02)
+    seen = []
+    invoke_batch(prompts_of(10), poll_interval=0.05, on_progress=seen.append, max_batch_requests=4)
+    assert seen, "on_progress was never called"
+    for p in seen:
+        assert p.total == 10 and len(p.batches) == 3
+        assert p.processing + p.succeeded + p.errored + p.canceled + p.expired == 10
+        assert sum(b.end - b.start for b in p.batches) == 10
+    assert seen[-1].done == 10 and all(b.processing_status == "ended" for b in seen[-1].batches)
+
+
+def test_failing_progress_callback_does_not_stop_the_job(client_env):
+    client_env.configure(batch_seconds_per_request=FAST)
+
+    def broken(progress):
+        raise RuntimeError("display bug")
+
+    assert list(invoke_batch(prompts_of(2), poll_interval=0.05, on_progress=broken)) == ["Echo: item 0", "Echo: item 1"]
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    "prompts, kwargs, match",
+    [
+        ([{"text": "x"}], {}, "prompt"),
+        ([{"prompt": "x", "colour": 1}], {}, "colour"),
+        ([{"prompt": "x"}], {"poll_interval": 0}, "poll_interval"),
+        ([{"prompt": "x"}], {"timeout": -1}, "timeout"),
+        ([{"prompt": "x"}], {"on_progress": 3}, "on_progress"),
+        ([{"prompt": "x"}], {"on_interrupt": "stop"}, "on_interrupt"),
+        ([{"prompt": "x"}], {"max_batch_requests": 0}, "max_batch_requests"),
+        ([{"prompt": "x"}], {"max_batch_requests": 100_001}, "max_batch_requests"),
+        ([{"prompt": "x"}], {"max_batch_bytes": 300 * 1024 * 1024}, "max_batch_bytes"),
+        ([{"prompt": "x" * 5000}], {"max_batch_bytes": 2000}, r"prompts\[0\]"),
+        ([{"prompt": "x"}], {"journal": "/nonexistent-dir/j.json"}, "journal"),
+        ([{"prompt": "x"}], {"interrupt_token": object()}, "interrupt_token"),
+    ],
+)
+def test_validation_sends_nothing(client_env, prompts, kwargs, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        invoke_batch(prompts, **kwargs)
+    assert client_env.requests == []

@@ -1,0 +1,488 @@
+"""claude_client core: credentials, the pooled client, invoke_claude(_streaming), errors, usage."""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import threading
+import traceback
+from pathlib import Path
+
+import anthropic
+import httpx2
+import pytest
+
+import claude_client as cc
+from claude_client import ClaudeInvocationError, ClaudeResponse, InterruptToken, Usage
+
+pytestmark = pytest.mark.timeout(60)
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+
+
+# ------------------------------------------------------------------ calls and metadata
+
+
+def test_invoke_claude_returns_str_with_metadata(client_env):
+    reply = cc.invoke_claude("hello there")
+    assert reply == "Echo: hello there"
+    assert isinstance(reply, str) and isinstance(reply, ClaudeResponse)
+    assert type(str(reply)) is str and str(reply) == "Echo: hello there"
+    assert json.loads(json.dumps({"r": reply})) == {"r": "Echo: hello there"}
+    assert reply.stop_reason == "end_turn"
+    assert reply.model == cc.DEFAULT_MODEL
+    assert reply.id.startswith("msg_")
+    assert reply.request_id.startswith("req_")
+    assert reply.usage.output_tokens == 3
+    assert reply.usage.input_tokens >= 1
+    assert reply.content == [{"type": "text", "text": "Echo: hello there"}]
+    assert reply.cost_usd == pytest.approx(cc.estimate_cost(reply.usage, cc.DEFAULT_MODEL))
+    assert reply.cost_usd > 0
+    clone = pickle.loads(pickle.dumps(reply))
+    assert clone == reply and clone.usage == reply.usage and clone.request_id == reply.request_id
+    record = client_env.message_requests()[0]
+    assert record.stream is False and record.body["model"] == cc.DEFAULT_MODEL
+
+
+def test_streaming_callback_gets_chunks_in_order(client_env):
+    chunks: list[str] = []
+    reply = cc.invoke_claude_streaming("one two three [[words=12]]", callback=chunks.append)
+    assert "".join(chunks) == reply
+    assert len(chunks) == 12 and reply.usage.output_tokens == 12
+    assert client_env.message_requests()[0].stream is True
+    # invoke_claude(streaming=True) streams internally and returns the same text
+    again = cc.invoke_claude("one two three [[words=12]]", streaming=True)
+    assert again == reply and client_env.message_requests()[-1].stream is True
+
+
+def test_streaming_callback_that_raises_aborts_and_chains(client_env):
+    seen: list[str] = []
+
+    def callback(chunk: str) -> None:
+        seen.append(chunk)
+        if len(seen) == 2:
+            raise KeyError("boom")
+
+    with pytest.raises(ClaudeInvocationError) as info:
+        cc.invoke_claude_streaming("x [[words=200 delay_ms=5]]", callback=callback)
+    assert info.value.kind == "callback" and not info.value.transient
+    assert isinstance(info.value.__cause__, KeyError)
+    assert client_env.wait_for(lambda e: e.stats()["aborted"] == 1, timeout=5)
+
+
+def test_max_tokens_truncation_is_visible_and_logged(client_env, caplog):
+    caplog.set_level(logging.WARNING, logger="claude_client")
+    reply = cc.invoke_claude("a b c [[words=20]]", max_tokens=5)
+    assert reply.stop_reason == "max_tokens" and reply.usage.output_tokens == 5
+    assert any("max_tokens" in r.getMessage() for r in caplog.records if r.name == "claude_client")
+
+
+def test_cache_flags_and_no_caller_mutation(client_env):
+    system = [{"type": "text", "text": "rules"}, {"type": "text", "text": "more rules"}]
+    system_before = copy.deepcopy(system)
+    messages = [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
+    messages_before = copy.deepcopy(messages)
+    cc.invoke_claude(messages=messages, system=system, cache_system=True, cache_prompt=True)
+    assert system == system_before and messages == messages_before
+    body = client_env.message_requests()[0].body
+    assert "cache_control" not in body["system"][0]
+    assert body["system"][1]["cache_control"] == {"type": "ephemeral"}
+    assert body["messages"][-1]["content"][-1]["cache_control"] == {"type": "ephemeral"}
+    cc.invoke_claude("plain", system="string system", cache_system=True, cache_prompt=True)
+    body = client_env.message_requests()[1].body
+    assert body["system"] == [{"type": "text", "text": "string system", "cache_control": {"type": "ephemeral"}}]
+    assert body["messages"][0]["content"] == [{"type": "text", "text": "plain", "cache_control": {"type": "ephemeral"}}]
+
+
+def test_kwargs_pass_through(client_env):
+    cc.invoke_claude("hi", temperature=0.3, top_p=0.9, stop_sequences=["END"], metadata={"user_id": "u1"})
+    body = client_env.message_requests()[0].body
+    assert body["temperature"] == 0.3 and body["top_p"] == 0.9
+    assert body["stop_sequences"] == ["END"] and body["metadata"] == {"user_id": "u1"}
+
+
+def _five_breakpoints() -> dict:
+    blocks = [{"type": "text", "text": f"b{i}", "cache_control": {"type": "ephemeral"}} for i in range(4)]
+    return {"system": blocks, "cache_prompt": True}
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc",
+    [
+        ({"prompt": ""}, ValueError),
+        ({"prompt": "   "}, ValueError),
+        ({"prompt": None}, ValueError),
+        ({"prompt": "a", "messages": [{"role": "user", "content": "b"}]}, ValueError),
+        ({"prompt": 12}, TypeError),
+        ({"prompt": "a", "max_tokens": 0}, ValueError),
+        ({"prompt": "a", "max_tokens": 1.5}, TypeError),
+        ({"prompt": "a", "max_tokens": True}, TypeError),
+        ({"prompt": "a", "temperature": 1.5}, ValueError),
+        ({"prompt": "a", "temperature": -0.1}, ValueError),
+        ({"prompt": "a", "temperature": "hot"}, TypeError),
+        ({"prompt": "a", "model": ""}, ValueError),
+        ({"prompt": "a", "system": 5}, TypeError),
+        ({"prompt": "a", "system": [{"text": "no type"}]}, ValueError),
+        ({"prompt": "a", "cache_system": "yes"}, TypeError),
+        ({"prompt": "a", "streaming": 1}, TypeError),
+        ({"prompt": "a", "stall_timeout": 0}, ValueError),
+        ({"prompt": "a", "interrupt_token": "stop"}, TypeError),
+        ({"messages": []}, ValueError),
+        ({"messages": [{"role": "assistant", "content": "x"}]}, ValueError),
+        ({"messages": [{"role": "robot", "content": "x"}]}, ValueError),
+        ({"prompt": "a", "stream": True}, TypeError),
+        ({"prompt": "a", **_five_breakpoints()}, ValueError),
+    ],
+)
+def test_validation_fails_fast_and_sends_nothing(client_env, kwargs, exc):
+    with pytest.raises(exc):
+        cc.invoke_claude(**kwargs)
+    if "streaming" not in kwargs:
+        with pytest.raises(exc):
+            cc.invoke_claude_streaming(**kwargs)
+    assert client_env.requests == []
+
+
+def test_validation_messages_name_the_parameter(client_env):
+    with pytest.raises(ValueError, match="max_tokens"):
+        cc.invoke_claude("a", max_tokens=0)
+    with pytest.raises(ValueError, match="temperature"):
+        cc.invoke_claude("a", temperature=2)
+    with pytest.raises(ValueError, match="cache_control"):
+        cc.invoke_claude("a", **_five_breakpoints())
+
+
+# ------------------------------------------------------------------ errors
+
+
+@pytest.mark.parametrize(
+    "status, kind",
+    [
+        (400, "bad_request"),
+        (401, "auth"),
+        (403, "auth"),
+        (404, "bad_request"),
+        (408, "timeout"),
+        (409, "server"),
+        (413, "bad_request"),
+        (429, "rate_limit"),
+        (500, "server"),
+        (503, "server"),
+        (529, "overloaded"),
+    ],
+)
+def test_error_kinds(client_env, status, kind):
+    cc.configure(max_retries=0)
+    for fn in (cc.invoke_claude, cc.invoke_claude_streaming):
+        with pytest.raises(ClaudeInvocationError) as info:
+            fn(f"x [[fail={status}]] [[id={fn.__name__}]]")
+        err = info.value
+        assert err.kind == kind and err.status_code == status
+        assert err.transient == (kind in cc.TRANSIENT_KINDS)
+        assert err.request_id and err.request_id.startswith("req_")
+        assert isinstance(err.__cause__, anthropic.APIStatusError)
+    assert len(client_env.message_requests()) == 2
+
+
+def test_retry_after_is_the_larger_header(client_env):
+    cc.configure(max_retries=0)
+    with pytest.raises(ClaudeInvocationError) as info:
+        cc.invoke_claude("x [[fail=429 retry_after=3 retry_after_ms=5500]]")
+    assert info.value.retry_after == pytest.approx(5.5)
+    with pytest.raises(ClaudeInvocationError) as info:
+        cc.invoke_claude("y [[fail=429 retry_after=4 retry_after_ms=100]]")
+    assert info.value.retry_after == pytest.approx(4.0)
+
+
+def test_mid_stream_overloaded_error(client_env):
+    chunks: list[str] = []
+    with pytest.raises(ClaudeInvocationError) as info:
+        cc.invoke_claude_streaming("x [[words=10 error_after=3]]", callback=chunks.append)
+    assert info.value.kind == "overloaded" and info.value.transient
+    assert info.value.status_code == 200
+    assert len(chunks) == 3
+
+
+def test_sdk_retries_still_apply_by_default(client_env):
+    reply = cc.invoke_claude("x [[fail=529 times=1]]")
+    assert reply == "Echo: x"
+    assert [r.status for r in client_env.message_requests()] == [529, 200]
+
+
+def _status_error(status: int, message: str, etype: str = "invalid_request_error") -> anthropic.APIStatusError:
+    response = httpx2.Response(status, request=httpx2.Request("POST", "http://127.0.0.1/v1/messages"))
+    body = {"type": "error", "error": {"type": etype, "message": message}}
+    cls = {400: anthropic.BadRequestError, 422: anthropic.UnprocessableEntityError}.get(status, anthropic.APIStatusError)
+    return cls(message, response=response, body=body)
+
+
+def test_error_from_classification_table():
+    assert cc._error_from(_status_error(400, "prompt is too long: 210000 tokens > 200000 maximum")).kind == "context_overflow"
+    assert cc._error_from(_status_error(400, "input length and `max_tokens` exceed context limit")).kind == "context_overflow"
+    assert cc._error_from(_status_error(400, "messages: field required")).kind == "bad_request"
+    assert cc._error_from(_status_error(422, "unprocessable")).kind == "bad_request"
+    overloaded_mid_stream = _status_error(200, "Overloaded", "overloaded_error")
+    assert cc._error_from(overloaded_mid_stream).kind == "overloaded"
+    request = httpx2.Request("POST", "http://127.0.0.1/v1/messages")
+    assert cc._error_from(anthropic.APITimeoutError(request=request)).kind == "timeout"
+    assert cc._error_from(anthropic.APIConnectionError(request=request)).kind == "connection"
+    assert cc._error_from(httpx2.RemoteProtocolError("peer closed")).kind == "connection"
+    plain = cc._error_from(ValueError("x"))
+    assert plain.kind is None and not plain.transient
+    same = ClaudeInvocationError("y", kind="stalled")
+    assert cc._error_from(same) is same and same.transient
+    assert cc.TRANSIENT_KINDS == frozenset({"rate_limit", "overloaded", "server", "connection", "timeout", "stalled"})
+
+
+def test_error_pickles_with_its_attributes():
+    err = ClaudeInvocationError("m", 429, {"a": 1}, kind="rate_limit", request_id="req_1", retry_after=2.0)
+    clone = pickle.loads(pickle.dumps(err))
+    assert (clone.kind, clone.status_code, clone.details, clone.request_id, clone.retry_after) == (
+        "rate_limit", 429, {"a": 1}, "req_1", 2.0)
+    assert clone.transient and str(clone) == "m"
+
+
+# ------------------------------------------------------------------ credentials and client
+
+
+def test_missing_key_lists_every_place(client_env, monkeypatch):
+    monkeypatch.delenv("ANTHROPIC_API_KEY")
+    cc.reset_client()
+    with pytest.raises(ClaudeInvocationError) as info:
+        cc.invoke_claude("hi")
+    msg = str(info.value)
+    assert info.value.kind == "auth"
+    for place in ("ANTHROPIC_API_KEY", "ANTHROPIC_API_KEY.txt", "API_CREDENTIALS.json", "anthropic_api_key",
+                  cc.PROJECT_DIR_ENV):
+        assert place in msg
+    assert client_env.requests == []
+
+
+def test_key_sources_and_precedence(client_env, monkeypatch, tmp_path):
+    project = Path(os.environ[cc.PROJECT_DIR_ENV])
+    monkeypatch.delenv("ANTHROPIC_API_KEY")
+    (project / "API_CREDENTIALS.json").write_text(json.dumps({"anthropic_api_key": "sk-from-json"}))
+    cc.reset_client()
+    assert cc.get_client().api_key == "sk-from-json"
+    (project / "ANTHROPIC_API_KEY.txt").write_text("  sk-from-txt\n")
+    assert cc.get_client().api_key == "sk-from-json"  # resolved once and cached
+    cc.reset_client()
+    assert cc.get_client().api_key == "sk-from-txt"
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-from-env")
+    cc.reset_client()
+    assert cc.get_client().api_key == "sk-from-env"
+    assert cc.get_client(api_key="sk-explicit").api_key == "sk-explicit"
+    assert cc.invoke_claude("hi", api_key="sk-explicit2") == "Echo: hi"
+
+
+def test_empty_key_file_and_bad_json_name_the_file(client_env, monkeypatch):
+    project = Path(os.environ[cc.PROJECT_DIR_ENV])
+    monkeypatch.delenv("ANTHROPIC_API_KEY")
+    (project / "ANTHROPIC_API_KEY.txt").write_text("\n")
+    cc.reset_client()
+    with pytest.raises(ClaudeInvocationError, match="ANTHROPIC_API_KEY.txt.*empty"):
+        cc.invoke_claude("hi")
+    (project / "ANTHROPIC_API_KEY.txt").unlink()
+    (project / "API_CREDENTIALS.json").write_text('{"anthropic_api_key": "sk-ant-half')
+    cc.reset_client()
+    with pytest.raises(ClaudeInvocationError, match="API_CREDENTIALS.json") as info:
+        cc.invoke_claude("hi")
+    assert "sk-ant-half" not in str(info.value)
+    (project / "API_CREDENTIALS.json").write_text('{"other": 1}')
+    cc.reset_client()
+    with pytest.raises(ClaudeInvocationError, match="anthropic_api_key"):
+        cc.invoke_claude("hi")
+    assert client_env.requests == []
+
+
+def test_one_shared_client_and_pooled_connections(client_env):
+    first = cc.get_client()
+    seen = []
+    threads = [threading.Thread(target=lambda: seen.append(cc.get_client())) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(c is first for c in seen)
+    assert cc._client_for(max_retries=0) is cc._client_for(max_retries=0)
+    assert cc._client_for(max_retries=0)._client is first._client  # same connection pool
+    for i in range(200):
+        assert cc.invoke_claude(f"n{i}") == f"Echo: n{i}"
+    assert client_env.connection_count <= 3
+    cc.reset_client()
+    assert cc.get_client() is not first
+
+
+def test_configure_injected_client_and_base_url(client_env, monkeypatch):
+    mine = anthropic.Anthropic(api_key="sk-mine", base_url=client_env.base_url)
+    cc.configure(client=mine)
+    assert cc.get_client() is mine
+    assert cc.invoke_claude("hi") == "Echo: hi"
+    cc.reset_client()
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
+    assert cc.invoke_claude("hi", base_url=client_env.base_url) == "Echo: hi"
+    cc.configure(base_url=client_env.base_url)
+    assert cc.invoke_claude("again") == "Echo: again"
+    with pytest.raises(TypeError):
+        cc.configure(client="not a client")
+    with pytest.raises(ValueError):
+        cc.configure(timeout=-1)
+
+
+def test_interrupted_token_sends_nothing(client_env):
+    token = InterruptToken()
+    token.interrupt()
+    with pytest.raises(ClaudeInvocationError) as info:
+        cc.invoke_claude("hi", interrupt_token=token)
+    assert info.value.kind == "interrupted"
+    assert client_env.requests == []
+
+
+def test_interrupt_aborts_streaming_call(client_env):
+    token = InterruptToken()
+    chunks: list[str] = []
+
+    def callback(chunk: str) -> None:
+        chunks.append(chunk)
+        if len(chunks) == 3:
+            threading.Thread(target=token.interrupt).start()
+
+    with pytest.raises(ClaudeInvocationError) as info:
+        cc.invoke_claude_streaming("x [[words=100000 delay_ms=10]]", callback=callback, interrupt_token=token)
+    assert info.value.kind == "interrupted"
+    assert client_env.wait_for(lambda e: e.stats()["aborted"] == 1, timeout=5)
+
+
+def test_interrupt_before_response_headers(client_env):
+    token = InterruptToken()
+    timer = threading.Timer(0.3, token.interrupt)
+    timer.start()
+    with pytest.raises(ClaudeInvocationError) as info:
+        cc.invoke_claude_streaming("slow [[ttft_ms=30000]]", interrupt_token=token)
+    assert info.value.kind == "interrupted"
+    assert client_env.wait_for(lambda e: e.stats()["aborted"] == 1, timeout=5)
+    assert len(client_env.message_requests()) == 1  # the SDK did not resend after the abort
+
+
+def test_usage_and_cost():
+    u = Usage(10, 20, 30, 40) + Usage(1, 2, 3, 4)
+    assert (u.input_tokens, u.output_tokens, u.cache_creation_input_tokens, u.cache_read_input_tokens) == (11, 22, 33, 44)
+    assert u.total_input_tokens == 11 + 33 + 44
+    assert sum([Usage(1), Usage(2)], Usage()) == Usage(3)
+    assert cc.estimate_cost(Usage(1_000_000, 1_000_000), "claude-sonnet-4-6") == pytest.approx(18.0)
+    assert cc.estimate_cost(Usage(0, 0, 1_000_000, 1_000_000), "claude-haiku-4-5") == pytest.approx(1.25 + 0.1)
+    one_hour = Usage(0, 0, 1_000_000, 0, cache_creation_1h_input_tokens=1_000_000)
+    assert cc.estimate_cost(one_hour, "claude-opus-4-6") == pytest.approx(10.0)
+    assert cc.estimate_cost(Usage(1_000_000), "claude-opus-4-6-20260101") == pytest.approx(5.0)  # longest prefix
+    assert cc.estimate_cost(Usage(1_000_000, service_tier="batch"), "claude-sonnet-4-6") == pytest.approx(1.5)
+    assert cc.estimate_cost(Usage(1_000_000), "claude-sonnet-4-6", batch=True) == pytest.approx(1.5)
+
+
+def test_unknown_model_cost_is_none_and_warned_once(client_env, caplog):
+    caplog.set_level(logging.WARNING, logger="claude_client")
+    a = cc.invoke_claude("hi", model="mystery-model-x1")
+    b = cc.invoke_claude("hi again", model="mystery-model-x1")
+    assert a.cost_usd is None and b.cost_usd is None
+    warnings = [r for r in caplog.records if "mystery-model-x1" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+# ------------------------------------------------------------------ the key never leaks
+
+SENTINEL = "sk-ant-SENTINEL-7c1f0e9d2b"
+
+
+def _texts_of(exc: BaseException) -> list[str]:
+    return [str(exc), repr(exc), "".join(traceback.format_exception(exc))] + [
+        repr(getattr(exc, name, None)) for name in ("details", "errors", "results")
+    ]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_sentinel_key_never_leaks(client_env, monkeypatch, caplog):
+    caplog.set_level(logging.DEBUG)
+    project = Path(os.environ[cc.PROJECT_DIR_ENV])
+    failures: list[BaseException] = []
+
+    def expect_failure(fn, *args, **kwargs):
+        try:
+            fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - collected for inspection
+            failures.append(exc)
+        else:
+            raise AssertionError(f"{fn.__name__}{args} did not fail")
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", SENTINEL)
+    cc.reset_client()
+    cc.configure(max_retries=0)
+    client_env.configure(api_key="sk-ant-the-right-one")
+    expect_failure(cc.invoke_claude, "hi")  # 401
+    expect_failure(cc.invoke_claude_streaming, "hi")
+    expect_failure(cc.invoke_parallel, [{"prompt": "a"}, {"prompt": "b"}])
+    client_env.configure(api_key=None)
+    for status in (400, 403, 429, 500, 529):
+        expect_failure(cc.invoke_claude, f"x [[fail={status}]]")
+    expect_failure(cc.invoke_claude_streaming, "x [[error_after=1]]")
+    expect_failure(cc.invoke_claude_streaming, "x [[stall_after=1]]", stall_timeout=0.2)
+    token = InterruptToken()
+    token.interrupt()
+    expect_failure(cc.invoke_claude_streaming, "x", interrupt_token=token)
+    expect_failure(cc.invoke_claude_streaming, "x", callback=lambda c: 1 / 0)
+    expect_failure(cc.invoke_claude, "a", max_tokens=0)
+    expect_failure(cc.invoke_claude, "x", base_url=f"http://127.0.0.1:{_free_port()}")  # connection refused
+    expect_failure(cc.invoke_claude, "x", api_key=SENTINEL, base_url=f"http://127.0.0.1:{_free_port()}")
+    # key files: malformed JSON and an empty file
+    monkeypatch.delenv("ANTHROPIC_API_KEY")
+    (project / "API_CREDENTIALS.json").write_text('{"anthropic_api_key": "' + SENTINEL + '",,}')
+    cc.reset_client()
+    expect_failure(cc.invoke_claude, "hi")
+    (project / "API_CREDENTIALS.json").write_text(json.dumps({"anthropic_api_key": 5, "x": SENTINEL}))
+    cc.reset_client()
+    expect_failure(cc.invoke_claude, "hi")
+    (project / "ANTHROPIC_API_KEY.txt").write_text("")
+    cc.reset_client()
+    expect_failure(cc.invoke_claude, "hi")
+    assert len(failures) == 18
+    kinds = {getattr(f, "kind", None) for f in failures}
+    assert {"auth", "bad_request", "rate_limit", "server", "overloaded", "stalled", "interrupted", "callback",
+            "connection"} <= kinds
+    for exc in failures:
+        for text in _texts_of(exc):
+            assert SENTINEL not in text, f"key leaked via {type(exc).__name__}"
+        cause = exc.__cause__
+        while cause is not None:
+            assert SENTINEL not in str(cause) and SENTINEL not in repr(cause)
+            cause = cause.__cause__
+    for record in caplog.records:
+        assert SENTINEL not in record.getMessage()
+        if record.exc_info:
+            assert SENTINEL not in "".join(traceback.format_exception(*record.exc_info))
+    for obj in (cc.get_client(api_key=SENTINEL), InterruptToken(), cc.ConversationThread(api_key=SENTINEL)):
+        assert SENTINEL not in repr(obj)
+
+
+def test_import_with_sys_path_only(tmp_path):
+    code = (
+        "import sys; sys.path.append(sys.argv[1]); import claude_client as c; "
+        "from claude_client import invoke_parallel, ConversationThread, StallDetector; "
+        "print(c.__file__); print(c.DEFAULT_MODEL)"
+    )
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", code, str(SCRIPTS)], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    path, model = out.stdout.split()
+    assert Path(path).resolve() == (SCRIPTS / "claude_client.py").resolve()
+    assert model == cc.DEFAULT_MODEL

@@ -1,0 +1,179 @@
+"""ConversationThread: moving cache breakpoints, rollback on failure, serialization of sends."""
+from __future__ import annotations
+
+import copy
+import threading
+
+import pytest
+
+import claude_client as cc
+from claude_client import ClaudeInvocationError, ConversationThread, InterruptToken
+
+pytestmark = pytest.mark.timeout(60)
+
+LONG_SYSTEM = " ".join(f"guideline {i}: answer with care and cite sources." for i in range(400))  # > 1024 tokens
+
+
+def _breakpoints(body: dict) -> int:
+    return sum(cc._count_breakpoints(body.get(k)) for k in ("tools", "system", "messages"))
+
+
+def test_ten_turns_read_growing_cache(client_env):
+    chat = ConversationThread(system=LONG_SYSTEM)
+    reads, writes = [], []
+    for turn in range(10):
+        reply = chat.send(f"turn {turn}: tell me something about topic {turn}")
+        assert reply == f"Echo: turn {turn}: tell me something about topic {turn}"
+        reads.append(reply.usage.cache_read_input_tokens)
+        writes.append(reply.usage.cache_creation_input_tokens)
+    assert reads[0] == 0 and writes[0] > 1024
+    assert all(later > earlier for earlier, later in zip(reads[1:], reads[2:]))
+    assert reads[1] >= writes[0]  # turn 2 reads everything turn 1 wrote
+    assert chat.turn_count == 10 and len(chat) == 20
+    bodies = [r.body for r in client_env.message_requests()]
+    assert all(_breakpoints(b) <= 4 for b in bodies)
+    assert _breakpoints(bodies[-1]) == 3  # system + previous user + latest user
+    assert chat.usage.cache_read_input_tokens == sum(reads)
+
+
+def test_history_shape_and_copies(client_env):
+    chat = ConversationThread(system="be brief", cache_system=False)
+    user_blocks = [{"type": "text", "text": "first question"}]
+    before = copy.deepcopy(user_blocks)
+    chat.send(user_blocks)
+    assert user_blocks == before  # caller content never mutated
+    chat.send("second question")
+    history = chat.get_messages()
+    assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]
+    assert history[1]["content"] == [{"type": "text", "text": "Echo: first question"}]
+    assert all("cache_control" not in b for m in history for b in m["content"])
+    history[0]["content"][0]["text"] = "tampered"
+    assert chat.get_messages()[0]["content"][0]["text"] == "first question"
+    last_body = client_env.message_requests()[-1].body
+    assert last_body["system"] == [{"type": "text", "text": "be brief"}]
+    assert last_body["messages"][0]["content"][-1]["cache_control"] == {"type": "ephemeral"}
+    assert last_body["messages"][2]["content"][-1]["cache_control"] == {"type": "ephemeral"}
+    chat.clear()
+    assert len(chat) == 0 and chat.turn_count == 0
+
+
+def test_no_cache_history(client_env):
+    chat = ConversationThread(cache_system=False)
+    chat.send("a", cache_history=False)
+    chat.send("b", cache_history=False)
+    assert all(_breakpoints(r.body) == 0 for r in client_env.message_requests())
+
+
+def test_failed_send_leaves_no_trace(client_env):
+    cc.configure(max_retries=0)
+    chat = ConversationThread(system="s")
+    chat.send("hello")
+    snapshot = chat.get_messages()
+    with pytest.raises(ClaudeInvocationError) as info:
+        chat.send("broken [[fail=500 times=1]]")
+    assert info.value.kind == "server"
+    assert chat.get_messages() == snapshot and chat.turn_count == 1
+    reply = chat.send("broken [[fail=500 times=1]]")  # the same message again succeeds
+    assert reply == "Echo: broken" and chat.turn_count == 2 and len(chat) == 4
+
+
+def test_interrupt_and_stall_leave_no_trace(client_env):
+    chat = ConversationThread()
+    chat.send("hi")
+    snapshot = chat.get_messages()
+    token = InterruptToken()
+    chunks: list[str] = []
+
+    def callback(chunk: str) -> None:
+        chunks.append(chunk)
+        if len(chunks) == 2:
+            threading.Thread(target=token.interrupt).start()
+
+    with pytest.raises(ClaudeInvocationError) as info:
+        chat.send_streaming("long [[words=100000 delay_ms=5]]", callback, interrupt_token=token)
+    assert info.value.kind == "interrupted"
+    assert chat.get_messages() == snapshot
+    with pytest.raises(ClaudeInvocationError) as info:
+        chat.send_streaming("stuck [[stall_after=2]]", stall_timeout=0.3)
+    assert info.value.kind == "stalled"
+    assert chat.get_messages() == snapshot and chat.turn_count == 1
+    assert client_env.wait_for(lambda e: e.stats()["aborted"] == 2, timeout=5)
+
+
+def test_send_streaming_chunks(client_env):
+    chat = ConversationThread()
+    chunks: list[str] = []
+    reply = chat.send_streaming("stream this please [[words=9]]", chunks.append)
+    assert "".join(chunks) == reply and len(chunks) == 9
+    assert chat.get_messages()[1]["content"] == [{"type": "text", "text": str(reply)}]
+
+
+def test_max_turns(client_env):
+    chat = ConversationThread(max_turns=2)
+    chat.send("one")
+    chat.send("two")
+    with pytest.raises(ClaudeInvocationError, match="max_turns") as info:
+        chat.send("three")
+    assert info.value.kind == "bad_request"
+    assert len(chat) == 4 and len(client_env.message_requests()) == 2
+
+
+def test_send_continuation(client_env):
+    chat = ConversationThread(continuation_prompt="Please go on.")
+    with pytest.raises(RuntimeError, match="send"):
+        chat.send_continuation()
+    assert client_env.requests == []
+    chat.send("write a story [[words=50]]")
+    reply = chat.send_continuation()
+    assert reply == "Echo: Please go on."
+    chat.send_continuation("Focus on the ending.")
+    assert chat.get_messages()[-2]["content"][0]["text"] == "Please go on.\n\nFocus on the ending."
+    default = ConversationThread()
+    default.send("x")
+    assert default.send_continuation() == "Echo: Continue from where you left off."
+
+
+def test_concurrent_sends_are_serialized(client_env):
+    chat = ConversationThread(system="s")
+    errors: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        try:
+            chat.send(f"message {i} [[delay_ms=3 words=6]]")
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert chat.turn_count == 8 and len(chat) == 16
+    history = chat.get_messages()
+    for user, assistant in zip(history[0::2], history[1::2]):
+        assert user["role"] == "user" and assistant["role"] == "assistant"
+        n = user["content"][0]["text"].split()[1]
+        assert assistant["content"][0]["text"].startswith(f"Echo: message {n}")
+    assert client_env.peak_concurrency == 1
+    # every request carried the full history before it
+    sizes = [len(r.body["messages"]) for r in client_env.message_requests()]
+    assert sizes == [1, 3, 5, 7, 9, 11, 13, 15]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"model": ""}, {"max_tokens": 0}, {"temperature": 2.0}, {"max_turns": 0}, {"continuation_prompt": ""},
+     {"cache_system": "yes"}, {"system": 3}],
+)
+def test_constructor_validation(kwargs):
+    with pytest.raises((ValueError, TypeError)):
+        ConversationThread(**kwargs)
+
+
+def test_send_validation_sends_nothing(client_env):
+    chat = ConversationThread()
+    for bad in ("", "   ", [], 5):
+        with pytest.raises((ValueError, TypeError)):
+            chat.send(bad)
+    assert client_env.requests == [] and len(chat) == 0
