@@ -163,7 +163,12 @@ def machine_info() -> dict:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not on Linux
         usable = os.cpu_count()
+    try:
+        load = "load average %.2f %.2f %.2f" % os.getloadavg()
+    except (AttributeError, OSError):  # pragma: no cover - not on Unix
+        load = "load average unknown"
     return {
+        "load": load,
         "cores": os.cpu_count(),
         "usable_cores": usable,
         "python": f"{platform.python_implementation()} {platform.python_version()}",
@@ -180,12 +185,13 @@ def render(rows: list[dict], machine: dict, *, quick: bool, ran: list[str], fail
     lines.append(
         f"Machine: {machine['cores']} cores ({machine['usable_cores']} usable), {machine['python']}, "
         f"anthropic SDK {machine['anthropic']}, {machine['platform']}; run {machine['date']}"
-        f"{' (--quick)' if quick else ''}, {seconds:.0f} s in all."
+        f"{' (--quick)' if quick else ''}, {seconds:.0f} s in all; {machine.get('load', '')} at the start."
     )
     lines.append("")
     lines.append(
         "Every figure is measured against the local emulator (no network); the baseline is "
-        "measured in the same run, and ratio = value / baseline."
+        "measured in the same run, and ratio = value / baseline. One run on a shared machine: "
+        "expect a few percent of noise between runs."
     )
     lines.append("")
     lines.append("| benchmark | figure | value | unit | baseline | ratio | target |")
@@ -268,6 +274,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("run.py: no bench/bench_*.py modules found", file=sys.stderr)
         return 1
 
+    machine = machine_info()  # before the run: the load average is the machine's, not ours
     rows: list[dict] = []
     ran: list[str] = []
     failed: dict[str, str] = {}
@@ -289,7 +296,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"run.py: bench_{name} done in {time.monotonic() - t0:.1f} s, {len(got)} rows",
               file=sys.stderr, flush=True)
 
-    report = render(rows, machine_info(), quick=args.quick, ran=ran, failed=failed,
+    report = render(rows, machine, quick=args.quick, ran=ran, failed=failed,
                     seconds=time.monotonic() - start)
     if args.output == "-":
         sys.stdout.write(report)

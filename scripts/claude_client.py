@@ -17,8 +17,8 @@ Quick start::
     print(results.usage, results.cost_usd)
 
 Credentials, first match wins: ``api_key=`` > ``ANTHROPIC_API_KEY`` >
-``<dir>/ANTHROPIC_API_KEY.txt`` > ``<dir>/API_CREDENTIALS.json`` (field ``anthropic_api_key``),
-where ``<dir>`` is ``$ORCHESTRATING_AGENTS_PROJECT_DIR`` or ``/mnt/project``. The base URL is
+``<dir>/ANTHROPIC_API_KEY.txt`` > ``<dir>/API_CREDENTIALS.json`` (field ``anthropic_api_key``) >
+``<dir>/claude.env`` (a line ``API_KEY=...``, the seed's file), where ``<dir>`` is ``$ORCHESTRATING_AGENTS_PROJECT_DIR`` or ``/mnt/project``. The base URL is
 ``base_url=`` > ``ANTHROPIC_BASE_URL`` > the SDK default. The key is never logged, printed or put
 into an exception message or repr.
 
@@ -35,6 +35,7 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 import threading
 import time
@@ -42,31 +43,38 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable, Iterable, Optional, Union
 
 import anthropic
 import httpx2
 
 __all__ = [
     "DEFAULT_MODEL",
+    "ERROR_KINDS",
     "PRICES",
     "TRANSIENT_KINDS",
     "ClaudeInvocationError",
     "ClaudeResponse",
     "ConversationThread",
     "InterruptToken",
+    "MissingAPIKeyError",
     "ParallelResults",
     "StallDetector",
     "Usage",
     "configure",
     "estimate_cost",
+    "get_anthropic_api_key",
+    "get_available_models",
     "get_client",
     "invoke_batch",
     "invoke_claude",
+    "invoke_claude_json",
     "invoke_claude_streaming",
     "invoke_parallel",
     "invoke_parallel_interruptible",
     "invoke_parallel_streaming",
+    "parse_json_response",
     "reset_client",
 ]
 
@@ -75,12 +83,27 @@ logger = logging.getLogger(__name__)
 #: The model used when none is given (the one place it is defined).
 DEFAULT_MODEL = "claude-sonnet-4-6"
 
+#: Current model ids, newest first within each family (see :func:`get_available_models`).
+AVAILABLE_MODELS: tuple[str, ...] = (
+    "claude-opus-4-6",
+    "claude-sonnet-4-6",
+    "claude-haiku-4-5",
+    "claude-opus-4-5",
+    "claude-sonnet-4-5",
+    "claude-opus-4-1",
+    "claude-sonnet-4-0",
+    "claude-opus-4-0",
+)
+
 #: Environment variable naming the project-knowledge folder searched for key files.
 PROJECT_DIR_ENV = "ORCHESTRATING_AGENTS_PROJECT_DIR"
 DEFAULT_PROJECT_DIR = "/mnt/project"
 KEY_FILE_NAME = "ANTHROPIC_API_KEY.txt"
 CREDENTIALS_FILE_NAME = "API_CREDENTIALS.json"
 CREDENTIALS_FIELD = "anthropic_api_key"
+#: The seed's env-style key file (a line ``API_KEY=...``), the last fallback.
+ENV_FILE_NAME = "claude.env"
+ENV_FILE_FIELDS = ("API_KEY", "ANTHROPIC_API_KEY")
 
 #: The API rejects a request with more cache_control blocks than this.
 MAX_CACHE_BREAKPOINTS = 4
@@ -98,6 +121,10 @@ ERROR_KINDS = frozenset(
         "interrupted",
         "stalled",
         "callback",
+        # message batches (scripts/message_batches.py): per-item outcomes, never transient
+        "batch_errored",
+        "batch_expired",
+        "batch_canceled",
     }
 )
 
@@ -131,7 +158,9 @@ class ClaudeInvocationError(Exception):
 
     ``kind`` is one of ``auth, rate_limit, overloaded, server, connection, timeout, bad_request,
     context_overflow, interrupted, stalled, callback`` (None for a failure that is not an API
-    failure); ``transient`` says whether a retry may succeed; ``retry_after`` is the server's
+    failure), or for one request of a message batch (:func:`invoke_batch`) ``batch_errored``
+    (the item's result was ``errored``; ``details`` is the API's error body), ``batch_expired``
+    or ``batch_canceled``; the full set is :data:`ERROR_KINDS`. ``transient`` says whether a retry may succeed; ``retry_after`` is the server's
     requested wait in seconds (or None). Parallel runs attach ``results`` (input order, None where
     failed) and ``errors`` (index -> exception). The SDK exception, if any, is the ``__cause__``.
 
@@ -180,6 +209,24 @@ class ClaudeInvocationError(Exception):
 
     def __reduce__(self) -> Any:
         return (type(self), (self.message, self.status_code, self.details), dict(self.__dict__))
+
+
+class MissingAPIKeyError(ClaudeInvocationError, ValueError):
+    """No usable API key: none found, or a key file that is unreadable, empty or malformed.
+
+    A :class:`ClaudeInvocationError` with ``kind == "auth"`` and also a ``ValueError``, so
+    callers of the seed skill that caught ``ValueError`` keep working. The message says where
+    the library looked; it never contains a key.
+
+    >>> try:
+    ...     key = get_anthropic_api_key()
+    ... except ValueError as e:      # or: except ClaudeInvocationError
+    ...     print(e.kind, e)         # auth No Anthropic API key found. Looked in: ...
+    """
+
+    def __init__(self, message: str, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("kind", "auth")
+        super().__init__(message, *args, **kwargs)
 
 
 def _header_float(value: Optional[str]) -> Optional[float]:
@@ -278,7 +325,7 @@ def _error_from(exc: BaseException) -> ClaudeInvocationError:
 def _field(obj: Any, name: str, default: Any = None) -> Any:
     if obj is None:
         return default
-    if isinstance(obj, Mapping):
+    if _is_mapping(obj):
         return obj.get(name, default)
     return getattr(obj, name, default)
 
@@ -593,50 +640,80 @@ def _project_dir() -> Path:
     return Path(os.environ.get(PROJECT_DIR_ENV) or DEFAULT_PROJECT_DIR)
 
 
-def _missing_key_error(directory: Path) -> ClaudeInvocationError:
-    return ClaudeInvocationError(
+def _missing_key_error(directory: Path) -> MissingAPIKeyError:
+    return MissingAPIKeyError(
         "No Anthropic API key found. Looked in: the api_key= argument / configure(api_key=...); "
         "the ANTHROPIC_API_KEY environment variable; "
-        f"{directory / KEY_FILE_NAME}; {directory / CREDENTIALS_FILE_NAME} (field {CREDENTIALS_FIELD!r}). "
+        f"{directory / KEY_FILE_NAME}; {directory / CREDENTIALS_FILE_NAME} (field {CREDENTIALS_FIELD!r}); "
+        f"{directory / ENV_FILE_NAME} (a line API_KEY=...). "
         f"Fix: export ANTHROPIC_API_KEY, or put the key in one of those files "
         f"(set {PROJECT_DIR_ENV} to use another folder).",
-        kind="auth",
     )
 
 
+def _read_key_file(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MissingAPIKeyError(f"Could not read the {what} {path}: {type(exc).__name__}") from None
+
+
+def _key_from_env_file(env_file: Path) -> str:
+    """The key of a ``claude.env`` file: the last ``API_KEY=...`` line (``export`` and quotes allowed)."""
+    key = None
+    for line in _read_key_file(env_file, "key file").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[len("export "):].lstrip()
+        name, sep, value = line.partition("=")
+        if not sep or name.strip() not in ENV_FILE_FIELDS:
+            continue
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1].strip()
+        key = value or None
+    if key is None:
+        # Never quote the file's lines: they may hold a key under another name.
+        raise MissingAPIKeyError(
+            f"The key file {env_file} has no non-empty line API_KEY=... (or ANTHROPIC_API_KEY=...)"
+        )
+    return key
+
+
 def _key_from_files(directory: Path) -> Optional[str]:
+    """The key from the project folder: ANTHROPIC_API_KEY.txt > API_CREDENTIALS.json > claude.env."""
     key_file = directory / KEY_FILE_NAME
     if key_file.is_file():
-        try:
-            text = key_file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ClaudeInvocationError(
-                f"Could not read the API key file {key_file}: {type(exc).__name__}", kind="auth"
-            ) from None
-        key = text.strip()
+        key = _read_key_file(key_file, "API key file").strip()
         if not key:
-            raise ClaudeInvocationError(f"The API key file {key_file} is empty", kind="auth")
+            raise MissingAPIKeyError(f"The API key file {key_file} is empty")
         return key
     cred_file = directory / CREDENTIALS_FILE_NAME
     if cred_file.is_file():
+        text = _read_key_file(cred_file, "credentials file")
         try:
-            data = json.loads(cred_file.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            data = json.loads(text)
+        except ValueError as exc:
             # `from None`: a JSONDecodeError holds the whole document (the key) in `.doc`.
-            raise ClaudeInvocationError(
-                f"Could not parse the credentials file {cred_file} as JSON ({type(exc).__name__})", kind="auth"
+            raise MissingAPIKeyError(
+                f"Could not parse the credentials file {cred_file} as JSON ({type(exc).__name__})"
             ) from None
         value = data.get(CREDENTIALS_FIELD) if isinstance(data, dict) else None
         if not isinstance(value, str) or not value.strip():
-            raise ClaudeInvocationError(
-                f"The credentials file {cred_file} has no non-empty string field {CREDENTIALS_FIELD!r}", kind="auth"
+            raise MissingAPIKeyError(
+                f"The credentials file {cred_file} has no non-empty string field {CREDENTIALS_FIELD!r}"
             )
         return value.strip()
+    env_file = directory / ENV_FILE_NAME
+    if env_file.is_file():
+        return _key_from_env_file(env_file)
     return None
 
 
 def _resolve_api_key(explicit: Optional[str] = None) -> str:
-    """The API key: explicit > configure() > env > key file > credentials JSON (cached once)."""
+    """The API key: explicit > configure() > env > key file > credentials JSON > claude.env (cached once)."""
     global _resolved_key
     if explicit is not None:
         if not isinstance(explicit, str) or not explicit.strip():
@@ -655,6 +732,21 @@ def _resolve_api_key(explicit: Optional[str] = None) -> str:
             raise _missing_key_error(directory)
         _resolved_key = key
         return key
+
+
+def get_anthropic_api_key() -> str:
+    """The API key the library uses (same resolution order and cache as :func:`get_client`).
+
+    Order: ``configure(api_key=...)`` > ``ANTHROPIC_API_KEY`` > ``<dir>/ANTHROPIC_API_KEY.txt`` >
+    ``<dir>/API_CREDENTIALS.json`` (field ``anthropic_api_key``) > ``<dir>/claude.env`` (a line
+    ``API_KEY=...``), where ``<dir>`` is ``$ORCHESTRATING_AGENTS_PROJECT_DIR`` or ``/mnt/project``.
+    The first lookup is cached until :func:`reset_client`. Raises :class:`MissingAPIKeyError`
+    (a ``ClaudeInvocationError`` of kind ``auth`` and a ``ValueError``) when there is none.
+
+    >>> key = get_anthropic_api_key()
+    >>> client = anthropic.Anthropic(api_key=key)   # e.g. for an SDK feature the library lacks
+    """
+    return _resolve_api_key()
 
 
 def _resolve_base_url(explicit: Optional[str] = None) -> Optional[str]:
@@ -1319,7 +1411,7 @@ def _system_blocks(system: Any, name: str, cache: bool) -> list[dict]:
     elif isinstance(system, (list, tuple)):
         blocks = []
         for i, block in enumerate(system):
-            if not isinstance(block, Mapping) or block.get("type") != "text" or not isinstance(block.get("text"), str):
+            if not _is_mapping(block) or block.get("type") != "text" or not isinstance(block.get("text"), str):
                 raise ValueError(f"{name}[{i}] must be a text block {{'type': 'text', 'text': str}}")
             blocks.append(copy.deepcopy(dict(block)))
     else:
@@ -1329,13 +1421,27 @@ def _system_blocks(system: Any, name: str, cache: bool) -> list[dict]:
     return blocks
 
 
+def _is_mapping(value: Any) -> bool:
+    """``isinstance(value, Mapping)`` with a fast path for plain dicts (hot in validation)."""
+    return type(value) is dict or isinstance(value, Mapping)
+
+
 def _count_breakpoints(value: Any) -> int:
-    if isinstance(value, Mapping):
-        return (1 if value.get("cache_control") is not None else 0) + sum(
-            _count_breakpoints(v) for k, v in value.items() if k != "cache_control"
-        )
-    if isinstance(value, (list, tuple)):
-        return sum(_count_breakpoints(v) for v in value)
+    """Number of ``cache_control`` entries in a nested structure of dicts and lists."""
+    kind = type(value)
+    if kind is str or value is None:
+        return 0
+    if kind is dict or isinstance(value, Mapping):
+        count = 1 if value.get("cache_control") is not None else 0
+        for key, item in value.items():
+            if key != "cache_control" and not isinstance(item, (str, int, float)):
+                count += _count_breakpoints(item)
+        return count
+    if kind is list or isinstance(value, (list, tuple)):
+        count = 0
+        for item in value:
+            count += _count_breakpoints(item)
+        return count
     return 0
 
 
@@ -1355,7 +1461,7 @@ def _content_blocks(content: Any, name: str) -> list[dict]:
     if isinstance(content, (list, tuple)) and content:
         blocks = []
         for i, block in enumerate(content):
-            if not isinstance(block, Mapping) or "type" not in block:
+            if not _is_mapping(block) or "type" not in block:
                 raise ValueError(f"{name}[{i}] must be a content block dict with a 'type'")
             blocks.append(copy.deepcopy(dict(block)))
         return blocks
@@ -1422,7 +1528,7 @@ def _build_params(
             raise ValueError("messages must be a non-empty list of {'role', 'content'} dicts")
         msgs = []
         for i, msg in enumerate(messages):
-            if not isinstance(msg, Mapping) or msg.get("role") not in ("user", "assistant") or "content" not in msg:
+            if not _is_mapping(msg) or msg.get("role") not in ("user", "assistant") or "content" not in msg:
                 raise ValueError(f"messages[{i}] must be a dict with role 'user' or 'assistant' and a content")
             msgs.append(copy.deepcopy(dict(msg)))
         if msgs[0]["role"] != "user":
@@ -1477,32 +1583,51 @@ def _normalize_prompts(
     _check_max_tokens(max_tokens)
     _check_bool(cache_shared_system, "cache_shared_system")
     shared = _system_blocks(shared_system, "shared_system", cache_shared_system)
-    allowed = _PROMPT_KEYS | frozenset(extra_keys)
+    shared_breakpoints = _count_breakpoints(shared)
+    extra_keys = frozenset(extra_keys)
+    allowed = _PROMPT_KEYS | extra_keys
     specs: list[_PromptSpec] = []
+    # Hot loop (10,000s of prompts): the common cases are checked without building messages;
+    # the _check_* helpers (which name the parameter) run only for values off the fast path.
     for index, item in enumerate(prompts):
         where = f"prompts[{index}]"
-        if not isinstance(item, Mapping):
+        if not _is_mapping(item):
             raise TypeError(f"{where} must be a dict with a 'prompt' key, got {type(item).__name__}")
-        unknown = sorted(set(item) - allowed)
-        if unknown:
+        if not allowed.issuperset(item):
+            unknown = sorted(set(item) - allowed)
             raise ValueError(f"{where} has unknown key {unknown[0]!r}; allowed keys: {sorted(allowed)}")
         if "prompt" not in item:
             raise ValueError(f"{where} is missing the required key 'prompt'")
-        cache_prompt = _check_bool(item.get("cache_prompt", False), f"{where}['cache_prompt']")
-        cache_system = _check_bool(item.get("cache_system", False), f"{where}['cache_system']")
+        cache_prompt = item.get("cache_prompt", False)
+        if cache_prompt is not False and cache_prompt is not True:
+            _check_bool(cache_prompt, f"{where}['cache_prompt']")
+        cache_system = item.get("cache_system", False)
+        if cache_system is not False and cache_system is not True:
+            _check_bool(cache_system, f"{where}['cache_system']")
         content = _user_content(item["prompt"], cache_prompt, f"{where}['prompt']")
+        item_model = item.get("model", model)
+        if item_model is not model:
+            _check_model(item_model, f"{where}['model']")
+        item_max_tokens = item.get("max_tokens", max_tokens)
+        if item_max_tokens is not max_tokens:
+            _check_max_tokens(item_max_tokens, f"{where}['max_tokens']")
         params: dict[str, Any] = {
-            "model": _check_model(item.get("model", model), f"{where}['model']"),
-            "max_tokens": _check_max_tokens(item.get("max_tokens", max_tokens), f"{where}['max_tokens']"),
+            "model": item_model,
+            "max_tokens": item_max_tokens,
             "messages": [{"role": "user", "content": content}],
         }
-        own = _system_blocks(item.get("system"), f"{where}['system']", cache_system)
+        own_system = item.get("system")
+        own = _system_blocks(own_system, f"{where}['system']", cache_system) if own_system is not None else []
         if shared or own:
             params["system"] = shared + own
-        if item.get("temperature") is not None:
-            params["temperature"] = _check_temperature(item["temperature"], f"{where}['temperature']")
-        _check_breakpoints(params, where)
-        specs.append(_PromptSpec(index, params, {k: item[k] for k in item if k in extra_keys}))
+        temperature = item.get("temperature")
+        if temperature is not None:
+            params["temperature"] = _check_temperature(temperature, f"{where}['temperature']")
+        # Same rule as _check_breakpoints, counted from the parts just built.
+        breakpoints = shared_breakpoints + (1 if cache_prompt else 0) + (_count_breakpoints(own) if own else 0)
+        if breakpoints > MAX_CACHE_BREAKPOINTS:
+            _check_breakpoints(params, where)
+        specs.append(_PromptSpec(index, params, {k: item[k] for k in item if k in extra_keys} if extra_keys else {}))
     return specs
 
 
@@ -1609,6 +1734,137 @@ def invoke_claude_streaming(
     )
     client = _client_for(api_key=api_key, base_url=base_url)
     return _stream_message(params, client=client, on_text=callback, interrupt=interrupt_token, stall_timeout=stall)
+
+
+def get_available_models() -> list[str]:
+    """The current Claude model ids (a new list; :data:`DEFAULT_MODEL` is among them).
+
+    A fixed list kept with the library (no request is sent); any model id the API accepts can
+    be passed as ``model=``, listed here or not.
+
+    >>> "claude-sonnet-4-6" in get_available_models()
+    True
+    >>> invoke_claude("hi", model=get_available_models()[0])
+    """
+    models = list(AVAILABLE_MODELS)
+    if DEFAULT_MODEL not in models:
+        models.append(DEFAULT_MODEL)
+    return models
+
+
+def _fence_body(text: str) -> Optional[str]:
+    """The body of the first ```-fenced block of ``text`` (None if there is none).
+
+    Multi-line blocks (```` ```json ```` line, body, ```` ``` ```` line) and one-line blocks
+    (```` ```json {"a": 1} ``` ````, as when line breaks were lost) are both understood.
+    """
+    if text.startswith("```"):
+        opening = 0
+    else:
+        opening = text.find("\n```")
+        if opening == -1:
+            return None
+        opening += 1
+    rest = text[opening + 3:]
+    newline = rest.find("\n")
+    first_line = rest if newline == -1 else rest[:newline]
+    closing = first_line.find("```")
+    if closing != -1:  # one line: an optional language tag, the body, the closing fence
+        return _LANGUAGE_TAG.sub("", first_line[:closing], count=1)
+    if newline == -1:
+        return first_line
+    body = rest[newline + 1:]
+    closing = body.find("```") if body.startswith("```") else body.find("\n```")
+    return body if closing == -1 else body[:closing]
+
+
+_LANGUAGE_TAG = re.compile(r"^[A-Za-z][\w+.-]*\s+")
+
+
+def parse_json_response(raw: str) -> Union[dict, list]:
+    """Parse a reply that should be JSON: strips a ```` ``` ```` / ```` ```json ```` fence, then ``json.loads``.
+
+    A reply with prose around one fenced block uses the block. Raises ``json.JSONDecodeError``
+    (a ``ValueError``) naming the problem when the text is not JSON, ``ValueError`` when it is
+    JSON but not an object or array, ``TypeError`` when ``raw`` is not a string.
+
+    >>> parse_json_response('```json\n{"a": 1}\n```')
+    {'a': 1}
+    >>> parse_json_response('[1, 2]')
+    [1, 2]
+    """
+    if not isinstance(raw, str):
+        raise TypeError(f"raw must be a str, got {type(raw).__name__}")
+    text = raw.strip()
+    body = text
+    if text.startswith("```"):
+        body = (_fence_body(text) or "").strip()
+    if not body:
+        raise json.JSONDecodeError("parse_json_response: the reply is empty (no JSON found)", body, 0)
+    try:
+        value = json.loads(body)
+    except json.JSONDecodeError as exc:
+        # Prose around a fenced block: use the block.
+        fenced = None if body is not text else _fence_body(text)
+        try:
+            if fenced is None or not fenced.strip():
+                raise exc
+            value = json.loads(fenced)
+        except json.JSONDecodeError as error:
+            raise json.JSONDecodeError(
+                f"parse_json_response: the reply is not valid JSON ({error.msg}); it starts with {text[:60]!r}",
+                error.doc,
+                error.pos,
+            ) from None
+    if not isinstance(value, (dict, list)):
+        raise ValueError(
+            f"parse_json_response: expected a JSON object or array, got {type(value).__name__}: {text[:60]!r}"
+        )
+    return value
+
+
+def invoke_claude_json(
+    prompt: Optional[str] = None,
+    model: str = DEFAULT_MODEL,
+    system: Union[str, list, None] = None,
+    max_tokens: int = 4096,
+    temperature: float = 1.0,
+    streaming: bool = False,
+    cache_system: bool = False,
+    cache_prompt: bool = False,
+    messages: Optional[list] = None,
+    *,
+    api_key: Optional[str] = None,
+    base_url: Optional[str] = None,
+    interrupt_token: Optional[InterruptToken] = None,
+    stall_timeout: Optional[float] = None,
+    **kwargs: Any,
+) -> Union[dict, list]:
+    """:func:`invoke_claude` (same parameters), then :func:`parse_json_response` of the reply.
+
+    Ask for JSON in the prompt or system; a reply that is not JSON raises ``json.JSONDecodeError``
+    (a ``ValueError``); API failures raise :class:`ClaudeInvocationError` as usual.
+
+    >>> data = invoke_claude_json('List 3 colours as {"colours": [...]}', system="Reply with JSON only.")
+    >>> data["colours"]
+    """
+    reply = invoke_claude(
+        prompt,
+        model=model,
+        system=system,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        streaming=streaming,
+        cache_system=cache_system,
+        cache_prompt=cache_prompt,
+        messages=messages,
+        api_key=api_key,
+        base_url=base_url,
+        interrupt_token=interrupt_token,
+        stall_timeout=stall_timeout,
+        **kwargs,
+    )
+    return parse_json_response(str(reply))
 
 
 # --------------------------------------------------------------------------------------------
@@ -1915,17 +2171,18 @@ class ConversationThread:
     latest user message and on the previous user message, so turn n reads turns 1..n-1 from the
     cache (never more than 4 breakpoints). A failed send (error, interrupt, stall) leaves the
     history untouched, so the same message can be sent again. Concurrent sends on one object
-    are serialized (a lock; each waits for the previous one). Reaching ``max_turns`` raises
-    ``ClaudeInvocationError(kind="bad_request")`` before sending and keeps the history.
+    are serialized (a lock; each waits for the previous one). A send once ``max_turns`` turns
+    are done raises ``RuntimeError`` before sending (the seed's behaviour) and keeps the
+    history; ``clear()`` it or start a new thread to go on.
 
-    ``len(thread)`` is the number of messages in the history; ``turn_count`` the number of
-    completed user/assistant exchanges.
+    ``len(thread)`` and ``turn_count`` are the number of completed turns (user + assistant
+    pairs, ``len(messages) // 2``); ``messages`` is a copy of the history.
 
     >>> chat = ConversationThread(system="You are a tutor.", max_turns=20)
     >>> chat.send("What is a monad?")
     >>> chat.send("Give an example in Python.")
-    >>> chat.turn_count, len(chat)
-    (2, 4)
+    >>> chat.turn_count, len(chat), len(chat.messages)
+    (2, 2, 4)
     """
 
     def __init__(
@@ -1961,17 +2218,26 @@ class ConversationThread:
         self._api_key = api_key
         self._base_url = base_url
         self._messages: list[dict] = []
-        self._turns = 0
         self._lock = threading.Lock()
         self.usage = Usage()
 
     @property
     def turn_count(self) -> int:
-        """Completed user/assistant exchanges."""
-        return self._turns
+        """Completed turns (user + assistant pairs), ``len(messages) // 2``."""
+        return len(self._messages) // 2
 
     def __len__(self) -> int:
-        return len(self._messages)
+        """The number of completed turns (user + assistant pairs), like the seed's ``len(thread)``."""
+        return len(self._messages) // 2
+
+    @property
+    def messages(self) -> list[dict]:
+        """A deep copy of the history (read-only view; same as :meth:`get_messages`).
+
+        >>> [m["role"] for m in chat.messages]
+        ['user', 'assistant']
+        """
+        return self.get_messages()
 
     def get_messages(self) -> list[dict]:
         """A deep copy of the history (``[{"role", "content": [blocks]}]``)."""
@@ -1982,7 +2248,6 @@ class ConversationThread:
         """Forget the history and the turn count."""
         with self._lock:
             self._messages = []
-            self._turns = 0
 
     def _params(self, content: list[dict], cache_history: bool) -> dict:
         messages = copy.deepcopy(self._messages)
@@ -2026,9 +2291,11 @@ class ConversationThread:
                 raise ValueError("user_message must be a non-empty string")
         content = _content_blocks(user_message, "user_message")
         with self._lock:
-            if self.max_turns is not None and self._turns >= self.max_turns:
-                raise ClaudeInvocationError(
-                    f"max_turns={self.max_turns} reached; clear() the thread or create a new one", kind="bad_request"
+            if self.max_turns is not None and len(self._messages) // 2 >= self.max_turns:
+                raise RuntimeError(
+                    f"Maximum turns ({self.max_turns}) reached: this ConversationThread has max_turns="
+                    f"{self.max_turns}; call clear() to start over or create a new ConversationThread "
+                    f"(the history is kept)"
                 )
             params = self._params(content, cache_history)
             client = _client_for(api_key=self._api_key, base_url=self._base_url)
@@ -2045,7 +2312,6 @@ class ConversationThread:
             # Only a successful reply changes the history.
             self._messages.append({"role": "user", "content": content})
             self._messages.append({"role": "assistant", "content": copy.deepcopy(reply.content)})
-            self._turns += 1
             self.usage = self.usage + reply.usage
             return reply
 
@@ -2080,13 +2346,13 @@ class ConversationThread:
         """
         if guidance is not None and not isinstance(guidance, str):
             raise TypeError("guidance must be a str or None")
-        if self._turns == 0:
+        if not self._messages:
             raise RuntimeError("send_continuation() needs a previous send(): the conversation is empty")
         text = self.continuation_prompt if not guidance else f"{self.continuation_prompt}\n\n{guidance}"
         return self._send(text, cache_history)
 
     def __repr__(self) -> str:
-        return f"ConversationThread(model={self.model!r}, turns={self._turns}, messages={len(self._messages)})"
+        return f"ConversationThread(model={self.model!r}, turns={len(self._messages) // 2}, messages={len(self._messages)})"
 
 
 def __getattr__(name: str) -> Any:

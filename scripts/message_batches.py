@@ -425,7 +425,7 @@ class _BatchRun:
                 error = _cc._error_from(err)
                 ambiguous = batch["create_started_at"] is not None
                 self.journal.save()
-                raise _batch_error(
+                raise ClaudeInvocationError(
                     f"invoke_batch: creating the batch for requests {batch['start']}..{batch['end'] - 1} "
                     f"failed: {error}"
                     + (
@@ -435,7 +435,7 @@ class _BatchRun:
                         else ""
                     )
                     + self._running_hint(),
-                    error.kind,
+                    kind=error.kind,
                     status_code=error.status_code,
                     details=error.details,
                     request_id=error.request_id,
@@ -515,11 +515,11 @@ class _BatchRun:
             except anthropic.NotFoundError as exc:
                 delay = next(delays, None)
                 if delay is None:
-                    raise _batch_error(
+                    raise ClaudeInvocationError(
                         f"invoke_batch: batch {batch['id']} was not found (requests "
                         f"{batch['start']}..{batch['end'] - 1}); it may have been deleted or belong to "
                         f"another workspace or API key",
-                        "bad_request",
+                        kind="bad_request",
                         status_code=404,
                     ) from exc
                 logger.debug("invoke_batch: %s not visible yet (404); retrying in %.1fs", batch["id"], delay)
@@ -631,9 +631,9 @@ class _BatchRun:
                 except (anthropic.APIError, httpx2.TransportError) as exc:
                     error = _cc._error_from(exc)
                     if not error.transient:
-                        raise _batch_error(
+                        raise ClaudeInvocationError(
                             f"invoke_batch: polling {batch['id']} failed: {error}{self._running_hint()}",
-                            error.kind,
+                            kind=error.kind,
                             status_code=error.status_code,
                             details=error.details,
                             request_id=error.request_id,
@@ -660,17 +660,6 @@ class _TimedOut(Exception):
 # --------------------------------------------------------------------------- results
 
 
-def _batch_error(message: str, kind: Optional[str], **kwargs: Any) -> ClaudeInvocationError:
-    """``ClaudeInvocationError(message, kind=kind, ...)``, also with a claude_client that does not
-    know the batch kinds yet (then the kind is set after construction)."""
-    try:
-        return ClaudeInvocationError(message, kind=kind, **kwargs)
-    except ValueError:
-        error = ClaudeInvocationError(message, **kwargs)
-        error.kind = kind
-        return error
-
-
 def _item_error(result: Mapping[str, Any], request: _Request, batch_id: Optional[str]) -> ClaudeInvocationError:
     kind = result.get("type")
     where = f"prompts[{request.index}] ({request.custom_id} in {batch_id})"
@@ -681,19 +670,19 @@ def _item_error(result: Mapping[str, Any], request: _Request, batch_id: Optional
         inner = inner if isinstance(inner, Mapping) else {}
         err_type = inner.get("type", "api_error")
         text = inner.get("message") or ""
-        return _batch_error(
+        return ClaudeInvocationError(
             f"{where}: the batch request errored: {err_type}" + (f": {text}" if text else ""),
-            "batch_errored",
+            kind="batch_errored",
             details=dict(body) or None,
             request_id=body.get("request_id"),
         )
     if kind == "expired":
-        return _batch_error(
-            f"{where}: the batch request expired (the batch did not reach it within 24 hours)", "batch_expired"
+        return ClaudeInvocationError(
+            f"{where}: the batch request expired (the batch did not reach it within 24 hours)", kind="batch_expired"
         )
     if kind == "canceled":
-        return _batch_error(f"{where}: the batch request was canceled", "batch_canceled")
-    return _batch_error(f"{where}: the batch returned no result for this request", "batch_errored")
+        return ClaudeInvocationError(f"{where}: the batch request was canceled", kind="batch_canceled")
+    return ClaudeInvocationError(f"{where}: the batch returned no result for this request", kind="batch_errored")
 
 
 def _response(message: Mapping[str, Any], model_hint: str) -> Any:
@@ -763,10 +752,10 @@ def _collect(
             kinds[k] = kinds.get(k, 0) + 1
         summary = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
         ok = sum(1 for v in values if v is not None)
-        raise _batch_error(
+        raise ClaudeInvocationError(
             f"{len(errors)} of {len(requests)} batch requests failed ({summary}; {ok} succeeded); "
             f"first failure, {errors[first]}",
-            getattr(errors[first], "kind", None),
+            kind=getattr(errors[first], "kind", None),
             results=results,
             errors=errors,
         ) from errors[first]
@@ -910,10 +899,10 @@ def invoke_batch(
         run.run()
     except _TimedOut:
         snap = run.snapshot()
-        raise _batch_error(
+        raise ClaudeInvocationError(
             f"invoke_batch: timed out after {timeout}s with {snap.done} of {snap.total} requests done; the "
             f"batches keep running (and are billed){run._running_hint()}",
-            "timeout",
+            kind="timeout",
             results=_collect(requests, state, return_exceptions=return_exceptions, raise_errors=False),
             errors={},
         ) from None

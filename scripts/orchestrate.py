@@ -79,7 +79,7 @@ _PERSPECTIVE_FOCUS = {
 }
 
 
-class UsageError(Exception):
+class _UsageError(Exception):
     """Bad command-line input: reported as one line on stderr, exit status 2."""
 
 
@@ -126,7 +126,7 @@ def _temperature(text: str) -> float:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and documentation tools)."""
     p = argparse.ArgumentParser(
         prog=PROG,
@@ -187,15 +187,15 @@ def _read_path(path: str, what: str, stdin: IO[str]) -> str:
         with open(path, encoding="utf-8") as fh:
             return fh.read()
     except FileNotFoundError:
-        raise UsageError(f"{what}: no such file: {path}") from None
+        raise _UsageError(f"{what}: no such file: {path}") from None
     except IsADirectoryError:
-        raise UsageError(f"{what}: is a directory: {path}") from None
+        raise _UsageError(f"{what}: is a directory: {path}") from None
     except PermissionError:
-        raise UsageError(f"{what}: permission denied: {path}") from None
+        raise _UsageError(f"{what}: permission denied: {path}") from None
     except UnicodeDecodeError:
-        raise UsageError(f"{what}: not UTF-8 text: {path}") from None
+        raise _UsageError(f"{what}: not UTF-8 text: {path}") from None
     except OSError as exc:
-        raise UsageError(f"{what}: cannot read {path}: {exc.strerror or exc}") from None
+        raise _UsageError(f"{what}: cannot read {path}: {exc.strerror or exc}") from None
 
 
 def _looks_jsonl(text: str, name: str) -> bool:
@@ -213,19 +213,21 @@ def _looks_jsonl(text: str, name: str) -> bool:
     return False
 
 
-def parse_prompt_text(text: str, name: str = "<stdin>") -> list[dict]:
+def _parse_prompt_text(text: str, name: str = "<stdin>") -> list[dict]:
     """Prompts from file text: JSONL objects (one per line) or plain lines (blank lines skipped).
 
-    >>> parse_prompt_text('{"prompt": "hi", "task_id": "a"}\\n')
-    [{'prompt': 'hi', 'task_id': 'a'}]
-    >>> parse_prompt_text("one\\n\\ntwo\\n")
-    [{'prompt': 'one'}, {'prompt': 'two'}]
+    Each dict carries ``_where`` (``name:line``) for error messages.
+
+    >>> _parse_prompt_text('{"prompt": "hi", "task_id": "a"}\\n', "p.jsonl")
+    [{'prompt': 'hi', 'task_id': 'a', '_where': 'p.jsonl:1'}]
+    >>> [p["prompt"] for p in _parse_prompt_text("one\\n\\ntwo\\n")]
+    ['one', 'two']
     """
     items: list[dict] = []
     if not _looks_jsonl(text, name):
-        for line in text.splitlines():
+        for lineno, line in enumerate(text.splitlines(), start=1):
             if line.strip():
-                items.append({"prompt": line.strip()})
+                items.append({"prompt": line.strip(), "_where": f"{name}:{lineno}"})
         return items
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -233,12 +235,12 @@ def parse_prompt_text(text: str, name: str = "<stdin>") -> list[dict]:
         try:
             obj = json.loads(line)
         except ValueError as exc:
-            raise UsageError(f"{name}:{lineno}: not valid JSON ({exc.msg})") from None
+            raise _UsageError(f"{name}:{lineno}: not valid JSON ({exc.msg})") from None
         if not isinstance(obj, dict):
-            raise UsageError(f"{name}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            raise _UsageError(f"{name}:{lineno}: expected a JSON object, got {type(obj).__name__}")
         unknown = sorted(set(obj) - PROMPT_KEYS)
         if unknown:
-            raise UsageError(
+            raise _UsageError(
                 f"{name}:{lineno}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(PROMPT_KEYS))})"
             )
         obj["_where"] = f"{name}:{lineno}"
@@ -250,26 +252,26 @@ def _check_item(item: dict, where: str) -> dict:
     """Validate one prompt dict's types (values the library would reject are caught here too)."""
     prompt = item.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
-        raise UsageError(f"{where}: 'prompt' must be a non-empty string")
+        raise _UsageError(f"{where}: 'prompt' must be a non-empty string")
     for key in ("system", "category", "model"):
         if key in item and item[key] is not None and not isinstance(item[key], str):
-            raise UsageError(f"{where}: {key!r} must be a string")
+            raise _UsageError(f"{where}: {key!r} must be a string")
     if "task_id" in item:
         tid = item["task_id"]
         if isinstance(tid, bool) or not isinstance(tid, (str, int)) or str(tid) == "":
-            raise UsageError(f"{where}: 'task_id' must be a non-empty string or an integer")
+            raise _UsageError(f"{where}: 'task_id' must be a non-empty string or an integer")
         item["task_id"] = str(tid)
     if "max_tokens" in item:
         mt = item["max_tokens"]
         if isinstance(mt, bool) or not isinstance(mt, int) or mt < 1:
-            raise UsageError(f"{where}: 'max_tokens' must be an integer >= 1")
+            raise _UsageError(f"{where}: 'max_tokens' must be an integer >= 1")
     if "temperature" in item:
         t = item["temperature"]
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 1:
-            raise UsageError(f"{where}: 'temperature' must be a number in [0, 1]")
+            raise _UsageError(f"{where}: 'temperature' must be a number in [0, 1]")
     for key in ("cache_system", "cache_prompt"):
         if key in item and not isinstance(item[key], bool):
-            raise UsageError(f"{where}: {key!r} must be true or false")
+            raise _UsageError(f"{where}: {key!r} must be true or false")
     return item
 
 
@@ -281,12 +283,12 @@ def _perspective_prompts(names: str) -> list[dict]:
     """
     perspectives = [n.strip() for n in names.split(",") if n.strip()]
     if not perspectives:
-        raise UsageError("--perspectives: expected a comma-separated list, e.g. security,performance")
+        raise _UsageError("--perspectives: expected a comma-separated list, e.g. security,performance")
     seen: set[str] = set()
     items = []
     for name in perspectives:
         if name.lower() in seen:
-            raise UsageError(f"--perspectives: {name!r} is listed twice")
+            raise _UsageError(f"--perspectives: {name!r} is listed twice")
         seen.add(name.lower())
         focus = _PERSPECTIVE_FOCUS.get(name.lower(), f"everything that matters from the {name} point of view")
         system = (
@@ -305,46 +307,46 @@ def _perspective_system(material: str, source: str, user_system: Optional[str]) 
             f"({source}):\n\n<material>\n{material}\n</material>")
 
 
-def collect_prompts(args: argparse.Namespace, stdin: IO[str]) -> list[dict]:
+def _collect_prompts(args: argparse.Namespace, stdin: IO[str]) -> list[dict]:
     """Every prompt dict, in input order, validated; each has a unique ``task_id``.
 
     With ``--perspectives``, ``args.material`` is set to ``(text, source)`` of the material.
     """
     sources = sum(bool(x) for x in (args.prompts, args.file, args.perspectives))
     if sources > 1:
-        raise UsageError("give prompts in one way only: arguments, --file, or --perspectives")
+        raise _UsageError("give prompts in one way only: arguments, --file, or --perspectives")
     if args.input is not None and not args.perspectives:
-        raise UsageError("--input is only used with --perspectives")
+        raise _UsageError("--input is only used with --perspectives")
     if args.perspectives:
         if args.input is None:
-            raise UsageError("--perspectives needs --input FILE_OR_TEXT (the material to review)")
+            raise _UsageError("--perspectives needs --input FILE_OR_TEXT (the material to review)")
         if args.input == "-" or os.path.isfile(args.input):
             material = _read_path(args.input, "--input", stdin)
             source = "text" if args.input == "-" else f"file ({os.path.basename(args.input)})"
         else:
             material, source = args.input, "text"
         if not material.strip():
-            raise UsageError("--input: the material to review is empty")
+            raise _UsageError("--input: the material to review is empty")
         items = _perspective_prompts(args.perspectives)
         args.material = (material, source)
     elif args.file:
         text = _read_path(args.file, "--file", stdin)
-        items = parse_prompt_text(text, "<stdin>" if args.file == "-" else args.file)
+        items = _parse_prompt_text(text, "<stdin>" if args.file == "-" else args.file)
     elif args.prompts:
         items = [{"prompt": p, "_where": f"argument {i + 1}"} for i, p in enumerate(args.prompts)]
     elif not _isatty(stdin):
-        items = parse_prompt_text(stdin.read(), "<stdin>")
+        items = _parse_prompt_text(stdin.read(), "<stdin>")
     else:
-        raise UsageError("no prompts: give them as arguments, with --file, or on stdin")
+        raise _UsageError("no prompts: give them as arguments, with --file, or on stdin")
     if not items:
-        raise UsageError("no prompts found in the input")
+        raise _UsageError("no prompts found in the input")
     seen: dict[str, str] = {}
     for index, item in enumerate(items):
         where = item.pop("_where", f"prompt {index}")
         _check_item(item, where)
         item.setdefault("task_id", str(index))
         if item["task_id"] in seen:
-            raise UsageError(f"{where}: task_id {item['task_id']!r} is already used by {seen[item['task_id']]}")
+            raise _UsageError(f"{where}: task_id {item['task_id']!r} is already used by {seen[item['task_id']]}")
         seen[item["task_id"]] = where
         if args.temperature is not None and "temperature" not in item:
             item["temperature"] = args.temperature
@@ -439,7 +441,7 @@ class _Board:
     def retrying(self, index: int, error: str = "") -> None:
         with self._lock:
             a = self.agents[index]
-            if a.state in self.TERMINAL:
+            if a.state in self.TERMINAL or a.state == "retrying":
                 return
             a.state = "retrying"
             a.error = error
@@ -550,7 +552,7 @@ class _PlainProgress(_Progress):
             return
         detail = f"{agent.tokens} tokens, {agent.elapsed(now):.1f}s"
         if agent.cost_usd:
-            detail += f", ${agent.cost_usd:.4f}"
+            detail += f", {_fmt_cost(agent.cost_usd)}"
         if kind == "failed" and agent.error:
             detail += f": {agent.error}"
         self._write(f"{done}{agent.task_id} {kind} ({detail})")
@@ -568,17 +570,24 @@ class _RichProgress(_Progress):
 
         self._console = Console(file=stream, stderr=True)
         self._board: Optional[_Board] = None
-        self._live = Live(console=self._console, refresh_per_second=8, transient=False,
-                          get_renderable=self._render, redirect_stdout=False, redirect_stderr=False)
+        self._live: Any = None
+        self._live_cls = Live
 
     def start(self, board: _Board) -> None:
         self._board = board
+        # Each frame copies every agent's state: draw less often for very large runs.
+        rate = 8 if len(board.agents) <= 500 else 2
+        self._live = self._live_cls(console=self._console, refresh_per_second=rate, transient=False,
+                                    get_renderable=self._render, redirect_stdout=False,
+                                    redirect_stderr=False)
         self._live.start()
 
     def notice(self, text: str) -> None:
         self._console.print(f"{PROG}: {text}", highlight=False, markup=False)
 
     def stop(self) -> None:
+        if self._live is None:
+            return
         try:
             self._live.refresh()
         finally:
@@ -617,7 +626,7 @@ class _RichProgress(_Progress):
                           str(a.tokens), f"{a.elapsed(now):.1f}s" if a.started is not None else "")
         t = _totals(agents)
         summary = (f"done {t['ok']}/{t['total']}  failed {t['failed']}  running {t['running']}  "
-                   f"queued {t['queued']}  tokens {t['tokens']}  cost ${t['cost']:.4f}  "
+                   f"queued {t['queued']}  tokens {t['tokens']}  cost {_fmt_cost(t['cost'])}  "
                    f"{now - board.started:.1f}s")
         if t["interrupted"] or board.interrupted:
             summary += f"  interrupted {t['interrupted']}"
@@ -669,7 +678,7 @@ def _usage_dict(usage: Any) -> Optional[dict]:
 
 
 @dataclasses.dataclass
-class Outcome:
+class _Outcome:
     """What happened to one prompt (becomes one output record)."""
 
     status: str                      # ok, failed, interrupted
@@ -681,17 +690,22 @@ class Outcome:
     error: Optional[str] = None
 
 
-def _outcome_ok(result: Any) -> Outcome:
+def _outcome_ok(result: Any) -> _Outcome:
     cost = getattr(result, "cost_usd", None)
-    return Outcome("ok", text=str(result), usage=_usage_dict(getattr(result, "usage", None)),
+    return _Outcome("ok", text=str(result), usage=_usage_dict(getattr(result, "usage", None)),
                    cost_usd=float(cost) if cost is not None else None,
                    stop_reason=getattr(result, "stop_reason", None))
 
 
-def _outcome_error(exc: BaseException) -> Outcome:
+def _outcome_error(exc: BaseException) -> _Outcome:
     kind = getattr(exc, "kind", None)
     status = "interrupted" if kind == "interrupted" else "failed"
-    return Outcome(status, error_kind=kind or type(exc).__name__, error=_one_line(str(exc)))
+    return _Outcome(status, error_kind=kind or type(exc).__name__, error=_one_line(str(exc)))
+
+
+def _fmt_cost(usd: float) -> str:
+    """``$0.0123`` for cents and more, ``$0.000021`` below a cent (small runs stay visible)."""
+    return f"${usd:.4f}" if usd >= 0.01 or usd == 0 else f"${usd:.6f}"
 
 
 def _one_line(text: str, limit: int = 500) -> str:
@@ -699,7 +713,7 @@ def _one_line(text: str, limit: int = 500) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def make_record(index: int, item: dict, outcome: Outcome) -> dict:
+def _make_record(index: int, item: dict, outcome: _Outcome) -> dict:
     """The JSONL record of one prompt."""
     return {
         "index": index,
@@ -715,7 +729,7 @@ def make_record(index: int, item: dict, outcome: Outcome) -> dict:
     }
 
 
-def write_records(records: Sequence[dict], fmt: str, out: IO[str]) -> None:
+def _write_records(records: Sequence[dict], fmt: str, out: IO[str]) -> None:
     """Write every record in order, as JSONL or as readable text."""
     if fmt == "jsonl":
         for r in records:
@@ -729,7 +743,7 @@ def write_records(records: Sequence[dict], fmt: str, out: IO[str]) -> None:
             if r["usage"]:
                 head += f", {r['usage'].get('output_tokens', 0)} output tokens"
             if r["cost_usd"]:
-                head += f", ${r['cost_usd']:.4f}"
+                head += f", {_fmt_cost(r['cost_usd'])}"
             out.write(head + " ===\n")
         if r["status"] == "ok":
             text = r["text"] or ""
@@ -762,7 +776,7 @@ def _has_credentials() -> bool:
             raise
         if str(exc).startswith("No Anthropic API key found"):
             return False
-        raise UsageError(_one_line(str(exc))) from None
+        raise _UsageError(_one_line(str(exc))) from None
     return True
 
 
@@ -771,7 +785,7 @@ def _start_offline() -> Any:
     try:
         from anthropic_emulator import Emulator
     except ImportError as exc:
-        raise UsageError(
+        raise _UsageError(
             f"no API key found and the offline emulator cannot start ({exc}); set ANTHROPIC_API_KEY, "
             f"or install the emulator's server library: pip install aiohttp"
         ) from None
@@ -805,7 +819,7 @@ class _Execution:
         self.shared_system = shared_system
         self.board = board
         self.token = token
-        self.outcomes: Optional[list[Outcome]] = None
+        self.outcomes: Optional[list[_Outcome]] = None
         self.crash: Optional[BaseException] = None
         self.done = threading.Event()
         self.managed = _managed_function()
@@ -815,6 +829,7 @@ class _Execution:
 
             self.tracker = TaskTracker(max_retries=args.retries)
         self._seen: dict[str, float] = {}
+        self._index = {it["task_id"]: i for i, it in enumerate(items)}
         self._thread = threading.Thread(target=self._main, name="orchestrate-run", daemon=True)
 
     def start(self) -> None:
@@ -850,7 +865,7 @@ class _Execution:
                     max_workers=self.args.workers, shared_system=self.shared_system,
                     cache_shared_system=self.args.cache)
 
-    def _run_managed(self) -> list[Outcome]:
+    def _run_managed(self) -> list[_Outcome]:
         import inspect
 
         fn = self.managed
@@ -877,13 +892,13 @@ class _Execution:
             outcomes.append(oc)
         return outcomes
 
-    def _run_streaming(self) -> list[Outcome]:
+    def _run_streaming(self) -> list[_Outcome]:
         import claude_client
 
         results = claude_client.invoke_parallel_streaming(
             _library_items(self.items), callbacks=self._callbacks(), interrupt_token=self.token,
             return_exceptions=True, stall_timeout=self.args.stall_timeout, **self._common())
-        outcomes: list[Outcome] = []
+        outcomes: list[_Outcome] = []
         for i, res in enumerate(results):
             if isinstance(res, BaseException):
                 oc = _outcome_error(res)
@@ -903,8 +918,8 @@ class _Execution:
         except (KeyError, LookupError, ValueError):
             return None
 
-    def _outcome_from_tracker(self, task_id: str, result: Any = None) -> Outcome:
-        """Outcome of one task from the run's result slot and its tracker record."""
+    def _outcome_from_tracker(self, task_id: str, result: Any = None) -> _Outcome:
+        """_Outcome of one task from the run's result slot and its tracker record."""
         from task_state import TaskState, TerminalReason
 
         if isinstance(result, BaseException):
@@ -913,7 +928,7 @@ class _Execution:
             return _outcome_ok(result)
         info = self._info(task_id) if self.tracker is not None else None
         if info is None:
-            return _interrupted_outcome() if self.token.is_interrupted() else Outcome(
+            return _interrupted_outcome() if self.token.is_interrupted() else _Outcome(
                 "failed", error_kind="unknown", error="the task did not run")
         if info.state is TaskState.COMPLETED and info.result is not None:
             return _outcome_ok(info.result)
@@ -926,7 +941,7 @@ class _Execution:
             if oc.status == "failed" and reason is TerminalReason.RETRIES_EXHAUSTED:
                 oc.error = f"{oc.error} (after {info.attempts} attempts)"
             return oc
-        return Outcome("failed", error_kind=str(reason) if reason else "unknown",
+        return _Outcome("failed", error_kind=str(reason) if reason else "unknown",
                        error=f"task ended: {reason or info.state}")
 
     def sync(self) -> None:
@@ -939,8 +954,7 @@ class _Execution:
             infos = self.tracker.all()
         except Exception:  # never let the display break the run
             return
-        index = {it["task_id"]: i for i, it in enumerate(self.items)} if not hasattr(self, "_index") else self._index
-        self._index = index
+        index = self._index
         for info in infos:
             if self._seen.get(info.task_id) == info.updated_at:
                 continue
@@ -958,7 +972,7 @@ class _Execution:
                     continue  # the result list will tell
                 _finish_on_board(self.board, i, self._outcome_from_tracker(info.task_id))
 
-    def partial_outcomes(self) -> list[Outcome]:
+    def partial_outcomes(self) -> list[_Outcome]:
         """After an abandoned interrupt: completed tasks from the tracker, the rest interrupted."""
         outcomes = []
         for it in self.items:
@@ -981,15 +995,15 @@ def _managed_function() -> Optional[Callable[..., Any]]:
     return getattr(orchestration, "invoke_parallel_managed", None)
 
 
-def _interrupted_outcome() -> Outcome:
-    return Outcome("interrupted", error_kind="interrupted", error="interrupted before it finished")
+def _interrupted_outcome() -> _Outcome:
+    return _Outcome("interrupted", error_kind="interrupted", error="interrupted before it finished")
 
 
 def _library_items(items: list[dict]) -> list[dict]:
     return [{k: v for k, v in it.items() if k not in _CLI_ONLY_KEYS} for it in items]
 
 
-def validate_with_library(items: list[dict], args: argparse.Namespace, shared_system: Optional[str]) -> None:
+def _validate_with_library(items: list[dict], args: argparse.Namespace, shared_system: Optional[str]) -> None:
     """Let the library validate every prompt before any request is sent (ValueError -> usage)."""
     import claude_client
 
@@ -1000,10 +1014,10 @@ def validate_with_library(items: list[dict], args: argparse.Namespace, shared_sy
         normalize(_library_items(items), shared_system=shared_system, cache_shared_system=args.cache,
                   model=args.model or claude_client.DEFAULT_MODEL, max_tokens=args.max_tokens)
     except (ValueError, TypeError) as exc:
-        raise UsageError(_one_line(str(exc))) from None
+        raise _UsageError(_one_line(str(exc))) from None
 
 
-def _finish_on_board(board: _Board, i: int, oc: Outcome) -> None:
+def _finish_on_board(board: _Board, i: int, oc: _Outcome) -> None:
     board.finish(i, oc.status, output_tokens=(oc.usage or {}).get("output_tokens"),
                  cost_usd=oc.cost_usd or 0.0, error=oc.error or "")
 
@@ -1017,7 +1031,7 @@ def _open_output(path: Optional[str], stdout: IO[str]) -> IO[str]:
     try:
         return open(path, "w", encoding="utf-8")
     except OSError as exc:
-        raise UsageError(f"--output: cannot write {path}: {exc.strerror or exc}") from None
+        raise _UsageError(f"--output: cannot write {path}: {exc.strerror or exc}") from None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -1027,7 +1041,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     >>> orchestrate.main(["--help"])  # doctest: +SKIP
     """
     stdin, stdout, stderr = sys.stdin, sys.stdout, sys.stderr
-    parser = build_parser()
+    parser = _build_parser()
     args = parser.parse_args(list(argv) if argv is not None else None)  # exits 2 on bad arguments
     try:
         return _main(args, stdin, stdout, stderr)
@@ -1038,7 +1052,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except OSError:
             pass
         return EXIT_FAILED
-    except UsageError as exc:
+    except _UsageError as exc:
         stderr.write(f"{PROG}: error: {exc}\n")
         stderr.flush()
         return EXIT_USAGE
@@ -1048,18 +1062,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _main(args: argparse.Namespace, stdin: IO[str], stdout: IO[str], stderr: IO[str]) -> int:
-    items = collect_prompts(args, stdin)
+    items = _collect_prompts(args, stdin)
     shared_system = None
     if args.system_file:
         shared_system = _read_path(args.system_file, "--system-file", stdin)
         if not shared_system.strip():
-            raise UsageError(f"--system-file: {args.system_file} is empty")
+            raise _UsageError(f"--system-file: {args.system_file} is empty")
     elif args.system is not None:
         shared_system = args.system
     if getattr(args, "material", None):
         shared_system = _perspective_system(*args.material, shared_system)
     if args.cache and not shared_system:
-        raise UsageError("--cache caches the shared system prompt: give --system or --system-file")
+        raise _UsageError("--cache caches the shared system prompt: give --system or --system-file")
     fmt = args.format or ("text" if (not args.output and _isatty(stdout)) else "jsonl")
 
     import claude_client
@@ -1087,14 +1101,17 @@ def _run_main(args: argparse.Namespace, items: list[dict], shared_system: Option
     emulator = None
     if args.offline or (not os.environ.get("ANTHROPIC_BASE_URL") and not _has_credentials()):
         emulator = _start_offline()
-        why = "--offline given" if args.offline else "no API key found"
-        notice(f"{why}: running offline against the bundled Messages API emulator at "
-               f"{emulator.base_url} (replies are canned echoes; set ANTHROPIC_API_KEY for real answers)")
+        if args.offline:
+            notice(f"--offline: running against the bundled Messages API emulator at {emulator.base_url} "
+                   f"(replies are canned echoes)")
+        else:
+            notice(f"no API key found: running offline against the bundled Messages API emulator at "
+                   f"{emulator.base_url} (replies are canned echoes; set ANTHROPIC_API_KEY for real answers)")
     elif os.environ.get("ANTHROPIC_BASE_URL") and not _has_credentials():
         os.environ["ANTHROPIC_API_KEY"] = OFFLINE_KEY
         claude_client.reset_client()
     try:
-        validate_with_library(items, args, shared_system)
+        _validate_with_library(items, args, shared_system)
         out = _open_output(args.output, stdout)
         try:
             return _execute(items, args, shared_system, progress, fmt, out, stderr)
@@ -1143,7 +1160,7 @@ def _execute(items: list[dict], args: argparse.Namespace, shared_system: Optiona
     if run.crash is not None and run.outcomes is None and not interrupted_at:
         exc = run.crash
         if isinstance(exc, (ValueError, TypeError)):
-            raise UsageError(_one_line(str(exc)))
+            raise _UsageError(_one_line(str(exc)))
         stderr.write(f"{PROG}: error: {_one_line(f'{type(exc).__name__}: {exc}')}\n")
         return EXIT_FAILED
     outcomes = run.outcomes
@@ -1152,8 +1169,8 @@ def _execute(items: list[dict], args: argparse.Namespace, shared_system: Optiona
         # Ctrl-C and the library did not hand its results back in time: completed results come
         # from the tracker, the rest are reported as interrupted.
         outcomes = run.partial_outcomes()
-    records = [make_record(i, it, oc) for i, (it, oc) in enumerate(zip(items, outcomes))]
-    write_records(records, fmt, out)
+    records = [_make_record(i, it, oc) for i, (it, oc) in enumerate(zip(items, outcomes))]
+    _write_records(records, fmt, out)
     ok = sum(r["status"] == "ok" for r in records)
     failed = sum(r["status"] == "failed" for r in records)
     interrupted = sum(r["status"] == "interrupted" for r in records)
@@ -1161,7 +1178,7 @@ def _execute(items: list[dict], args: argparse.Namespace, shared_system: Optiona
     if not args.quiet:
         stderr.write(f"{PROG}: {ok} ok, {failed} failed"
                      f"{f', {interrupted} interrupted' if interrupted else ''}, "
-                     f"${cost:.4f}, {time.monotonic() - board.started:.1f}s\n")
+                     f"{_fmt_cost(cost)}, {time.monotonic() - board.started:.1f}s\n")
         stderr.flush()
     if interrupted_at:
         if abandoned:

@@ -23,17 +23,15 @@ from __future__ import annotations
 import collections
 import contextlib
 import heapq
-import itertools
 import logging
 import random
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import (
     TYPE_CHECKING,
     Any,
     Callable,
-    Deque,
     Dict,
     Iterator,
     List,

@@ -452,7 +452,27 @@ def test_sentinel_key_never_leaks(client_env, monkeypatch, caplog):
     (project / "ANTHROPIC_API_KEY.txt").write_text("")
     cc.reset_client()
     expect_failure(cc.invoke_claude, "hi")
-    assert len(failures) == 18
+    # the seed-compatible entry points and the seed's claude.env file
+    (project / "ANTHROPIC_API_KEY.txt").unlink()
+    (project / "API_CREDENTIALS.json").unlink()
+    (project / "claude.env").write_text(f"SECRET={SENTINEL}\nAPI_KEY\n{SENTINEL}\n")  # no usable API_KEY= line
+    cc.reset_client()
+    expect_failure(cc.get_anthropic_api_key)
+    expect_failure(cc.invoke_claude_json, "hi")
+    (project / "claude.env").write_bytes(b"API_KEY=" + SENTINEL.encode() + b"\xff\xfe")  # not UTF-8
+    cc.reset_client()
+    expect_failure(cc.get_anthropic_api_key)
+    (project / "claude.env").unlink()
+    cc.reset_client()
+    expect_failure(cc.get_anthropic_api_key)  # nothing anywhere
+    monkeypatch.setenv("ANTHROPIC_API_KEY", SENTINEL)
+    cc.reset_client()
+    client_env.configure(api_key="sk-ant-the-right-one")
+    expect_failure(cc.invoke_claude_json, "hi")  # 401 through the JSON helper
+    client_env.configure(api_key=None)
+    client_env.script("json please", "this is not JSON")
+    expect_failure(cc.invoke_claude_json, "json please")  # a reply that is not JSON (decode error)
+    assert len(failures) == 24
     kinds = {getattr(f, "kind", None) for f in failures}
     assert {"auth", "bad_request", "rate_limit", "server", "overloaded", "stalled", "interrupted", "callback",
             "connection"} <= kinds

@@ -29,7 +29,7 @@ def test_ten_turns_read_growing_cache(client_env):
     assert reads[0] == 0 and writes[0] > 1024
     assert all(later > earlier for earlier, later in zip(reads[1:], reads[2:]))
     assert reads[1] >= writes[0]  # turn 2 reads everything turn 1 wrote
-    assert chat.turn_count == 10 and len(chat) == 20
+    assert chat.turn_count == 10 and len(chat) == 10 and len(chat.messages) == 20
     bodies = [r.body for r in client_env.message_requests()]
     assert all(_breakpoints(b) <= 4 for b in bodies)
     assert _breakpoints(bodies[-1]) == 3  # system + previous user + latest user
@@ -74,7 +74,7 @@ def test_failed_send_leaves_no_trace(client_env):
     assert info.value.kind == "server"
     assert chat.get_messages() == snapshot and chat.turn_count == 1
     reply = chat.send("broken [[fail=500 times=1]]")  # the same message again succeeds
-    assert reply == "Echo: broken" and chat.turn_count == 2 and len(chat) == 4
+    assert reply == "Echo: broken" and chat.turn_count == 2 and len(chat) == 2
 
 
 def test_interrupt_and_stall_leave_no_trace(client_env):
@@ -108,14 +108,40 @@ def test_send_streaming_chunks(client_env):
     assert chat.get_messages()[1]["content"] == [{"type": "text", "text": str(reply)}]
 
 
-def test_max_turns(client_env):
+def test_max_turns_raises_runtime_error_and_keeps_history(client_env):
     chat = ConversationThread(max_turns=2)
     chat.send("one")
     chat.send("two")
-    with pytest.raises(ClaudeInvocationError, match="max_turns") as info:
+    snapshot = chat.get_messages()
+    with pytest.raises(RuntimeError, match=r"Maximum turns \(2\) reached") as info:
         chat.send("three")
-    assert info.value.kind == "bad_request"
-    assert len(chat) == 4 and len(client_env.message_requests()) == 2
+    message = str(info.value)
+    assert "max_turns=2" in message and "clear()" in message and "new ConversationThread" in message
+    with pytest.raises(RuntimeError, match="Maximum turns"):
+        chat.send_streaming("three")
+    with pytest.raises(RuntimeError, match="Maximum turns"):
+        chat.send_continuation()
+    assert len(chat) == 2 and chat.turn_count == 2 and chat.get_messages() == snapshot
+    assert len(client_env.message_requests()) == 2
+    chat.clear()  # the documented way on
+    assert chat.send("again") == "Echo: again" and len(chat) == 1
+
+
+def test_len_is_turns_and_messages_is_a_copy(client_env):
+    chat = ConversationThread(cache_system=False)
+    assert len(chat) == 0 and chat.turn_count == 0 and chat.messages == []
+    chat.send("first")
+    chat.send("second")
+    chat.send("third")
+    assert len(chat) == chat.turn_count == len(chat.messages) // 2 == 3
+    view = chat.messages
+    assert [m["role"] for m in view] == ["user", "assistant"] * 3
+    assert view == chat.get_messages()
+    view[0]["content"][0]["text"] = "tampered"
+    view.append({"role": "user", "content": "x"})
+    assert chat.messages[0]["content"][0]["text"] == "first" and len(chat.messages) == 6
+    with pytest.raises(AttributeError):
+        chat.messages = []  # read-only
 
 
 def test_send_continuation(client_env):
@@ -149,7 +175,7 @@ def test_concurrent_sends_are_serialized(client_env):
     for t in threads:
         t.join()
     assert errors == []
-    assert chat.turn_count == 8 and len(chat) == 16
+    assert chat.turn_count == 8 and len(chat) == 8 and len(chat.messages) == 16
     history = chat.get_messages()
     for user, assistant in zip(history[0::2], history[1::2]):
         assert user["role"] == "user" and assistant["role"] == "assistant"

@@ -76,7 +76,7 @@ def test_transient_failures_are_retried_until_success(client_env, directive: str
 
 
 def test_stall_is_transient_and_retried(client_env) -> None:
-    reply = invoke_with_retry("slow one [[stall_after=1 times=1]]", stall_timeout=0.3, max_tokens=20, **FAST)
+    reply = invoke_with_retry("slow one [[stall_after=1 times=1]]", stall_timeout=0.8, max_tokens=20, **FAST)
     assert reply == "Echo: slow one"
     assert client_env.wait_for(lambda e: e.stats()["aborted"] >= 1, timeout=5)
     assert len(client_env.message_requests()) == 2
@@ -332,10 +332,10 @@ def test_stall_counts_as_transient_and_calls_on_stall(client_env) -> None:
     stalls: List[tuple] = []
     prompts = [{"prompt": "stuck [[stall_after=1 times=1]]", "task_id": "s"}, {"prompt": "fine"}]
     tracker = TaskTracker()
-    results = invoke_parallel_managed(prompts, stall_timeout=0.3, on_stall=lambda tid, idle: stalls.append((tid, idle)),
+    results = invoke_parallel_managed(prompts, stall_timeout=0.8, on_stall=lambda tid, idle: stalls.append((tid, idle)),
                                       tracker=tracker, max_tokens=20, **FAST)
     assert list(results) == ["Echo: stuck", "Echo: fine"]
-    assert stalls == [("s", 0.3)]
+    assert stalls == [("s", 0.8)]
     assert tracker.get("s").attempts == 2
     assert client_env.wait_for(lambda e: e.stats()["aborted"] >= 1, timeout=5)
 

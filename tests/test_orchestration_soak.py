@@ -49,7 +49,7 @@ def test_soak_500_tasks_with_transient_faults(client_env) -> None:
 
     results = invoke_parallel_managed(
         prompts, max_workers=12, concurrency_limiter=limiter, tracker=tracker, max_retries=3,
-        base_delay_ms=5, max_delay_ms=50, stall_timeout=0.4, max_tokens=20,
+        base_delay_ms=5, max_delay_ms=50, stall_timeout=1.5, max_tokens=20,
     )
 
     # every task completed, in its own slot

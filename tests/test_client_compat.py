@@ -1,0 +1,265 @@
+"""claude_client: the seed skill's public API (existing callers must keep working).
+
+get_anthropic_api_key (and the seed's claude.env), MissingAPIKeyError (ValueError + auth),
+get_available_models, parse_json_response, invoke_claude_json, the batch error kinds, and the
+fast paths of _normalize_prompts (same results and errors as before).
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import types
+from pathlib import Path
+
+import pytest
+
+import claude_client as cc
+from claude_client import ClaudeInvocationError, MissingAPIKeyError
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _project() -> Path:
+    return Path(os.environ[cc.PROJECT_DIR_ENV])
+
+
+# ------------------------------------------------------------------ public names
+
+
+def test_seed_names_are_public_and_documented():
+    for name in ("get_anthropic_api_key", "get_available_models", "parse_json_response", "invoke_claude_json",
+                 "MissingAPIKeyError", "ERROR_KINDS"):
+        assert name in cc.__all__
+        assert getattr(cc, name) is not None
+    for fn in (cc.get_anthropic_api_key, cc.get_available_models, cc.parse_json_response, cc.invoke_claude_json,
+               cc.MissingAPIKeyError):
+        assert fn.__doc__ and ">>>" in fn.__doc__
+    star: dict = {}
+    exec("from claude_client import *", star)  # noqa: S102 - checks __all__ resolves
+    assert {"get_anthropic_api_key", "invoke_claude_json", "MissingAPIKeyError"} <= set(star)
+
+
+# ------------------------------------------------------------------ credentials
+
+
+def test_get_anthropic_api_key_env_and_cache(client_env, monkeypatch):
+    assert cc.get_anthropic_api_key() == "sk-ant-test-key"
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-changed")
+    assert cc.get_anthropic_api_key() == "sk-ant-test-key"  # cached, like the client
+    cc.reset_client()
+    assert cc.get_anthropic_api_key() == "sk-ant-changed"
+    assert cc.get_client().api_key == cc.get_anthropic_api_key()
+    cc.configure(api_key="sk-ant-configured")
+    assert cc.get_anthropic_api_key() == "sk-ant-configured"
+
+
+def test_claude_env_is_the_last_fallback(client_env, monkeypatch):
+    project = _project()
+    monkeypatch.delenv("ANTHROPIC_API_KEY")
+    (project / "claude.env").write_text('# seed credentials\nOTHER=1\nexport API_KEY="sk-from-env-file"\n')
+    cc.reset_client()
+    assert cc.get_anthropic_api_key() == "sk-from-env-file"
+    assert cc.invoke_claude("hi") == "Echo: hi"
+    assert client_env.message_requests()[-1].status == 200
+    (project / "API_CREDENTIALS.json").write_text(json.dumps({"anthropic_api_key": "sk-from-json"}))
+    cc.reset_client()
+    assert cc.get_anthropic_api_key() == "sk-from-json"
+    (project / "ANTHROPIC_API_KEY.txt").write_text("sk-from-txt\n")
+    cc.reset_client()
+    assert cc.get_anthropic_api_key() == "sk-from-txt"
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-from-environment")
+    cc.reset_client()
+    assert cc.get_anthropic_api_key() == "sk-from-environment"
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("API_KEY=sk-plain\n", "sk-plain"),
+        ("API_KEY='sk-single'\n", "sk-single"),
+        ('API_KEY = "sk-spaced"  \n', "sk-spaced"),
+        ("ANTHROPIC_API_KEY=sk-long-name", "sk-long-name"),
+        ("\n# API_KEY=sk-commented\nAPI_KEY=sk-real\n", "sk-real"),
+    ],
+)
+def test_claude_env_formats(client_env, monkeypatch, text, key):
+    monkeypatch.delenv("ANTHROPIC_API_KEY")
+    (_project() / "claude.env").write_text(text)
+    cc.reset_client()
+    assert cc.get_anthropic_api_key() == key
+
+
+def test_no_key_is_catchable_as_value_error_and_auth_error(client_env, monkeypatch):
+    monkeypatch.delenv("ANTHROPIC_API_KEY")
+    cc.reset_client()
+    with pytest.raises(ValueError) as as_value_error:  # the seed's contract
+        cc.get_anthropic_api_key()
+    with pytest.raises(ClaudeInvocationError) as as_library_error:
+        cc.invoke_claude("hi")
+    for err in (as_value_error.value, as_library_error.value):
+        assert isinstance(err, MissingAPIKeyError) and err.kind == "auth" and not err.transient
+        message = str(err)
+        assert message.startswith("No Anthropic API key found")  # orchestrate relies on this prefix
+        for place in ("ANTHROPIC_API_KEY", "ANTHROPIC_API_KEY.txt", "API_CREDENTIALS.json", "claude.env",
+                      "API_KEY=", cc.PROJECT_DIR_ENV):
+            assert place in message
+    clone = pickle.loads(pickle.dumps(as_value_error.value))
+    assert type(clone) is MissingAPIKeyError and clone.kind == "auth" and str(clone) == str(as_value_error.value)
+    with pytest.raises(ValueError):
+        cc.invoke_parallel([{"prompt": "a"}])
+    assert client_env.requests == []
+
+
+@pytest.mark.parametrize(
+    "name, content, match",
+    [
+        ("ANTHROPIC_API_KEY.txt", b"   \n", "ANTHROPIC_API_KEY.txt is empty"),
+        ("ANTHROPIC_API_KEY.txt", b"\xff\xfe bad utf-8", "Could not read.*ANTHROPIC_API_KEY.txt"),
+        ("API_CREDENTIALS.json", b"{not json", "API_CREDENTIALS.json as JSON"),
+        ("API_CREDENTIALS.json", b'{"other": "x"}', "anthropic_api_key"),
+        ("claude.env", b"SOMETHING=else\n", "claude.env has no non-empty line API_KEY"),
+        ("claude.env", b'API_KEY=""\n', "claude.env has no non-empty line API_KEY"),
+        ("claude.env", b"API_KEY=\xff\xfe", "Could not read.*claude.env"),
+    ],
+)
+def test_every_unusable_key_file_raises_missing_key_error(client_env, monkeypatch, name, content, match):
+    monkeypatch.delenv("ANTHROPIC_API_KEY")
+    (_project() / name).write_bytes(content)
+    cc.reset_client()
+    with pytest.raises(MissingAPIKeyError, match=match) as info:
+        cc.get_anthropic_api_key()
+    assert isinstance(info.value, ValueError) and info.value.kind == "auth"
+    assert info.value.__cause__ is None and (info.value.__context__ is None or info.value.__suppress_context__)
+    with pytest.raises(ValueError, match=match):
+        cc.invoke_claude("hi")
+    assert client_env.requests == []
+
+
+# ------------------------------------------------------------------ models, JSON
+
+
+def test_get_available_models():
+    models = cc.get_available_models()
+    assert cc.DEFAULT_MODEL in models and models[1] == "claude-sonnet-4-6"
+    assert len(models) == len(set(models)) and all(isinstance(m, str) and m.startswith("claude-") for m in models)
+    assert all(cc.estimate_cost(cc.Usage(1), m) is not None for m in models)  # every listed model is priced
+    models.clear()
+    assert cc.get_available_models()  # a fresh list each time
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ('```json\n{"a": 1}\n```', {"a": 1}),
+        ('```\n[1, 2]\n```', [1, 2]),
+        ('  {"a": {"b": [true, null]}}  ', {"a": {"b": [True, None]}}),
+        ('```JSON\n{"a": 1}\n```\n', {"a": 1}),
+        ('```{"a": 1}```', {"a": 1}),
+        ('```json {"a": [1, 2]} ```', {"a": [1, 2]}),  # line breaks lost (one-line fence)
+        ('Here you go:\n```json\n{"k": "v"}\n```\nAnything else?', {"k": "v"}),
+        ('{"code": "x\\n```\\ny"}', {"code": "x\n```\ny"}),
+    ],
+)
+def test_parse_json_response(raw, expected):
+    assert cc.parse_json_response(raw) == expected
+
+
+def test_parse_json_response_errors():
+    with pytest.raises(json.JSONDecodeError, match="not valid JSON"):
+        cc.parse_json_response("Sure! The answer is 42 apples.")
+    with pytest.raises(json.JSONDecodeError, match="not valid JSON"):
+        cc.parse_json_response('```json\n{"a": 1,}\n```')
+    with pytest.raises(json.JSONDecodeError, match="empty"):
+        cc.parse_json_response("```json\n```")
+    with pytest.raises(ValueError, match="object or array"):
+        cc.parse_json_response("42")
+    with pytest.raises(TypeError, match="raw must be a str"):
+        cc.parse_json_response(b'{"a": 1}')  # type: ignore[arg-type]
+
+
+def test_invoke_claude_json(client_env):
+    client_env.script("give me json", '```json\n{"a": 1}\n```')
+    assert cc.invoke_claude_json("give me json") == {"a": 1}
+    body = client_env.message_requests()[-1].body
+    assert body["messages"] == [{"role": "user", "content": "give me json"}] and "stream" not in body
+    client_env.script("list please", "[1, 2, 3]")
+    assert cc.invoke_claude_json("list please", system="JSON only", max_tokens=50, streaming=True) == [1, 2, 3]
+    streamed = client_env.message_requests()[-1]
+    assert streamed.stream and streamed.body["system"] == "JSON only" and streamed.body["max_tokens"] == 50
+    with pytest.raises(json.JSONDecodeError):
+        cc.invoke_claude_json("no script here")  # the echo reply is not JSON
+    with pytest.raises(ClaudeInvocationError) as info:
+        cc.invoke_claude_json("give me json [[fail=400]]")
+    assert info.value.kind == "bad_request"
+    count = len(client_env.requests)
+    with pytest.raises(ValueError, match="max_tokens"):
+        cc.invoke_claude_json("give me json", max_tokens=0)
+    assert len(client_env.requests) == count
+
+
+# ------------------------------------------------------------------ error kinds
+
+
+def test_batch_error_kinds_are_accepted_and_not_transient():
+    for kind in ("batch_errored", "batch_expired", "batch_canceled"):
+        assert kind in cc.ERROR_KINDS and kind in (ClaudeInvocationError.__doc__ or "")
+        err = ClaudeInvocationError("item failed", kind=kind)
+        assert err.kind == kind and not err.transient
+        assert pickle.loads(pickle.dumps(err)).kind == kind
+    with pytest.raises(ValueError, match="kind must be one of"):
+        ClaudeInvocationError("x", kind="batch_exploded")
+
+
+def test_message_batches_builds_kinds_at_construction():
+    import message_batches
+
+    assert not hasattr(message_batches, "_batch_error")
+    source = Path(message_batches.__file__).read_text()
+    assert ".kind = " not in source
+
+
+# ------------------------------------------------------------------ _normalize_prompts fast paths
+
+
+def _norm(prompts, **kwargs):
+    defaults = dict(shared_system=None, cache_shared_system=False, model=cc.DEFAULT_MODEL, max_tokens=64)
+    defaults.update(kwargs)
+    return cc._normalize_prompts(prompts, **defaults)
+
+
+def test_normalize_accepts_any_mapping_and_builds_the_same_params():
+    proxy = types.MappingProxyType({"prompt": "hello", "system": "own", "cache_prompt": True, "temperature": 0.5})
+    (spec,) = _norm([proxy], shared_system="shared", cache_shared_system=True)
+    cached = {"type": "ephemeral"}
+    assert spec.params == {
+        "model": cc.DEFAULT_MODEL,
+        "max_tokens": 64,
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "hello", "cache_control": cached}]}],
+        "system": [{"type": "text", "text": "shared", "cache_control": cached}, {"type": "text", "text": "own"}],
+        "temperature": 0.5,
+    }
+    specs = _norm([{"prompt": "a", "model": "claude-haiku-4-5", "max_tokens": 9, "tag": 1}], extra_keys=frozenset({"tag"}))
+    assert specs[0].params["model"] == "claude-haiku-4-5" and specs[0].params["max_tokens"] == 9
+    assert specs[0].extra == {"tag": 1} and _norm([{"prompt": "b"}])[0].extra == {}
+
+
+def test_normalize_still_names_index_and_key():
+    with pytest.raises(TypeError, match=r"prompts\[1\]\['cache_prompt'\]"):
+        _norm([{"prompt": "a"}, {"prompt": "b", "cache_prompt": "yes"}])
+    with pytest.raises(TypeError, match=r"prompts\[0\]\['cache_system'\]"):
+        _norm([{"prompt": "a", "cache_system": 1}])
+    with pytest.raises(ValueError, match=r"prompts\[2\]\['model'\]"):
+        _norm([{"prompt": "a"}, {"prompt": "b"}, {"prompt": "c", "model": ""}])
+    with pytest.raises(TypeError, match=r"prompts\[0\]\['max_tokens'\]"):
+        _norm([{"prompt": "a", "max_tokens": 5.0}])
+    with pytest.raises(ValueError, match=r"prompts\[0\]\['temperature'\]"):
+        _norm([{"prompt": "a", "temperature": 1.5}])
+    with pytest.raises(ValueError, match=r"prompts\[0\] has unknown key 'colour'"):
+        _norm([{"prompt": "a", "colour": "red"}])
+    four = [{"type": "text", "text": f"b{i}", "cache_control": {"type": "ephemeral"}} for i in range(4)]
+    with pytest.raises(ValueError, match=r"prompts\[0\] carries 5 cache_control blocks"):
+        _norm([{"prompt": "a", "system": four}], shared_system="s", cache_shared_system=True)
+    with pytest.raises(ValueError, match=r"prompts\[0\] carries 5 cache_control blocks"):
+        _norm([{"prompt": "a", "system": four, "cache_prompt": True}])
+    assert len(_norm([{"prompt": "a", "system": four}])[0].params["system"]) == 4  # exactly 4 is fine
