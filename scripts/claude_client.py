@@ -379,6 +379,27 @@ class Usage:
         """Build from an SDK ``Usage`` object or a usage dict (None gives zeros)."""
         if u is None:
             return cls()
+        if type(u) is dict:  # the streaming core's parsed JSON: the hot path
+            get = u.get
+            creation = get("cache_creation")
+            return cls(
+                int(get("input_tokens") or 0),
+                int(get("output_tokens") or 0),
+                int(get("cache_creation_input_tokens") or 0),
+                int(get("cache_read_input_tokens") or 0),
+                int((creation.get("ephemeral_1h_input_tokens") if type(creation) is dict else 0) or 0),
+                get("service_tier"),
+            )
+        if not _is_mapping(u):  # an SDK object
+            creation = getattr(u, "cache_creation", None)
+            return cls(
+                int(getattr(u, "input_tokens", 0) or 0),
+                int(getattr(u, "output_tokens", 0) or 0),
+                int(getattr(u, "cache_creation_input_tokens", 0) or 0),
+                int(getattr(u, "cache_read_input_tokens", 0) or 0),
+                int(_field(creation, "ephemeral_1h_input_tokens", 0) or 0),
+                getattr(u, "service_tier", None),
+            )
         creation = _field(u, "cache_creation")
         return cls(
             int(_field(u, "input_tokens", 0) or 0),
@@ -394,11 +415,30 @@ _price_lock = threading.Lock()
 _unknown_models: set[str] = set()
 
 
+# model -> price, valid while PRICES equals the snapshot it was computed from (PRICES may be
+# edited at run time; comparing two small dicts is cheaper than the prefix search).
+_price_cache: dict[str, Optional[tuple[float, float]]] = {}
+_price_snapshot: dict[str, tuple[float, float]] = {}
+
+
 def _price_for(model: str) -> Optional[tuple[float, float]]:
+    global _price_snapshot
+    if PRICES == _price_snapshot:
+        try:
+            return _price_cache[model]
+        except KeyError:
+            pass
+    prices = dict(PRICES)
     best = None
-    for prefix, price in list(PRICES.items()):
+    for prefix, price in prices.items():
         if model.startswith(prefix) and (best is None or len(prefix) > len(best[0])):
             best = (prefix, price)
+    with _price_lock:
+        if prices != _price_snapshot:
+            _price_cache.clear()
+            _price_snapshot = prices
+        if len(_price_cache) < 1024:
+            _price_cache[model] = None if best is None else best[1]
     return None if best is None else best[1]
 
 
@@ -491,6 +531,8 @@ def _rebuild_response(text: str, state: dict) -> ClaudeResponse:
 
 
 def _block_dict(block: Any) -> dict:
+    if getattr(block, "type", None) == "text" and not getattr(block, "citations", None):
+        return {"type": "text", "text": block.text}  # the common case, without pydantic's serializer
     data = block.model_dump(mode="json", exclude_none=True) if hasattr(block, "model_dump") else dict(block)
     data.pop("parsed_output", None)
     if data.get("type") == "text" and not data.get("citations"):
@@ -534,71 +576,6 @@ def _build_response(
         cost_usd=estimate_cost(usage, model),
         content=content,
     )
-
-
-class _MessageAccumulator:
-    """Builds the final message from raw stream events (lighter than the SDK's MessageStream)."""
-
-    __slots__ = ("message", "usage", "content", "_json", "_text")
-
-    def __init__(self) -> None:
-        self.message: dict = {}
-        self.usage: dict = {}
-        self.content: list[dict] = []
-        self._json: dict[int, list[str]] = {}
-        self._text: dict[int, list[str]] = {}
-
-    def start(self, event: Any) -> None:
-        message = event.message
-        self.message = {"id": message.id, "model": message.model, "stop_reason": message.stop_reason}
-        self.usage = message.usage.model_dump(exclude_none=True) if message.usage is not None else {}
-
-    def block_start(self, event: Any) -> None:
-        block = _block_dict(event.content_block)
-        index = event.index
-        while len(self.content) <= index:
-            self.content.append({})
-        self.content[index] = block
-        if block.get("type") == "text":
-            self._text[index] = [block.get("text", "")]
-
-    def block_delta(self, event: Any) -> None:
-        delta = event.delta
-        kind = delta.type
-        if kind == "text_delta":
-            self._text.setdefault(event.index, []).append(delta.text)
-        elif kind == "input_json_delta":
-            self._json.setdefault(event.index, []).append(delta.partial_json)
-        elif kind == "thinking_delta":
-            block = self.content[event.index]
-            block["thinking"] = block.get("thinking", "") + delta.thinking
-        elif kind == "signature_delta":
-            self.content[event.index]["signature"] = delta.signature
-        elif kind == "citations_delta":
-            self.content[event.index].setdefault("citations", []).append(
-                delta.citation.model_dump(mode="json", exclude_none=True)
-            )
-
-    def message_delta(self, event: Any) -> None:
-        self.message["stop_reason"] = event.delta.stop_reason
-        if event.usage is not None:
-            for key, value in event.usage.model_dump(exclude_none=True).items():
-                self.usage[key] = value
-
-    def finish(self, request_id: Optional[str], model_hint: str) -> ClaudeResponse:
-        for index, parts in self._text.items():
-            self.content[index]["text"] = "".join(parts)
-        for index, parts in self._json.items():
-            raw = "".join(parts)
-            self.content[index]["input"] = json.loads(raw) if raw.strip() else {}
-        return _build_response(
-            self.content,
-            Usage.from_sdk(self.usage),
-            self.message.get("stop_reason"),
-            self.message.get("model") or model_hint,
-            self.message.get("id"),
-            request_id,
-        )
 
 
 class ParallelResults(list):
@@ -1264,6 +1241,15 @@ def _validate_token(token: Any, name: str = "interrupt_token") -> None:
         raise TypeError(f"{name} must be an InterruptToken or None, got {type(token).__name__}")
 
 
+def _create_message(params: dict, client: anthropic.Anthropic) -> ClaudeResponse:
+    """Run one request with the SDK's non-streaming ``messages.create`` (not abortable)."""
+    try:
+        message = client.messages.create(**_sdk_kwargs(params))
+    except anthropic.APIError as exc:
+        raise _error_from(exc) from exc
+    return _response_from_message(message, getattr(message, "_request_id", None), str(params.get("model", "")))
+
+
 def _stream_message(
     params: dict,
     *,
@@ -1294,25 +1280,20 @@ def _stream_message(
     _tls.call = call
     completed = False
     try:
-        with client.messages.create(**_sdk_kwargs(params), stream=True) as stream:
+        with client.messages.stream(**_sdk_kwargs(params)) as stream:
             _tls.call = previous
             if not call.attach_stream(stream):
                 stream.close()
                 raise ClaudeInvocationError(_ABORT_MESSAGES[call.reason or "interrupted"], kind=call.reason)
-            acc = _MessageAccumulator()
-            for event in stream:
-                call.heartbeat()
+            watched = stall_timeout is not None
+            for event in stream:  # the SDK's MessageStream: pings are already skipped
+                if watched:
+                    call.heartbeat()
                 etype = event.type
-                if etype == "content_block_delta":
-                    acc.block_delta(event)
-                    if on_text is not None and event.delta.type == "text_delta":
-                        _run_user_callback(call, stream, on_text, event.delta.text, "on_text")
-                elif etype == "content_block_start":
-                    acc.block_start(event)
-                elif etype == "message_delta":
-                    acc.message_delta(event)
+                if etype == "text":
+                    if on_text is not None:
+                        _run_user_callback(call, stream, on_text, event.text, "on_text")
                 elif etype == "message_start":
-                    acc.start(event)
                     if on_start is not None:
                         _run_user_callback(call, stream, on_start, None, "on_start")
                 elif etype == "message_stop":
@@ -1324,7 +1305,8 @@ def _stream_message(
                 if call.reason is not None:
                     raise ClaudeInvocationError(_ABORT_MESSAGES[call.reason], kind=call.reason)
                 raise ClaudeInvocationError("The stream ended before message_stop", kind="connection")
-            request_id = stream.response.headers.get("request-id")
+            message = stream.get_final_message()
+            request_id = stream.request_id
     except ClaudeInvocationError:
         raise
     except _RequestAborted as exc:
@@ -1339,7 +1321,7 @@ def _stream_message(
             interrupt._remove_callback(handle)  # type: ignore[union-attr]
         if stall_timeout is not None:
             _stall_watch.unwatch(call)
-    return acc.finish(request_id, model_hint)
+    return _response_from_message(message, request_id, model_hint)
 
 
 def _run_user_callback(call: _StreamCall, stream: Any, fn: Callable, arg: Any, name: str) -> None:
@@ -1546,7 +1528,8 @@ def _build_params(
         params["temperature"] = temperature
     for key, value in extra.items():
         params[key] = copy.deepcopy(value) if key == "tools" else value
-    _check_breakpoints(params)
+    if prompt is None or extra or not (system is None or isinstance(system, str)):
+        _check_breakpoints(params)  # else at most 2 (cache_system, cache_prompt): nothing to check
     return params
 
 
@@ -1681,11 +1664,7 @@ def invoke_claude(
     client = _client_for(api_key=api_key, base_url=base_url)
     if streaming or interrupt_token is not None or stall is not None:
         return _stream_message(params, client=client, interrupt=interrupt_token, stall_timeout=stall)
-    try:
-        message = client.messages.create(**_sdk_kwargs(params))
-    except anthropic.APIError as exc:
-        raise _error_from(exc) from exc
-    return _response_from_message(message, getattr(message, "_request_id", None), model)
+    return _create_message(params, client)
 
 
 def invoke_claude_streaming(
@@ -1901,6 +1880,19 @@ class _Countdown:
             self._event.set()
 
 
+def _check_callbacks(callbacks: Any, n: int) -> None:
+    """Validate a ``callbacks`` list: one callable (or None) per prompt."""
+    if callbacks is None:
+        return
+    if isinstance(callbacks, (str, bytes)) or not isinstance(callbacks, Sequence):
+        raise TypeError(f"callbacks must be a list (one per prompt) or None, got {type(callbacks).__name__}")
+    if len(callbacks) != n:
+        raise ValueError(f"callbacks has {len(callbacks)} entries but there are {n} prompts")
+    for i, cb in enumerate(callbacks):
+        if cb is not None and not callable(cb):
+            raise TypeError(f"callbacks[{i}] must be callable or None")
+
+
 def _run_parallel(
     prompts: Any,
     *,
@@ -1925,14 +1917,7 @@ def _run_parallel(
     specs = _normalize_prompts(
         prompts, shared_system=shared_system, cache_shared_system=cache_shared_system, model=model, max_tokens=max_tokens
     )
-    if callbacks is not None:
-        if isinstance(callbacks, (str, bytes)) or not isinstance(callbacks, Sequence):
-            raise TypeError(f"callbacks must be a list (one per prompt) or None, got {type(callbacks).__name__}")
-        if len(callbacks) != len(specs):
-            raise ValueError(f"callbacks has {len(callbacks)} entries but there are {len(specs)} prompts")
-        for i, cb in enumerate(callbacks):
-            if cb is not None and not callable(cb):
-                raise TypeError(f"callbacks[{i}] must be callable or None")
+    _check_callbacks(callbacks, len(specs))
     client = _client_for(api_key=api_key, base_url=base_url)
     n = len(specs)
     results: list[Any] = [None] * n
@@ -1940,17 +1925,21 @@ def _run_parallel(
         return ParallelResults(results, usage=Usage(), cost_usd=0.0)
     if interrupt_token is not None and interrupt_token.is_interrupted():
         return ParallelResults(results, usage=Usage(), cost_usd=0.0)
+    # The run's own token: the caller's token feeds it, and so does a KeyboardInterrupt (or any
+    # other exception) in the waiting thread, so in-flight streams are aborted either way.
+    token = InterruptToken()
+    link = interrupt_token._add_callback(token.interrupt) if interrupt_token is not None else None
 
     def work(spec: _PromptSpec, on_start: Optional[Callable[[], Any]]) -> Any:
-        if interrupt_token is not None and interrupt_token.is_interrupted():
+        if token.is_interrupted():
             return _NOT_RUN
         on_text = callbacks[spec.index] if callbacks is not None else None
         return _stream_message(
-            spec.params, client=client, on_text=on_text, on_start=on_start, interrupt=interrupt_token, stall_timeout=stall
+            spec.params, client=client, on_text=on_text, on_start=on_start, interrupt=token, stall_timeout=stall
         )
 
     wake = threading.Event()
-    handle = interrupt_token._add_callback(wake.set) if interrupt_token is not None else None
+    handle = token._add_callback(wake.set)
     executor = ThreadPoolExecutor(max_workers=min(max_workers, n), thread_name_prefix="claude-parallel")
     futures: list[Optional[Future]] = [None] * n
     countdown = _Countdown(n, wake)
@@ -1964,12 +1953,10 @@ def _run_parallel(
             pilot.add_done_callback(countdown.done)
             futures[0] = pilot
             first = 1
-            if interrupt_token is not None:
-                release_handle = interrupt_token._add_callback(released.set)
+            release_handle = token._add_callback(released.set)
             released.wait()
-            if interrupt_token is not None:
-                interrupt_token._remove_callback(release_handle)
-        if interrupt_token is None or not interrupt_token.is_interrupted():
+            token._remove_callback(release_handle)
+        if not token.is_interrupted():
             for spec in specs[first:]:
                 future = executor.submit(work, spec, None)
                 future.add_done_callback(countdown.done)
@@ -1978,10 +1965,15 @@ def _run_parallel(
             for _ in specs[first:]:
                 countdown.done(None)  # type: ignore[arg-type]
         wake.wait()
-        interrupted = interrupt_token is not None and interrupt_token.is_interrupted()
+        interrupted = token.is_interrupted()
+    except BaseException:
+        interrupted = True
+        token.interrupt()  # e.g. Ctrl-C while waiting: abort what is in flight, then re-raise
+        raise
     finally:
-        if handle is not None:
-            interrupt_token._remove_callback(handle)  # type: ignore[union-attr]
+        token._remove_callback(handle)
+        if link is not None:
+            interrupt_token._remove_callback(link)  # type: ignore[union-attr]
         # On interrupt the in-flight workers had their sockets shut down and exit promptly;
         # do not wait for them here (queued ones are cancelled).
         executor.shutdown(wait=not interrupted, cancel_futures=True)
@@ -2304,11 +2296,7 @@ class ConversationThread:
                     params, client=client, on_text=callback, interrupt=interrupt_token, stall_timeout=stall
                 )
             else:
-                try:
-                    message = client.messages.create(**_sdk_kwargs(params))
-                except anthropic.APIError as exc:
-                    raise _error_from(exc) from exc
-                reply = _response_from_message(message, getattr(message, "_request_id", None), self.model)
+                reply = _create_message(params, client)
             # Only a successful reply changes the history.
             self._messages.append({"role": "user", "content": content})
             self._messages.append({"role": "assistant", "content": copy.deepcopy(reply.content)})

@@ -627,6 +627,7 @@ class _Task:
     task_id: str
     category: Optional[str]
     params: dict
+    on_text: Optional[Callable[[str], Any]] = None
 
 
 def _validate_managed_prompts(prompts: Any, where: str = "prompts") -> List[Dict[str, Any]]:
@@ -763,7 +764,7 @@ class _ManagedRun:
             self.tracker.claim(task.task_id)
             self.tracker.start(task.task_id)
             try:
-                response = cc._stream_message(task.params, client=self.client, on_start=on_start,
+                response = cc._stream_message(task.params, client=self.client, on_start=on_start, on_text=task.on_text,
                                               interrupt=self.token, stall_timeout=self.stall_timeout)
             except Exception as exc:
                 error = cc._error_from(exc)
@@ -848,6 +849,7 @@ def invoke_parallel_managed(
     policy: Optional[RetryPolicy] = None,
     api_key: Optional[str] = None,
     base_url: Optional[str] = None,
+    callbacks: Optional[Sequence[Optional[Callable[[str], Any]]]] = None,
 ) -> "ParallelResults":
     """Run many prompts with retries, concurrency limits, a shared rate-limit pause and a task tracker.
 
@@ -877,6 +879,11 @@ def invoke_parallel_managed(
        a slot nor a worker, then goes before newer tasks. A 429 carrying ``retry-after`` pauses
        dispatch for every worker of the run until it has passed. ``on_stall(task_id, seconds)`` is
        called on a stall. Attempts per task: at most ``max_retries + 1`` (SDK retries are off).
+    ``callbacks[i](chunk)`` (optional, one per prompt, as in
+    :func:`claude_client.invoke_parallel_streaming`) gets every text chunk of prompt ``i`` on a
+    worker thread; a retried task streams again from the start (the tracker's RUNNING state with
+    a higher ``attempt`` says so).
+
     5. ``interrupt_token.interrupt()`` stops dispatch, aborts the requests in flight and returns
        promptly; unfinished tasks end CANCELLED / ``INTERRUPTED`` with None in their slot.
 
@@ -918,6 +925,7 @@ def invoke_parallel_managed(
 
     originals = _validate_managed_prompts(prompts)
     normalize(originals)  # every prompt is valid before reconcile or any request
+    cc._check_callbacks(callbacks, len(originals))
     index_of = {p["task_id"]: i for i, p in enumerate(originals)}
     tracker = tracker if tracker is not None else TaskTracker(max_retries=policy.max_retries)
 
@@ -953,7 +961,9 @@ def invoke_parallel_managed(
     tasks = []
     for p, spec in zip(to_run, specs):
         tracker.add(p["task_id"], p.get("category"), max_retries=policy.max_retries, replace=True)
-        tasks.append(_Task(index_of[p["task_id"]], p["task_id"], p.get("category"), spec.params))
+        index = index_of[p["task_id"]]
+        on_text = callbacks[index] if callbacks is not None else None
+        tasks.append(_Task(index, p["task_id"], p.get("category"), spec.params, on_text))
     tasks.sort(key=lambda t: t.index)
 
     pilot = None

@@ -204,8 +204,20 @@ def test_validation_happens_before_any_request(client_env) -> None:
         invoke_parallel_managed([{"prompt": "x"}], reconcile="all")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="not in prompts"):
         invoke_parallel_managed([{"prompt": "x"}], reconcile=lambda ps, t: [{"prompt": "x", "task_id": "other"}])
+    with pytest.raises(ValueError, match="callbacks has 1 entries but there are 2 prompts"):
+        invoke_parallel_managed([{"prompt": "x"}, {"prompt": "y"}], callbacks=[None])
     assert client_env.message_requests() == []
     assert list(invoke_parallel_managed([])) == []
+
+
+def test_callbacks_get_only_their_own_chunks_in_order(client_env) -> None:
+    prompts = [{"prompt": f"agent {i} says hello [[delay_ms={(i * 5) % 15}]]"} for i in range(6)]
+    chunks: Dict[int, List[str]] = {i: [] for i in range(6)}
+    callbacks = [chunks[i].append for i in range(6)]
+    results = invoke_parallel_managed(prompts, max_workers=3, callbacks=callbacks, **FAST)
+    for i, reply in enumerate(results):
+        assert reply == f"Echo: agent {i} says hello"
+        assert "".join(chunks[i]) == reply and len(chunks[i]) == 5
 
 
 # =========================================================================== managed: limits

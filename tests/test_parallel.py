@@ -1,7 +1,9 @@
 """Parallel fan-out: order, partial failure, interrupt, cache pilot, usage roll-up, callbacks."""
 from __future__ import annotations
 
+import os
 import random
+import signal
 import threading
 import time
 
@@ -178,6 +180,25 @@ def test_interrupt_ten_long_streams(client_env):
     assert box["returned"] - started < 1.0
     assert list(box["results"]) == [None] * 10
     assert client_env.wait_for(lambda e: e.stats()["aborted"] == 10, timeout=5)
+    assert client_env.wait_idle(timeout=5)
+    assert _threads_back_to(baseline)
+
+
+def test_ctrl_c_while_waiting_aborts_in_flight_streams(client_env):
+    """A KeyboardInterrupt in the waiting thread (Ctrl-C in a notebook) aborts the streams in
+    flight instead of waiting minutes for them, and propagates."""
+    baseline = threading.active_count()
+    prompts = [{"prompt": f"long {i} [[words=100000 delay_ms=20]]"} for i in range(4)]
+    watcher = threading.Thread(
+        target=lambda: client_env.wait_for(lambda e: e.active_requests == 4, timeout=10) and os.kill(os.getpid(), signal.SIGINT)
+    )
+    watcher.start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        cc.invoke_parallel(prompts, max_workers=4)
+    assert time.monotonic() - started < 10
+    watcher.join()
+    assert client_env.wait_for(lambda e: e.stats()["aborted"] == 4, timeout=5)
     assert client_env.wait_idle(timeout=5)
     assert _threads_back_to(baseline)
 
