@@ -378,6 +378,7 @@ def test_request_log_fields(emulator: Emulator) -> None:
     client.messages.create(**_msg("log me [[id=1]]"))
     with client.messages.stream(**_msg("log me too")) as stream:
         stream.get_final_message()
+    assert emulator.wait_idle(timeout=5)  # the handler may still be finishing its bookkeeping
     a, b = emulator.requests
     assert (a.seq, b.seq) == (1, 2)
     assert a.method == "POST" and a.path == "/v1/messages"
