@@ -1156,6 +1156,8 @@ class Emulator:
                 await self._stream_error(resp, rec)
                 return resp
             final = dict(comp.usage)
+            with self._lock:  # recorded before the client can see message_stop and read the log
+                rec.usage = final
             await resp.write(
                 _sse("content_block_stop", {"type": "content_block_stop", "index": 0})
                 + _sse("message_delta", {"type": "message_delta",
@@ -1167,8 +1169,6 @@ class Emulator:
                                                    "output_tokens": n}})
                 + _sse("message_stop", {"type": "message_stop"}))
             await resp.write_eof()
-            with self._lock:
-                rec.usage = final
             return resp
         finally:
             with self._lock:

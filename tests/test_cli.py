@@ -78,6 +78,7 @@ def test_jsonl_records_in_input_order_whatever_the_completion_order(tmp_path, em
         assert isinstance(r["cost_usd"], float) and r["cost_usd"] > 0
         assert r["stop_reason"] == "end_turn"
     # The run really finished out of input order (so the order above is the CLI's doing).
+    assert emulator.wait_idle(timeout=5)  # a handler may still be closing its stream
     done = sorted(emulator.message_requests(), key=lambda rec: rec.ended_at)
     assert [rec.prompt for rec in done] != ["alpha one", "beta two", "gamma three"]
     assert len(done) == 3
@@ -201,6 +202,7 @@ def test_stall_timeout_aborts_and_retries(tmp_path, emulator):
                    "[[stall_after=1 times=1]] slow start here")
     assert proc.returncode == 0, proc.stderr
     assert records(proc.stdout)[0]["text"] == "Echo: slow start here"
+    assert emulator.wait_idle(timeout=5)
     reqs = [r for r in emulator.message_requests() if r.prompt == "slow start here"]
     assert len(reqs) == 2 and reqs[0].aborted
 
