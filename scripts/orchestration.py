@@ -407,24 +407,37 @@ class ConcurrencyLimiter:
                 return True
             waiter = _Waiter(category, self._lock)
             self._queue.append(waiter)
-            while not waiter.granted:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    self._queue.remove(waiter)
-                    limit = self.category_limits.get(category) if category is not None else None
-                    raise LimiterTimeoutError(
-                        f"no concurrency slot for category {category!r} within {timeout:g} s "
-                        f"(global {self._in_use}/{self.global_limit} in use"
-                        + (f", category {self._by_cat.get(category, 0)}/{limit} in use" if limit else "")
-                        + ")"
-                    )
-                if should_stop is not None:
-                    if should_stop():
-                        self._queue.remove(waiter)
-                        return False
-                    remaining = poll if remaining is None else min(remaining, poll)
-                waiter.cond.wait(remaining)
+            try:
+                while not waiter.granted:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        limit = self.category_limits.get(category) if category is not None else None
+                        raise LimiterTimeoutError(
+                            f"no concurrency slot for category {category!r} within {timeout:g} s "
+                            f"(global {self._in_use}/{self.global_limit} in use"
+                            + (f", category {self._by_cat.get(category, 0)}/{limit} in use" if limit else "")
+                            + ")"
+                        )
+                    if should_stop is not None:
+                        if should_stop():
+                            self._abandon(waiter)
+                            return False
+                        remaining = poll if remaining is None else min(remaining, poll)
+                    waiter.cond.wait(remaining)
+            except BaseException:  # timeout, or e.g. Ctrl-C while waiting: leave no slot or waiter behind
+                self._abandon(waiter)
+                raise
             return True
+
+    def _abandon(self, waiter: _Waiter) -> None:
+        # Lock held. A waiter that gives up: out of the queue, or, if a slot was granted to it
+        # meanwhile, that slot goes back (to the next waiter in line).
+        if waiter.granted:
+            self._in_use -= 1
+            self._by_cat[waiter.category] -= 1
+            self._grant_waiters()
+        else:
+            self._queue.remove(waiter)
 
     def _has_room(self, category: Optional[str]) -> bool:
         if self._in_use >= self.global_limit:
@@ -662,8 +675,10 @@ class _ManagedRun:
 
     Ready tasks wait in one min-heap per category keyed by input index (so the oldest task goes
     first and a retry that is due goes before newer tasks); retries wait their backoff in a heap of
-    due times. Workers only pick a task once the gate is open and the limiter gave them a slot
-    (``try_acquire``), so neither a backoff nor a pause holds a slot or a worker.
+    due times. Workers only pick a task once the gate is open: the oldest ready task whose category
+    the limiter admits now (``try_acquire``); if none, one worker per category joins the limiter's
+    FIFO queue with the oldest task of a category, so a limiter shared with other runs or callers
+    serves everyone in turn. Neither a backoff nor a pause holds a slot.
     """
 
     def __init__(self, tasks: List[_Task], *, tracker: TaskTracker, limiter: ConcurrencyLimiter,
@@ -685,6 +700,7 @@ class _ManagedRun:
         self._delayed: List[Tuple[float, int]] = []
         self._pending = len(tasks)  # tasks not yet ended
         self._running: set = set()
+        self._queued: set = set()  # categories a worker of this run is queued for in the limiter
         self.results: Dict[int, Any] = {}
         self.errors: Dict[int, BaseException] = {}
         self.fatal: Optional[BaseException] = None
@@ -711,10 +727,12 @@ class _ManagedRun:
     def worker(self) -> None:
         try:
             while True:
-                pos = self._next_task()
-                if pos is None:
+                picked = self._next_task()
+                if picked is None:
                     return
-                self._attempt(pos)
+                pos, has_slot = picked
+                if has_slot or self._queue_for_slot(pos):
+                    self._attempt(pos)
         except BaseException as exc:  # a bug or a misused shared limiter/tracker: stop the run, re-raise
             logger.exception("managed worker failed; stopping the run")
             with self._cond:
@@ -722,7 +740,8 @@ class _ManagedRun:
                     self.fatal = exc
                 self._cond.notify_all()
 
-    def _next_task(self) -> Optional[int]:
+    def _next_task(self) -> Optional[Tuple[int, bool]]:
+        """The next task and whether it holds a limiter slot already (else: queue for one)."""
         with self._cond:
             while True:
                 if self._pending == 0 or self._stopped():
@@ -737,24 +756,54 @@ class _ManagedRun:
                 if paused > 0:
                     wait = min(wait, paused)
                 else:
-                    pos = self._pick()
-                    if pos is not None:
-                        self._running.add(pos)
-                        return pos
+                    picked = self._pick()
+                    if picked is not None:
+                        if picked[1]:
+                            self._running.add(picked[0])
+                        return picked
                 if self._delayed:
                     wait = min(wait, max(0.0, self._delayed[0][0] - now))
                 self._cond.wait(wait)
 
-    def _pick(self) -> Optional[int]:
-        # Lock held. Oldest ready task whose category the limiter admits now.
+    def _pick(self) -> Optional[Tuple[int, bool]]:
+        # Lock held. The oldest ready task whose category the limiter admits now (with its slot);
+        # else the oldest one of a category no worker of this run is queued for (to queue for it).
         heads = sorted((heap[0], cat) for cat, heap in self._ready.items() if heap)
         if self._hold:
             heads = [h for h in heads if h[0] == self._pilot]
         for pos, cat in heads:
             if self.limiter.try_acquire(cat):
                 heapq.heappop(self._ready[cat])
-                return pos
+                return pos, True
+        for pos, cat in heads:
+            if cat not in self._queued:
+                self._queued.add(cat)
+                heapq.heappop(self._ready[cat])
+                return pos, False
         return None
+
+    def _queue_for_slot(self, pos: int) -> bool:
+        """Wait in the limiter's FIFO queue for a slot for task ``pos`` (no run lock held).
+
+        True: the slot is held and the task is RUNNING-bound. False: the task went back to the
+        ready heap (the run stopped, or a rate-limit pause began while waiting).
+        """
+        cat = self.tasks[pos].category
+        granted = False
+        try:
+            granted = self.limiter._acquire(cat, None, self._stopped)
+        finally:
+            with self._cond:
+                self._queued.discard(cat)
+                keep = granted and not self._stopped() and self.gate.remaining() <= 0
+                if keep:
+                    self._running.add(pos)
+                else:
+                    heapq.heappush(self._ready[cat], pos)
+                self._cond.notify_all()
+        if granted and not keep:
+            self.limiter.release(cat)
+        return keep
 
     def _attempt(self, pos: int) -> None:
         task = self.tasks[pos]
@@ -770,6 +819,9 @@ class _ManagedRun:
                 error = cc._error_from(exc)
                 if error is not exc:
                     error.__cause__ = exc
+                if error.kind == "rate_limit" and error.retry_after:
+                    # before the slot goes back, so no woken worker sends inside the pause
+                    self.gate.pause_for(min(error.retry_after, self.policy.max_retry_after_s))
         finally:
             self.limiter.release(task.category)
         if pos == self._pilot:
@@ -779,8 +831,6 @@ class _ManagedRun:
                 self.on_stall(task.task_id, float(self.stall_timeout or 0.0))
             except Exception:
                 logger.exception("on_stall callback raised for task %r", task.task_id)
-        if error is not None and error.kind == "rate_limit" and error.retry_after:
-            self.gate.pause_for(min(error.retry_after, self.policy.max_retry_after_s))
         with self._cond:
             self._running.discard(pos)
             self._settle(pos, response, error)
@@ -966,6 +1016,10 @@ def invoke_parallel_managed(
         tasks.append(_Task(index, p["task_id"], p.get("category"), spec.params, on_text))
     tasks.sort(key=lambda t: t.index)
 
+    # The run's own token: the caller's token feeds it, and so does an exception (Ctrl-C) in the
+    # thread driving the run, so in-flight requests are aborted either way.
+    token = cc.InterruptToken()
+    link = interrupt_token._add_callback(token.interrupt) if interrupt_token is not None else None
     pilot = None
     if (cache_pilot and cache_shared_system and shared_system is not None and len(tasks) > 1
             and "system" in tasks[0].params):
@@ -977,14 +1031,18 @@ def invoke_parallel_managed(
         policy=policy,
         gate=RateLimitGate(),
         client=cc._client_for(0, api_key=api_key, base_url=base_url) if tasks else None,
-        token=interrupt_token,
+        token=token,
         stall_timeout=stall,
         on_stall=on_stall,
         pilot=pilot,
         rng=random.Random(),
     )
-    if tasks:
-        _drive(run, min(max_workers, len(tasks)))
+    try:
+        if tasks:
+            _drive(run, min(max_workers, len(tasks)))
+    finally:
+        if link is not None:
+            interrupt_token._remove_callback(link)  # type: ignore[union-attr]
 
     usage = cc.Usage()
     cost: Optional[float] = 0.0
@@ -1010,11 +1068,18 @@ def _drive(run: _ManagedRun, workers: int) -> None:
             while t.is_alive():
                 t.join(0.1)
                 if run._stopped():
+                    run.token.interrupt()  # a crashed worker (fatal) stops the others' requests too
                     # in-flight requests were aborted by the token; their workers leave at once
                     t.join(5.0)
                     if t.is_alive():  # pragma: no cover - defensive
                         logger.warning("worker %s still busy 5 s after the interrupt", t.name)
                         break
+    except BaseException:
+        # e.g. Ctrl-C in the caller's thread: abort what is in flight, let the workers leave, re-raise
+        run.token.interrupt()
+        for t in threads:
+            t.join(1.0)
+        raise
     finally:
         run.limiter._remove_listener(run.wake)
         if handle is not None:

@@ -1,6 +1,8 @@
 """invoke_with_retry and invoke_parallel_managed against the emulator, over the real SDK."""
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from typing import Dict, List
@@ -369,6 +371,77 @@ def test_interrupt_stops_the_run_promptly(client_env) -> None:
     assert s["succeeded"] == 1 and s["interrupted"] == 12 and sum(s.values()) == 13
     assert client_env.wait_for(lambda e: e.stats()["aborted"] >= 3, timeout=5)
     assert len(client_env.message_requests()) <= 5  # never-started tasks never started
+
+
+def test_ctrl_c_in_the_caller_aborts_the_run(client_env) -> None:
+    """A KeyboardInterrupt in the thread driving a managed run aborts its requests in flight,
+    ends every task and leaves no worker behind, then propagates."""
+    tracker = TaskTracker()
+    prompts = [{"prompt": f"long {i} [[words=100000 delay_ms=20]]"} for i in range(12)]
+    watcher = threading.Thread(
+        target=lambda: client_env.wait_for(lambda e: e.active_requests == 4, timeout=10)
+        and os.kill(os.getpid(), signal.SIGINT)
+    )
+    watcher.start()
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        invoke_parallel_managed(prompts, max_workers=4, tracker=tracker, max_tokens=100, **FAST)
+    assert time.monotonic() - t0 < 10
+    watcher.join()
+    assert client_env.wait_for(lambda e: e.stats()["aborted"] == 4, timeout=5)
+    assert len(client_env.message_requests()) == 4  # nothing started after the Ctrl-C
+    assert tracker.reason_counts()["interrupted"] == 12
+    assert not [t for t in threading.enumerate() if t.name.startswith("claude-managed")]
+
+
+def test_managed_runs_sharing_a_limiter_take_turns(client_env) -> None:
+    """The limiter is FIFO for managed runs too: a second run sharing a full limiter is served
+    while the first still has work, instead of waiting for all of it."""
+    lim = ConcurrencyLimiter(1)
+
+    def run(tag: str, n: int) -> None:
+        invoke_parallel_managed([{"prompt": f"{tag}{i} [[delay_ms=5]]"} for i in range(n)], max_workers=2,
+                                concurrency_limiter=lim, max_tokens=20)
+
+    a = threading.Thread(target=run, args=("A", 30))
+    a.start()
+    assert client_env.wait_for(lambda e: len(e.message_requests()) >= 2, timeout=10)
+    b = threading.Thread(target=run, args=("B", 5))
+    b.start()
+    a.join(30)
+    b.join(30)
+    order = "".join(r.prompt[0] for r in client_env.message_requests())
+    assert sorted(order) == ["A"] * 30 + ["B"] * 5
+    assert order.rindex("B") < order.rindex("A")  # B finished while A still had work
+    assert _max_overlap(client_env.message_requests()) == 1
+
+
+def test_managed_run_is_served_among_other_limiter_users(client_env) -> None:
+    """Threads looping on a shared limiter's slot() cannot starve a managed run of slots."""
+    lim = ConcurrencyLimiter(2)
+    stop = threading.Event()
+
+    def hog() -> None:
+        while not stop.is_set():
+            with lim.slot():
+                time.sleep(0.005)
+
+    hogs = [threading.Thread(target=hog) for _ in range(4)]
+    for t in hogs:
+        t.start()
+    token = InterruptToken()
+    safety = threading.Timer(20, token.interrupt)  # a starved run would otherwise hang the test
+    safety.start()
+    try:
+        results = invoke_parallel_managed([{"prompt": f"p{i}"} for i in range(3)], max_workers=3,
+                                          concurrency_limiter=lim, interrupt_token=token, max_tokens=20)
+    finally:
+        safety.cancel()
+        stop.set()
+        for t in hogs:
+            t.join()
+    assert list(results) == ["Echo: p0", "Echo: p1", "Echo: p2"]
+    assert lim.in_use() == 0 and lim.waiting == 0
 
 
 def test_interrupted_before_start_sends_nothing(client_env) -> None:

@@ -1,7 +1,9 @@
 """Pure parts of orchestration: RetryPolicy, ConcurrencyLimiter fairness and bounds, RateLimitGate."""
 from __future__ import annotations
 
+import os
 import random
+import signal
 import threading
 import time
 from typing import List, Optional
@@ -138,6 +140,21 @@ def test_limiter_timeout_returns_false_or_raises_clear_error_and_leaves_queue() 
         assert lim.in_use() == 2
     lim.release("a")
     assert isinstance(LimiterTimeoutError("x"), TimeoutError)
+
+
+def test_ctrl_c_while_queued_leaves_no_slot_or_waiter_behind() -> None:
+    """A KeyboardInterrupt in a thread waiting for a slot must not leak the slot granted later."""
+    lim = ConcurrencyLimiter(1)
+    assert lim.acquire()
+    threading.Timer(0.2, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        with lim.slot():
+            pass  # pragma: no cover - never granted before the interrupt
+    assert lim.waiting == 0
+    lim.release()
+    assert lim.in_use() == 0
+    assert lim.acquire(timeout=1.0) is True  # full capacity is back
+    lim.release()
 
 
 def test_limiter_never_exceeds_limits_under_contention() -> None:
