@@ -848,7 +848,12 @@ class _ManagedRun:
             self.tracker.cancel(task.task_id, TerminalReason.INTERRUPTED)
             self._pending -= 1
             return
-        info = self.tracker.fail(task.task_id, error=error, transient=error.transient)
+        reason = None
+        if error.kind == "stalled":  # a stall on the last attempt ends the task as STALLED
+            current = self.tracker.get(task.task_id)
+            if current.attempts >= current.max_attempts:
+                reason = TerminalReason.STALLED
+        info = self.tracker.fail(task.task_id, error=error, transient=error.transient, reason=reason)
         if info.can_retry and not self._stopped():
             self.tracker.retry(task.task_id)
             delay = self.policy.delay_for(info.attempts, error, self.rng)

@@ -354,6 +354,17 @@ def test_stall_counts_as_transient_and_calls_on_stall(client_env) -> None:
     assert client_env.wait_for(lambda e: e.stats()["aborted"] >= 1, timeout=5)
 
 
+def test_a_task_that_stalls_on_every_attempt_ends_stalled(client_env) -> None:
+    tracker = TaskTracker()
+    results = invoke_parallel_managed([{"prompt": "stuck [[stall_after=1]]", "task_id": "s"}], stall_timeout=0.5,
+                                      max_retries=1, tracker=tracker, max_tokens=20, **FAST)
+    assert list(results) == [None]
+    assert results.errors[0].kind == "stalled" and results.errors[0].attempts == 2
+    info = tracker.get("s")
+    assert info.state is TaskState.FAILED and info.terminal_reason is TerminalReason.STALLED
+    assert len(client_env.message_requests()) == 2
+
+
 def test_interrupt_stops_the_run_promptly(client_env) -> None:
     token = InterruptToken()
     tracker = TaskTracker()
