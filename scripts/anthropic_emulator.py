@@ -68,6 +68,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "cache_min_tokens": None,
     "batch_seconds_per_request": 0.01,
     "batch_retrieve_404_times": 0,
+    "batch_create_delay_ms": 0,
 }
 """Every setting with its default (constructor keywords, ``configure()``, CLI flags)."""
 
@@ -560,7 +561,7 @@ class Emulator:
         if unknown:
             raise TypeError(f"unknown emulator setting(s) {unknown}; expected some of {sorted(DEFAULT_SETTINGS)}")
         for name in ("ttft_ms", "chunk_delay_ms", "ping_every", "batch_seconds_per_request",
-                     "batch_retrieve_404_times"):
+                     "batch_retrieve_404_times", "batch_create_delay_ms"):
             if name in settings and (not isinstance(settings[name], (int, float)) or settings[name] < 0):
                 raise ValueError(f"{name}: expected a number >= 0, got {settings[name]!r}")
         for name in ("reply_words", "rate_limit_requests", "max_concurrent", "cache_min_tokens"):
@@ -1308,6 +1309,9 @@ class Emulator:
             b.counts["processing"] = len(items)
             self._batches[b.id] = b
             out = self._batch_json(b, self._wall())
+            delay_ms = float(self._settings["batch_create_delay_ms"])
+        if delay_ms > 0:  # the batch exists; the answer is late (a client cut off here never learns its id)
+            await asyncio.sleep(delay_ms / 1000)
         return web.json_response(out, headers=self._base_headers(request))
 
     async def _h_batch_retrieve(self, request: web.Request) -> web.Response:
@@ -1410,6 +1414,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "ping_every": int, "rate_limit_requests": _opt_int, "rate_limit_window_s": float,
         "max_concurrent": _opt_int, "directives": str, "cache_min_tokens": _opt_int,
         "batch_seconds_per_request": float, "batch_retrieve_404_times": int,
+        "batch_create_delay_ms": float,
     }
     for name, default in DEFAULT_SETTINGS.items():
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=types[name], default=default,

@@ -39,6 +39,7 @@ import re
 import socket
 import threading
 import time
+import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -271,9 +272,63 @@ def _error_from(exc: BaseException) -> ClaudeInvocationError:
     """Classify any exception as a :class:`ClaudeInvocationError` (returned, not raised).
 
     The caller chains it: ``raise _error_from(e) from e``. A ClaudeInvocationError is returned as is.
+    Any API key the library knows of (or that the failed request carried) is redacted from the
+    message: transport errors may quote a header.
     """
     if isinstance(exc, ClaudeInvocationError):
         return exc
+    error = _classify_error(exc)
+    secrets = _secrets_for(exc)
+    if secrets:
+        message = _redact(error.message, secrets)
+        if message != error.message:
+            error.message = message
+            error.args = (message,)
+    return error
+
+
+_REDACTED = "[redacted API key]"
+
+
+def _secrets_for(exc: BaseException) -> list[str]:
+    """The keys to redact from an error message about ``exc`` (longest first)."""
+    with _state_lock:
+        found = set(_known_keys)
+        found.update(k for k in (_resolved_key, _config.get("api_key")) if k)
+    try:
+        request = getattr(exc, "request", None)  # httpx raises RuntimeError when it is not set
+    except Exception:
+        request = None
+    headers = getattr(request, "headers", None)
+    if headers is not None:
+        for name in ("x-api-key", "authorization"):
+            try:
+                value = headers.get(name)
+            except Exception:  # pragma: no cover - a header that cannot be decoded
+                value = None
+            if isinstance(value, str) and value.strip():
+                found.add(value.strip())
+                if value.lower().startswith("bearer "):
+                    found.add(value[len("bearer "):].strip())
+    variants: set[str] = set()
+    for key in found:
+        if not isinstance(key, str) or len(key) < 8:  # too short to be a key; would over-redact
+            continue
+        variants.add(key)
+        variants.add(repr(key)[1:-1])  # as quoted in a str repr (escaped line breaks)
+        variants.add(repr(key.encode("utf-8", "backslashreplace"))[2:-1])  # ... or a bytes repr
+    return sorted(variants, key=len, reverse=True)
+
+
+def _redact(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, _REDACTED)
+    return text
+
+
+def _classify_error(exc: BaseException) -> ClaudeInvocationError:
+    """The body of :func:`_error_from` (no redaction)."""
     if isinstance(exc, anthropic.APIStatusError):
         status = exc.status_code
         etype = getattr(exc, "type", None)
@@ -611,6 +666,9 @@ _resolved_key: Optional[str] = None
 _clients: dict[tuple, anthropic.Anthropic] = {}
 _derived: dict[tuple, anthropic.Anthropic] = {}
 _config: dict[str, Any] = {}
+# Every key a client was made with (kept after reset_client: calls in flight may still fail);
+# only used to redact error messages (_error_from).
+_known_keys: set[str] = set()
 
 
 def _project_dir() -> Path:
@@ -628,17 +686,65 @@ def _missing_key_error(directory: Path) -> MissingAPIKeyError:
     )
 
 
+def _check_key(key: str, source: str) -> str:
+    """``key`` stripped, or :class:`MissingAPIKeyError` naming ``source`` (never the key).
+
+    A key must be one line of printable ASCII without spaces: anything else cannot be sent as
+    an HTTP header, and the transport error would quote the header (the key).
+    """
+    key = key.strip()
+    if not key:
+        raise MissingAPIKeyError(f"The API key from {source} is empty")
+    for position, char in enumerate(key):
+        if "!" <= char <= "~":
+            continue
+        if char in "\r\n":
+            problem = "a line break"
+        elif char.isspace():
+            problem = "whitespace"
+        elif ord(char) < 128 or not char.isprintable():
+            problem = "a control character"
+        else:
+            problem = "a non-ASCII character"
+        raise MissingAPIKeyError(
+            f"The API key from {source} contains {problem} (at character {position + 1}); an API key is "
+            f"one line of printable ASCII without spaces. Fix the key there"
+            + (" (the file must hold only the key)" if " file " in source else "")
+        )
+    return key
+
+
 def _read_key_file(path: Path, what: str) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")  # -sig: a byte order mark is not part of the key
     except (OSError, UnicodeDecodeError) as exc:
         raise MissingAPIKeyError(f"Could not read the {what} {path}: {type(exc).__name__}") from None
 
 
+_INLINE_COMMENT = re.compile(r"\s#")
+
+
+def _env_file_value(value: str) -> str:
+    """The value of a ``claude.env`` line: quotes removed, or an inline `` # comment`` cut off."""
+    value = value.strip()
+    if value[:1] in ("'", '"'):
+        end = value.find(value[0], 1)
+        if end > 0:
+            rest = value[end + 1:].strip()
+            if not rest or rest.startswith("#"):
+                return value[1:end].strip()
+        return value
+    return _INLINE_COMMENT.split(value, 1)[0].strip()
+
+
 def _key_from_env_file(env_file: Path) -> str:
-    """The key of a ``claude.env`` file: the last ``API_KEY=...`` line (``export`` and quotes allowed)."""
+    """The key of a ``claude.env`` file: the last ``API_KEY=...`` line.
+
+    ``export``, quotes, ``#`` comment lines and inline `` # comments`` after the value are allowed.
+    """
     key = None
-    for line in _read_key_file(env_file, "key file").splitlines():
+    key_line = 0
+    for number, line in enumerate(_read_key_file(env_file, "key file").splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -647,16 +753,14 @@ def _key_from_env_file(env_file: Path) -> str:
         name, sep, value = line.partition("=")
         if not sep or name.strip() not in ENV_FILE_FIELDS:
             continue
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1].strip()
-        key = value or None
+        key = _env_file_value(value) or None
+        key_line = number
     if key is None:
         # Never quote the file's lines: they may hold a key under another name.
         raise MissingAPIKeyError(
             f"The key file {env_file} has no non-empty line API_KEY=... (or ANTHROPIC_API_KEY=...)"
         )
-    return key
+    return _check_key(key, f"the key file {env_file} (line {key_line})")
 
 
 def _key_from_files(directory: Path) -> Optional[str]:
@@ -666,7 +770,7 @@ def _key_from_files(directory: Path) -> Optional[str]:
         key = _read_key_file(key_file, "API key file").strip()
         if not key:
             raise MissingAPIKeyError(f"The API key file {key_file} is empty")
-        return key
+        return _check_key(key, f"the API key file {key_file}")
     cred_file = directory / CREDENTIALS_FILE_NAME
     if cred_file.is_file():
         text = _read_key_file(cred_file, "credentials file")
@@ -682,7 +786,7 @@ def _key_from_files(directory: Path) -> Optional[str]:
             raise MissingAPIKeyError(
                 f"The credentials file {cred_file} has no non-empty string field {CREDENTIALS_FIELD!r}"
             )
-        return value.strip()
+        return _check_key(value, f"the credentials file {cred_file} (field {CREDENTIALS_FIELD!r})")
     env_file = directory / ENV_FILE_NAME
     if env_file.is_file():
         return _key_from_env_file(env_file)
@@ -695,7 +799,7 @@ def _resolve_api_key(explicit: Optional[str] = None) -> str:
     if explicit is not None:
         if not isinstance(explicit, str) or not explicit.strip():
             raise ValueError("api_key must be a non-empty string")
-        return explicit.strip()
+        return _check_key(explicit, "the api_key= argument")
     with _state_lock:
         configured = _config.get("api_key")
         if configured:
@@ -703,6 +807,8 @@ def _resolve_api_key(explicit: Optional[str] = None) -> str:
         if _resolved_key is not None:
             return _resolved_key
         env = os.environ.get("ANTHROPIC_API_KEY", "").strip()
+        if env:
+            env = _check_key(env, "the ANTHROPIC_API_KEY environment variable")
         directory = _project_dir()
         key = env or _key_from_files(directory)
         if not key:
@@ -777,11 +883,27 @@ def _abort_middleware(request: Any, call_next: Callable[[Any], Any]) -> Any:
     return response
 
 
+class _HttpClient(anthropic.DefaultHttpxClient):
+    """The SDK's default httpx client, closed when garbage-collected.
+
+    :func:`configure` / :func:`reset_client` drop shared clients without closing them (calls in
+    flight may still use them); the connection pool is released once nothing refers to it
+    (the SDK client and every ``with_options`` copy share this object).
+    """
+
+    def __del__(self) -> None:
+        try:
+            if not self.is_closed:
+                self.close()
+        except Exception:  # pragma: no cover - best effort, possibly at interpreter exit
+            pass
+
+
 def _new_client(key: str, base_url: Optional[str], timeout: Optional[float], max_retries: Optional[int]) -> anthropic.Anthropic:
     kwargs: dict[str, Any] = {
         "api_key": key,
         "base_url": base_url,
-        "http_client": anthropic.DefaultHttpxClient(event_hooks={"request": [_on_http_request]}),
+        "http_client": _HttpClient(event_hooks={"request": [_on_http_request]}),
         "middleware": [_abort_middleware],
     }
     if timeout is not None:
@@ -809,6 +931,7 @@ def get_client(*, api_key: Optional[str] = None, base_url: Optional[str] = None)
         if client is None:
             client = _new_client(key, url, timeout, _config.get("max_retries"))
             _clients[slot] = client
+            _known_keys.add(key)
         return client
 
 
@@ -839,12 +962,17 @@ def configure(
 
     ``client=`` injects your own ``anthropic.Anthropic``, used by every call that passes no
     ``api_key=`` / ``base_url=``. ``timeout`` (seconds) and ``max_retries`` apply to the shared
-    client created by the library.
+    client created by the library. Calls that start afterwards use the new settings; calls
+    already running (e.g. on other threads) finish with the client they started with, which is
+    not closed (its connections are released when it is garbage-collected). An ``api_key``
+    that is not one line of printable ASCII raises :class:`MissingAPIKeyError`.
 
     >>> configure(base_url="http://127.0.0.1:8080", max_retries=0)
     """
     if api_key is not None and (not isinstance(api_key, str) or not api_key.strip()):
         raise ValueError("api_key must be a non-empty string")
+    if api_key is not None:
+        api_key = _check_key(api_key, "configure(api_key=...)")
     if base_url is not None and (not isinstance(base_url, str) or not base_url.strip()):
         raise ValueError("base_url must be a non-empty string")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
@@ -863,22 +991,27 @@ def configure(
         ):
             if value is not None:
                 _config[name] = value
+        injected_key = getattr(client, "api_key", None)
+        if isinstance(injected_key, str) and injected_key:
+            _known_keys.add(injected_key)  # for redaction only
         _drop_clients()
 
 
 def _drop_clients() -> None:
-    old = list(_clients.values())
+    """Forget the shared clients without closing them: calls on other threads may still use them.
+
+    A dropped client's connection pool is closed when the client is garbage-collected.
+    """
     _clients.clear()
     _derived.clear()
-    for client in old:
-        try:
-            client.close()
-        except Exception:  # pragma: no cover - closing is best effort
-            logger.debug("closing an old client failed", exc_info=True)
 
 
 def reset_client() -> None:
-    """Forget the cached key, every shared client and everything set by :func:`configure`."""
+    """Forget the cached key, every shared client and everything set by :func:`configure`.
+
+    Calls that start afterwards resolve the key and create a new client; calls already running
+    finish with the old client, which is not closed (it is released when garbage-collected).
+    """
     global _resolved_key
     with _state_lock:
         _resolved_key = None
@@ -1172,7 +1305,7 @@ def _socket_of_pending_request(client: Any, extensions: Any) -> Any:
 class _StreamCall:
     """Abort handle of one streaming request; ``abort()`` is safe from any thread."""
 
-    __slots__ = ("_client", "_lock", "reason", "_stream", "_extensions", "_stall")
+    __slots__ = ("_client", "_lock", "reason", "_stream", "_extensions", "_stall", "_aborted", "started")
 
     def __init__(self, client: Any) -> None:
         self._client = client
@@ -1181,6 +1314,18 @@ class _StreamCall:
         self._stream: Any = None
         self._extensions: Any = None
         self._stall: Optional[tuple] = None
+        self._aborted = threading.Event()
+        self.started = False  # the response stream of the current attempt is open
+
+    def wait_aborted(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; True at once if the call is aborted meanwhile."""
+        return self._aborted.wait(seconds)
+
+    def next_attempt(self) -> None:
+        """Forget the previous attempt's request and stream before a retry."""
+        with self._lock:
+            self._stream = None
+            self._extensions = None
 
     def _attach_request(self, request: httpx2.Request) -> None:
         with self._lock:
@@ -1192,6 +1337,7 @@ class _StreamCall:
         """Record the open stream; returns False when the call was aborted meanwhile."""
         with self._lock:
             self._stream = stream
+            self.started = True
             return self.reason is None
 
     def heartbeat(self) -> None:
@@ -1205,6 +1351,7 @@ class _StreamCall:
             if self.reason is not None:
                 return
             self.reason = reason
+            self._aborted.set()
             stream, extensions = self._stream, self._extensions
         sock = None
         if stream is not None:
@@ -1264,18 +1411,56 @@ def _stream_message(
     ``on_start()`` runs once at message_start, ``on_text(chunk)`` for every text delta, both on
     this thread. ``interrupt`` / ``stall_timeout`` abort the request (kinds ``interrupted`` /
     ``stalled``); a callback that raises aborts it with kind ``callback`` chained from its error.
+
+    With an ``interrupt`` or ``stall_timeout``, the client's retries (``client.max_retries``) are
+    made here instead of inside the SDK, whose wait between attempts cannot be cut short: the wait
+    ends at once on an interrupt, and the stall clock does not run during it.
     """
     if client is None:
         client = _client_for()
-    model_hint = str(params.get("model", ""))
     call = _StreamCall(client)
     handle = None
     if interrupt is not None:
         if interrupt.is_interrupted():
             raise ClaudeInvocationError(_ABORT_MESSAGES["interrupted"] + " before it was sent", kind="interrupted")
         handle = interrupt._add_callback(lambda: call.abort("interrupted"))
-    if stall_timeout is not None:
-        _stall_watch.watch(call, stall_timeout)
+    retries = client.max_retries if (interrupt is not None or stall_timeout is not None) else 0
+    sdk_client = _without_retries(client) if retries else client
+    try:
+        for attempt in range(1, retries + 2):
+            if stall_timeout is not None:
+                _stall_watch.watch(call, stall_timeout)
+            try:
+                return _stream_attempt(params, sdk_client, call, on_text, on_start, stall_timeout is not None)
+            except ClaudeInvocationError as error:
+                if attempt > retries or call.started or call.reason is not None or not _sdk_would_retry(error):
+                    raise
+                last = error
+            finally:
+                if stall_timeout is not None:
+                    _stall_watch.unwatch(call)
+            delay = _attempt_policy(retries).delay_for(attempt, last)
+            logger.info("attempt %d of %d failed (%s); retrying in %.3f s", attempt, retries + 1, last.kind, delay)
+            if call.wait_aborted(delay):
+                raise ClaudeInvocationError(
+                    _ABORT_MESSAGES[call.reason or "interrupted"] + " while waiting to retry", kind=call.reason
+                ) from last
+            call.next_attempt()
+        raise AssertionError("unreachable")  # pragma: no cover
+    finally:
+        if handle is not None:
+            interrupt._remove_callback(handle)  # type: ignore[union-attr]
+
+
+def _stream_attempt(
+    params: dict,
+    client: anthropic.Anthropic,
+    call: "_StreamCall",
+    on_text: Optional[Callable[[str], Any]],
+    on_start: Optional[Callable[[], Any]],
+    watched: bool,
+) -> ClaudeResponse:
+    """One HTTP attempt of :func:`_stream_message` (``call.started`` once the stream is open)."""
     previous = getattr(_tls, "call", None)
     _tls.call = call
     completed = False
@@ -1285,7 +1470,6 @@ def _stream_message(
             if not call.attach_stream(stream):
                 stream.close()
                 raise ClaudeInvocationError(_ABORT_MESSAGES[call.reason or "interrupted"], kind=call.reason)
-            watched = stall_timeout is not None
             for event in stream:  # the SDK's MessageStream: pings are already skipped
                 if watched:
                     call.heartbeat()
@@ -1317,11 +1501,37 @@ def _stream_message(
         raise _error_from(exc) from exc
     finally:
         _tls.call = previous
-        if handle is not None:
-            interrupt._remove_callback(handle)  # type: ignore[union-attr]
-        if stall_timeout is not None:
-            _stall_watch.unwatch(call)
-    return _response_from_message(message, request_id, model_hint)
+    return _response_from_message(message, request_id, str(params.get("model", "")))
+
+
+_no_retry_views: "weakref.WeakKeyDictionary[anthropic.Anthropic, anthropic.Anthropic]" = weakref.WeakKeyDictionary()
+_no_retry_lock = threading.Lock()
+
+
+def _without_retries(client: anthropic.Anthropic) -> anthropic.Anthropic:
+    """``client.with_options(max_retries=0)``, made once per client (it shares the connection pool)."""
+    with _no_retry_lock:
+        view = _no_retry_views.get(client)
+        if view is None:
+            view = _no_retry_views[client] = client.with_options(max_retries=0)
+        return view
+
+
+def _sdk_would_retry(error: ClaudeInvocationError) -> bool:
+    """The SDK's own rule for a failed attempt: the server's ``x-should-retry`` header when it sent
+    one, else the library's classification (429, 408, 409, 5xx, connection errors, timeouts)."""
+    response = getattr(error.__cause__, "response", None)
+    header = getattr(response, "headers", {}).get("x-should-retry") if response is not None else None
+    if header in ("true", "false"):
+        return header == "true"
+    return error.transient
+
+
+def _attempt_policy(retries: int) -> Any:
+    """The library's one retry policy, with the SDK's backoff (0.5 s doubling to 8 s)."""
+    from orchestration import RetryPolicy  # imported here: orchestration imports this module
+
+    return RetryPolicy(max_retries=retries, base_delay_ms=500, max_delay_ms=8000, jitter="equal")
 
 
 def _run_user_callback(call: _StreamCall, stream: Any, fn: Callable, arg: Any, name: str) -> None:
@@ -1435,19 +1645,29 @@ def _check_breakpoints(params: Mapping, where: str = "the request") -> None:
         )
 
 
-def _content_blocks(content: Any, name: str) -> list[dict]:
+def _check_content(content: Any, name: str) -> None:
+    """A message content: a non-empty str or a non-empty list of dicts with a str ``type``."""
     if isinstance(content, str):
         if not content:
             raise ValueError(f"{name} must not be empty")
-        return [{"type": "text", "text": content}]
+        return
     if isinstance(content, (list, tuple)) and content:
-        blocks = []
         for i, block in enumerate(content):
-            if not _is_mapping(block) or "type" not in block:
-                raise ValueError(f"{name}[{i}] must be a content block dict with a 'type'")
-            blocks.append(copy.deepcopy(dict(block)))
-        return blocks
-    raise ValueError(f"{name} must be a non-empty string or a non-empty list of content blocks")
+            if not _is_mapping(block) or not isinstance(block.get("type"), str):
+                raise ValueError(f"{name}[{i}] must be a content block dict with a str 'type'")
+        return
+    raise ValueError(
+        f"{name} must be a non-empty string or a non-empty list of content blocks, got {type(content).__name__}"
+        + (" (empty)" if isinstance(content, (list, tuple)) else "")
+    )
+
+
+def _content_blocks(content: Any, name: str) -> list[dict]:
+    """``content`` (checked by :func:`_check_content`) as a fresh list of block dicts."""
+    _check_content(content, name)
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    return [copy.deepcopy(dict(block)) for block in content]
 
 
 def _user_content(prompt: Any, cache: bool, name: str = "prompt") -> Union[str, list[dict]]:
@@ -1512,12 +1732,15 @@ def _build_params(
         for i, msg in enumerate(messages):
             if not _is_mapping(msg) or msg.get("role") not in ("user", "assistant") or "content" not in msg:
                 raise ValueError(f"messages[{i}] must be a dict with role 'user' or 'assistant' and a content")
+            _check_content(msg["content"], f"messages[{i}]['content']")
             msgs.append(copy.deepcopy(dict(msg)))
         if msgs[0]["role"] != "user":
             raise ValueError("messages[0] must have role 'user'")
         if cache_prompt:
-            last = msgs[-1]
-            blocks = _content_blocks(last["content"], f"messages[{len(msgs) - 1}].content")
+            # The last *user* message (an assistant prefill may follow it).
+            index = max(i for i, m in enumerate(msgs) if m["role"] == "user")
+            last = msgs[index]
+            blocks = _content_blocks(last["content"], f"messages[{index}]['content']")
             blocks[-1] = _with_cache_control(blocks[-1])
             last["content"] = blocks
     params: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "messages": msgs}
@@ -1618,6 +1841,21 @@ def _normalize_prompts(
 # Single calls
 # --------------------------------------------------------------------------------------------
 
+# The SDK's ValueError (raised before sending) for a non-streaming request whose max_tokens
+# may take longer than its 10-minute non-streaming limit.
+_STREAMING_REQUIRED = "Streaming is required"
+
+
+def _send_message(params: dict, client: anthropic.Anthropic) -> ClaudeResponse:
+    """One non-streaming request; streams instead when the SDK refuses it as too long."""
+    try:
+        return _create_message(params, client)
+    except ValueError as exc:
+        if _STREAMING_REQUIRED not in str(exc):
+            raise
+    logger.debug("max_tokens=%s needs streaming: sending the request as a stream", params.get("max_tokens"))
+    return _stream_message(params, client=client)
+
 
 def invoke_claude(
     prompt: Optional[str] = None,
@@ -1641,6 +1879,7 @@ def invoke_claude(
     Give ``prompt`` or a full ``messages`` list (not both). ``cache_system`` / ``cache_prompt``
     put a cache breakpoint on the last system block / the last user block. ``streaming=True``
     (or an ``interrupt_token`` / ``stall_timeout``) streams internally; nothing is printed.
+    A ``max_tokens`` so large that the SDK requires streaming (e.g. 64000) is streamed too.
     Other keyword arguments (``top_p``, ``stop_sequences``, ``tools``, ``metadata``...) go to the
     SDK call.
 
@@ -1664,7 +1903,7 @@ def invoke_claude(
     client = _client_for(api_key=api_key, base_url=base_url)
     if streaming or interrupt_token is not None or stall is not None:
         return _stream_message(params, client=client, interrupt=interrupt_token, stall_timeout=stall)
-    return _create_message(params, client)
+    return _send_message(params, client)
 
 
 def invoke_claude_streaming(
@@ -2168,7 +2407,9 @@ class ConversationThread:
     history; ``clear()`` it or start a new thread to go on.
 
     ``len(thread)`` and ``turn_count`` are the number of completed turns (user + assistant
-    pairs, ``len(messages) // 2``); ``messages`` is a copy of the history.
+    pairs, ``len(messages) // 2``); ``messages`` is a copy of the history. The attributes
+    ``system``, ``cache_system``, ``model``, ``max_tokens`` and ``temperature`` may be changed
+    between sends: each request is built (and validated) from their current values.
 
     >>> chat = ConversationThread(system="You are a tutor.", max_turns=20)
     >>> chat.send("What is a monad?")
@@ -2199,7 +2440,7 @@ class ConversationThread:
                 raise ValueError(f"max_turns must be an int >= 1 or None, got {max_turns!r}")
         if continuation_prompt is not None and (not isinstance(continuation_prompt, str) or not continuation_prompt.strip()):
             raise ValueError("continuation_prompt must be a non-empty string or None")
-        self._system_blocks = _system_blocks(system, "system", cache_system)
+        _system_blocks(system, "system", cache_system)  # validates now; rebuilt for each request
         self.system = copy.deepcopy(system)
         self.model = model
         self.max_tokens = max_tokens
@@ -2242,10 +2483,17 @@ class ConversationThread:
             self._messages = []
 
     def _params(self, content: list[dict], cache_history: bool) -> dict:
+        # From the current attributes: `chat.system = ...` / `chat.cache_system = ...` apply to
+        # the next request (validated here, before anything is sent; self.system is not mutated).
+        _check_model(self.model)
+        _check_max_tokens(self.max_tokens)
+        _check_temperature(self.temperature)
+        _check_bool(self.cache_system, "cache_system")
+        system_blocks = _system_blocks(self.system, "system", self.cache_system)
         messages = copy.deepcopy(self._messages)
         messages.append({"role": "user", "content": copy.deepcopy(content)})
         if cache_history:
-            budget = MAX_CACHE_BREAKPOINTS - _count_breakpoints(self._system_blocks) - _count_breakpoints(messages)
+            budget = MAX_CACHE_BREAKPOINTS - _count_breakpoints(system_blocks) - _count_breakpoints(messages)
             marked = 0
             for msg in reversed(messages):
                 if marked >= 2 or budget <= 0:
@@ -2258,8 +2506,8 @@ class ConversationThread:
         params: dict[str, Any] = {"model": self.model, "max_tokens": self.max_tokens, "messages": messages}
         if self.temperature != 1.0:  # 1.0 is the API default: not sent
             params["temperature"] = self.temperature
-        if self._system_blocks:
-            params["system"] = copy.deepcopy(self._system_blocks)
+        if system_blocks:
+            params["system"] = system_blocks
         _check_breakpoints(params, "the conversation request")
         return params
 
@@ -2296,7 +2544,7 @@ class ConversationThread:
                     params, client=client, on_text=callback, interrupt=interrupt_token, stall_timeout=stall
                 )
             else:
-                reply = _create_message(params, client)
+                reply = _send_message(params, client)
             # Only a successful reply changes the history.
             self._messages.append({"role": "user", "content": content})
             self._messages.append({"role": "assistant", "content": copy.deepcopy(reply.content)})

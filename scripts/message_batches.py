@@ -207,7 +207,8 @@ class _Journal:
          "state": "submitting" | "running" | "ended", "created_at", "updated_at",
          "batches": [{"id", "start", "end", "first_custom_id", "last_custom_id", "status",
                       "request_counts", "seen", "cancel_requested", "results_fetched",
-                      "create_started_at"}],
+                      "create_started_at", "adopted"}],
+         "foreign_batches": [ids of adopted batches that turned out to hold none of this job's requests],
          "results": {custom_id: <the API's result object: succeeded / errored / canceled / expired>}}
     """
 
@@ -232,7 +233,7 @@ class _Journal:
         ranges: Sequence[tuple],
         model: str,
     ) -> "_Journal":
-        if path is not None and path.exists():
+        if path is not None and path.exists() and not cls._is_empty(path):
             data = cls._load(path)
             if data.get("fingerprint") != fingerprint:
                 raise ValueError(
@@ -275,6 +276,14 @@ class _Journal:
         journal = cls(path, data)
         journal.save()  # fails here, before any request, when the path is not writable
         return journal
+
+    @staticmethod
+    def _is_empty(path: Path) -> bool:
+        """A 0-byte file (e.g. made by ``tempfile.mkstemp``) is a new journal, not a damaged one."""
+        try:
+            return path.is_file() and path.stat().st_size == 0
+        except OSError:
+            return False
 
     @staticmethod
     def _load(path: Path) -> Dict[str, Any]:
@@ -455,24 +464,24 @@ class _BatchRun:
             "invoke_batch: created %s for requests %d..%d", created.id, batch["start"], batch["end"] - 1
         )
 
-    def _adopt(self, batch: Dict[str, Any]) -> bool:
-        """After a crash during create: find the batch that call may have created.
+    def _find_created(self, batch: Dict[str, Any], slack: float) -> tuple:
+        """Batches the interrupted create call for ``batch`` may have made: ``(candidates, listed)``.
 
-        The journal says a create started but recorded no id. A batch of the same size created
-        since then (and not already in the journal) is taken over instead of paying twice; its
-        results are matched by custom_id, so a wrong match can only produce errors, never
-        misplaced replies. Returns False when there is no candidate (the create is sent again).
+        Candidates have the batch's size, were created at most ``slack`` seconds before the
+        create started (clock skew), and are neither in the journal nor known to be foreign.
+        ``listed`` is False when the batches could not be listed.
         """
         size = batch["end"] - batch["start"]
-        since = float(batch["create_started_at"]) - 120.0
+        since = float(batch["create_started_at"]) - slack
         known = {b["id"] for b in self.journal.batches if b["id"]}
+        known.update(self.journal.data.get("foreign_batches") or ())
         try:
             page = self.client.messages.batches.list(limit=100)
             listed = list(page.data)
         except Exception as exc:
             logger.warning("invoke_batch: could not list batches to recover an interrupted create: %s",
                            _cc._error_from(exc))
-            listed = []
+            return [], False
         found = [
             b
             for b in listed
@@ -480,6 +489,32 @@ class _BatchRun:
             and b.created_at.timestamp() >= since
             and sum(b.request_counts.model_dump().values()) == size
         ]
+        return found, True
+
+    def _take_over(self, batch: Dict[str, Any], info: Any) -> None:
+        """Record ``info`` (found by :meth:`_find_created`) as the batch of this journal entry.
+
+        It is marked ``adopted``: when its results hold none of the entry's custom_ids it was
+        another job's batch, and :meth:`_fetch_results` resets the entry to submit it again.
+        """
+        batch["id"] = info.id
+        batch["status"] = info.processing_status
+        batch["request_counts"] = info.request_counts.model_dump()
+        batch["seen"] = True
+        batch["adopted"] = True
+        self.journal.data["state"] = "running"
+        self.journal.save()
+
+    def _adopt(self, batch: Dict[str, Any]) -> bool:
+        """After a crash during create: find the batch that call may have created.
+
+        The journal says a create started but recorded no id. A batch of the same size created
+        since then (and not already in the journal) is taken over instead of paying twice. Its
+        results are matched by custom_id; if they hold none of this entry's requests it was
+        another job's batch and the entry is submitted again (see :meth:`_fetch_results`).
+        Returns False when there is no single candidate (the create is sent again).
+        """
+        found, _ = self._find_created(batch, slack=120.0)
         if len(found) != 1:
             logger.warning(
                 "invoke_batch: the previous run stopped while creating the batch for requests %d..%d and "
@@ -490,12 +525,7 @@ class _BatchRun:
             )
             return False
         info = found[0]
-        batch["id"] = info.id
-        batch["status"] = info.processing_status
-        batch["request_counts"] = info.request_counts.model_dump()
-        batch["seen"] = True
-        self.journal.data["state"] = "running"
-        self.journal.save()
+        self._take_over(batch, info)
         logger.warning(
             "invoke_batch: the previous run stopped while creating the batch for requests %d..%d; "
             "resuming %s (created at %s) instead of submitting again",
@@ -505,6 +535,21 @@ class _BatchRun:
             info.created_at.isoformat(),
         )
         return True
+
+    def _reset_foreign(self, batch: Dict[str, Any]) -> None:
+        """An adopted batch held none of this entry's requests: forget it and submit again."""
+        foreign = batch["id"]
+        self.journal.data.setdefault("foreign_batches", []).append(foreign)
+        batch.update(id=None, status="pending", request_counts=None, seen=False, cancel_requested=False,
+                     results_fetched=False, create_started_at=None, adopted=False)
+        self.journal.save()
+        logger.warning(
+            "invoke_batch: %s, taken over after an interrupted create, holds none of requests %d..%d (it "
+            "belongs to another job); submitting them again",
+            foreign,
+            batch["start"],
+            batch["end"] - 1,
+        )
 
     def _retrieve(self, batch: Dict[str, Any]) -> None:
         delays = iter(_NOT_FOUND_DELAYS if not batch.get("seen") else ())
@@ -547,6 +592,11 @@ class _BatchRun:
                     unknown += 1
                     continue
                 fetched[custom_id] = result
+        if batch.get("adopted") and not any(
+            r.custom_id in fetched for r in self.requests[batch["start"] : batch["end"]]
+        ):
+            self._reset_foreign(batch)
+            return
         if unknown:
             logger.warning("invoke_batch: ignored %d result lines of %s with an unknown custom_id", unknown, batch["id"])
         missing = 0
@@ -563,18 +613,62 @@ class _BatchRun:
         self.journal.save()
         logger.info("invoke_batch: fetched %d results of %s", len(fetched), batch["id"])
 
-    def _cancel_all(self) -> None:
+    def _cancel_all(self) -> Dict[str, List[str]]:
+        """Cancel every unfinished batch; returns the ids by outcome.
+
+        ``canceled``: cancel accepted (now or by an earlier run); ``failed``: the cancel call
+        failed, so the batch is still running; ``ended``: it had already ended (nothing to cancel).
+        """
+        outcome: Dict[str, List[str]] = {"canceled": [], "failed": [], "ended": []}
         for batch in self.journal.batches:
-            if batch["id"] and batch["status"] != "ended" and not batch["cancel_requested"]:
-                try:
-                    info = self.client.messages.batches.cancel(batch["id"])
-                    batch["status"] = info.processing_status
-                    batch["request_counts"] = info.request_counts.model_dump()
-                    batch["cancel_requested"] = True
-                    logger.info("invoke_batch: canceled %s", batch["id"])
-                except Exception as exc:  # best effort: report, keep canceling the others
-                    logger.warning("invoke_batch: could not cancel %s: %s", batch["id"], _cc._error_from(exc))
+            if not batch["id"] or batch["results_fetched"]:
+                continue
+            if batch["status"] == "ended":
+                outcome["ended"].append(batch["id"])
+                continue
+            if batch["cancel_requested"]:
+                outcome["canceled"].append(batch["id"])
+                continue
+            try:
+                info = self.client.messages.batches.cancel(batch["id"])
+            except Exception as exc:  # best effort: report, keep canceling the others
+                logger.warning("invoke_batch: could not cancel %s: %s", batch["id"], _cc._error_from(exc))
+                outcome["failed"].append(batch["id"])
+                continue
+            batch["status"] = info.processing_status
+            batch["request_counts"] = info.request_counts.model_dump()
+            if info.processing_status == "ended":
+                outcome["ended"].append(batch["id"])
+                continue
+            batch["cancel_requested"] = True
+            outcome["canceled"].append(batch["id"])
+            logger.info("invoke_batch: canceled %s", batch["id"])
         self.journal.save()
+        return outcome
+
+    def _find_interrupted_creates(self) -> List[Dict[str, Any]]:
+        """After Ctrl-C: look up batches a create call cut short may have made (journaled if found).
+
+        Returns the entries whose batch may exist but could not be identified.
+        """
+        unknown = []
+        for batch in self.journal.batches:
+            if batch["id"] or not batch.get("create_started_at"):
+                continue
+            # The create started moments ago in this process: a short window for clock skew.
+            found, listed = self._find_created(batch, slack=30.0)
+            if len(found) == 1:
+                self._take_over(batch, found[0])
+                logger.warning(
+                    "invoke_batch: the create call for requests %d..%d was interrupted after the server "
+                    "created %s",
+                    batch["start"],
+                    batch["end"] - 1,
+                    found[0].id,
+                )
+            elif found or not listed:
+                unknown.append(batch)
+        return unknown
 
     def _running_hint(self) -> str:
         running = [b["id"] for b in self.journal.batches if b["id"] and not b["results_fetched"]]
@@ -612,12 +706,13 @@ class _BatchRun:
     def run(self) -> None:
         """Create missing batches, poll until every batch's results are fetched."""
         journal = self.journal
-        for batch in journal.batches:
-            if batch["id"] is None:
-                if batch.get("create_started_at") and self._adopt(batch):
-                    continue
-                self._create(batch)
         while True:
+            # Every pass: an entry reset after adopting another job's batch is submitted again.
+            for batch in journal.batches:
+                if batch["id"] is None:
+                    if batch.get("create_started_at") and self._adopt(batch):
+                        continue
+                    self._create(batch)
             if self._interrupted():
                 raise _Interrupted()
             for batch in journal.batches:
@@ -916,18 +1011,43 @@ def invoke_batch(
 
 
 def _after_interrupt(run: _BatchRun) -> str:
-    """Cancel (or leave) the unfinished batches; returns what happened and how to resume."""
+    """Cancel (or leave) the unfinished batches; returns what happened and how to resume.
+
+    A create call cut short by Ctrl-C may have created a batch whose id was never returned: it
+    is looked up (and then canceled or left like the others) before anything is reported.
+    """
     state = run.journal
-    open_ids = [b["id"] for b in state.batches if b["id"] and not b["results_fetched"]]
+    try:
+        maybe = run._find_interrupted_creates()
+    except Exception as exc:  # never let the lookup hide the interrupt
+        logger.warning("invoke_batch: could not look for a batch created by the interrupted call: %s", exc)
+        maybe = [b for b in state.batches if not b["id"] and b.get("create_started_at")]
+    open_batches = [b for b in state.batches if b["id"] and not b["results_fetched"]]
+    parts: List[str] = []
     if run.on_interrupt == "cancel":
-        run._cancel_all()
+        outcome = run._cancel_all()
+        if outcome["canceled"]:
+            parts.append(
+                f"canceled batches {', '.join(outcome['canceled'])} (the requests they had already "
+                f"finished are billed)"
+            )
+        if outcome["failed"]:
+            parts.append(f"batches {', '.join(outcome['failed'])} are still running (cancel failed) and billed")
+        if outcome["ended"]:
+            parts.append(f"batches {', '.join(outcome['ended'])} had already ended (results not fetched yet)")
     else:
         state.save()
-    if not open_ids:
-        return "no batch was running"
-    if run.on_interrupt == "cancel":
-        return (
-            f"canceled batches {', '.join(open_ids)}; the requests they had already finished are billed; "
-            f"to collect them, {_resume_hint(state)}"
+        running = [b["id"] for b in open_batches if b["status"] != "ended"]
+        ended = [b["id"] for b in open_batches if b["status"] == "ended"]
+        if running:
+            parts.append(f"batches {', '.join(running)} are left running (and billed)")
+        if ended:
+            parts.append(f"batches {', '.join(ended)} have ended (results not fetched yet)")
+    for b in maybe:
+        parts.append(
+            f"the create call for requests {b['start']}..{b['end'] - 1} was interrupted, so a batch may be "
+            f"running that could not be identified (check get_client().messages.batches.list())"
         )
-    return f"batches {', '.join(open_ids)} are left running (and billed); {_resume_hint(state)}"
+    if not parts:
+        return "no batch was running"
+    return "; ".join(parts) + f"; to collect the results, {_resume_hint(state)}"

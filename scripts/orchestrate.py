@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -126,7 +127,9 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="comma-separated review perspectives (e.g. security,performance); "
                           "each becomes one prompt over --input")
     src.add_argument("--input", metavar="FILE_OR_TEXT",
-                     help="with --perspectives: the file (or literal text, or '-' for stdin) to review")
+                     help="with --perspectives: the file to review, '-' for stdin, or the text itself; "
+                          "a single word containing '/' or ending in .ext (e.g. app.py) is taken as a "
+                          "path and must exist, a directory is an error")
     run = p.add_argument_group("model and run")
     run.add_argument("-m", "--model", help="model for every prompt (default: the library's default)")
     run.add_argument("-w", "--workers", type=_positive_int, default=5,
@@ -161,9 +164,59 @@ def _build_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------- input
 
 
+def _read_stdin(stdin: Any) -> str:
+    """All of stdin as text: bytes decoded strictly as UTF-8, newlines normalised to ``\\n``.
+
+    A closed stdin (``<&-``: ``sys.stdin`` is None), one that cannot be read (opened write-only)
+    or bytes that are not UTF-8 are usage errors, reported like an unreadable ``--file``.
+    """
+    if stdin is None:
+        raise _UsageError("stdin: not available (it is closed)")
+    try:
+        buffer = getattr(stdin, "buffer", None)
+        data = buffer.read() if buffer is not None else stdin.read()
+    except UnicodeDecodeError:
+        raise _UsageError("stdin: not UTF-8 text") from None
+    except ValueError as exc:  # I/O operation on a closed file
+        raise _UsageError(f"stdin: cannot read: {exc}") from None
+    except OSError as exc:
+        raise _UsageError(f"stdin: cannot read: {exc.strerror or exc}") from None
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _UsageError("stdin: not UTF-8 text") from None
+    if not isinstance(data, str):
+        raise _UsageError("stdin: cannot read: not a text stream")
+    return data.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _check_text(value: Any, where: str) -> None:
+    """Refuse text that cannot be sent as UTF-8 (lone surrogates, e.g. ``"\\ud800"`` in JSON)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise _UsageError(
+                f"{where}: not valid Unicode text (cannot be encoded as UTF-8: {exc.reason} "
+                f"at position {exc.start})"
+            ) from None
+
+
+_PATHLIKE_EXT = re.compile(r"\.[A-Za-z0-9_-]*[A-Za-z][A-Za-z0-9_-]*$")
+
+
+def _looks_like_path(value: str) -> bool:
+    """``--input``: one word with a path separator, or ending in a dotted extension (``x.py``)."""
+    if not value or any(ch.isspace() for ch in value):
+        return False
+    seps = {"/", os.sep} | ({os.altsep} if os.altsep else set())
+    return any(sep in value for sep in seps) or bool(_PATHLIKE_EXT.search(value))
+
+
 def _read_path(path: str, what: str, stdin: IO[str]) -> str:
     if path == "-":
-        return stdin.read()
+        return _read_stdin(stdin)
     try:
         with open(path, encoding="utf-8") as fh:
             return fh.read()
@@ -253,6 +306,8 @@ def _check_item(item: dict, where: str) -> dict:
     for key in ("cache_system", "cache_prompt"):
         if key in item and not isinstance(item[key], bool):
             raise _UsageError(f"{where}: {key!r} must be true or false")
+    for key in ("prompt", "system", "task_id", "category", "model"):
+        _check_text(item.get(key), f"{where}: {key!r}")
     return item
 
 
@@ -301,11 +356,20 @@ def _collect_prompts(args: argparse.Namespace, stdin: IO[str]) -> list[dict]:
     if args.perspectives:
         if args.input is None:
             raise _UsageError("--perspectives needs --input FILE_OR_TEXT (the material to review)")
-        if args.input == "-" or os.path.isfile(args.input):
-            material = _read_path(args.input, "--input", stdin)
-            source = "text" if args.input == "-" else f"file ({os.path.basename(args.input)})"
+        inp = args.input
+        if os.path.isdir(inp):
+            raise _UsageError(f"--input: is a directory: {inp} (give a file, '-' for stdin, or the text)")
+        if inp == "-" or os.path.exists(inp):
+            material = _read_path(inp, "--input", stdin)
+            source = "text" if inp == "-" else f"file ({os.path.basename(inp)})"
+        elif _looks_like_path(inp):
+            raise _UsageError(
+                f"--input: no such file: {inp} (a single word with a '/' or a .ext is taken as a "
+                f"path; to review such text itself, pipe it in with --input -)"
+            )
         else:
-            material, source = args.input, "text"
+            material, source = inp, "text"
+            _check_text(material, "--input")
         if not material.strip():
             raise _UsageError("--input: the material to review is empty")
         items = _perspective_prompts(args.perspectives)
@@ -316,22 +380,46 @@ def _collect_prompts(args: argparse.Namespace, stdin: IO[str]) -> list[dict]:
     elif args.prompts:
         items = [{"prompt": p, "_where": f"argument {i + 1}"} for i, p in enumerate(args.prompts)]
     elif not _isatty(stdin):
-        items = _parse_prompt_text(stdin.read(), "<stdin>")
+        items = _parse_prompt_text(_read_stdin(stdin), "<stdin>")
     else:
         raise _UsageError("no prompts: give them as arguments, with --file, or on stdin")
     if not items:
         raise _UsageError("no prompts found in the input")
-    seen: dict[str, str] = {}
-    for index, item in enumerate(items):
-        where = item.pop("_where", f"prompt {index}")
+    wheres = [item.pop("_where", f"prompt {index}") for index, item in enumerate(items)]
+    seen: dict[str, str] = {}  # explicit task_id -> where it is given
+    for item, where in zip(items, wheres):
         _check_item(item, where)
-        item.setdefault("task_id", str(index))
-        if item["task_id"] in seen:
-            raise _UsageError(f"{where}: task_id {item['task_id']!r} is already used by {seen[item['task_id']]}")
-        seen[item["task_id"]] = where
+        if "task_id" in item:
+            if item["task_id"] in seen:
+                raise _UsageError(f"{where}: task_id {item['task_id']!r} is already used by {seen[item['task_id']]}")
+            seen[item["task_id"]] = where
+    _assign_default_task_ids(items, wheres, seen)
+    for item in items:
         if args.temperature is not None and "temperature" not in item:
             item["temperature"] = args.temperature
     return items
+
+
+def _assign_default_task_ids(items: list[dict], wheres: list[str], taken: dict[str, str]) -> None:
+    """Give every prompt without a ``task_id`` its index as text, skipping ids already taken.
+
+    Ids given explicitly win: when ``str(index)`` is one of them, the prompt gets the first free
+    ``"<index>-<k>"`` (k = 1, 2, ...), so the result depends only on the input.
+
+    >>> items = [{"task_id": "1"}, {}, {}]
+    >>> _assign_default_task_ids(items, ["l1", "l2", "l3"], {"1": "l1"})
+    >>> [it["task_id"] for it in items]
+    ['1', '1-1', '2']
+    """
+    for index, (item, where) in enumerate(zip(items, wheres)):
+        if "task_id" in item:
+            continue
+        candidate, k = str(index), 0
+        while candidate in taken:
+            k += 1
+            candidate = f"{index}-{k}"
+        item["task_id"] = candidate
+        taken[candidate] = f"{where} (default task_id)"
 
 
 def _isatty(stream: Any) -> bool:
@@ -762,7 +850,11 @@ def _has_credentials() -> bool:
 
 
 def _start_offline() -> Any:
-    """Start the bundled emulator in-process and point the library at it."""
+    """Start the bundled emulator in-process (the run passes its URL to the library explicitly).
+
+    ``os.environ`` and the library's shared client are left alone, so ``main()`` called inside a
+    program does not redirect that program's later calls to a server that is gone.
+    """
     try:
         from anthropic_emulator import Emulator
     except ImportError as exc:
@@ -773,11 +865,6 @@ def _start_offline() -> Any:
     # A little latency so the offline demo streams visibly; replies are the emulator's echo rule.
     emu = Emulator(ttft_ms=150, chunk_delay_ms=40)
     emu.start()
-    os.environ["ANTHROPIC_BASE_URL"] = emu.base_url
-    os.environ["ANTHROPIC_API_KEY"] = OFFLINE_KEY
-    import claude_client
-
-    claude_client.reset_client()
     return emu
 
 
@@ -794,8 +881,9 @@ class _Execution:
     """
 
     def __init__(self, items: list[dict], args: argparse.Namespace, shared_system: Optional[str],
-                 board: _Board, token: Any):
+                 board: _Board, token: Any, connection: Optional[dict] = None):
         self.items = items
+        self.connection = dict(connection or {})
         self.args = args
         self.shared_system = shared_system
         self.board = board
@@ -844,7 +932,7 @@ class _Execution:
 
         return dict(model=self.args.model or claude_client.DEFAULT_MODEL, max_tokens=self.args.max_tokens,
                     max_workers=self.args.workers, shared_system=self.shared_system,
-                    cache_shared_system=self.args.cache)
+                    cache_shared_system=self.args.cache, **self.connection)
 
     def _run_managed(self) -> list[_Outcome]:
         import inspect
@@ -1051,6 +1139,7 @@ def _main(args: argparse.Namespace, stdin: IO[str], stdout: IO[str], stderr: IO[
             raise _UsageError(f"--system-file: {args.system_file} is empty")
     elif args.system is not None:
         shared_system = args.system
+        _check_text(shared_system, "--system")
     if getattr(args, "material", None):
         shared_system = _perspective_system(*args.material, shared_system)
     if args.cache and not shared_system:
@@ -1080,8 +1169,10 @@ def _run_main(args: argparse.Namespace, items: list[dict], shared_system: Option
         lambda text: (stderr.write(f"{PROG}: {text}\n"), stderr.flush()))
 
     emulator = None
+    connection: dict[str, str] = {}  # api_key / base_url passed to the library for this run only
     if args.offline or (not os.environ.get("ANTHROPIC_BASE_URL") and not _has_credentials()):
         emulator = _start_offline()
+        connection = {"base_url": emulator.base_url, "api_key": OFFLINE_KEY}
         if args.offline:
             notice(f"--offline: running against the bundled Messages API emulator at {emulator.base_url} "
                    f"(replies are canned echoes)")
@@ -1089,13 +1180,12 @@ def _run_main(args: argparse.Namespace, items: list[dict], shared_system: Option
             notice(f"no API key found: running offline against the bundled Messages API emulator at "
                    f"{emulator.base_url} (replies are canned echoes; set ANTHROPIC_API_KEY for real answers)")
     elif os.environ.get("ANTHROPIC_BASE_URL") and not _has_credentials():
-        os.environ["ANTHROPIC_API_KEY"] = OFFLINE_KEY
-        claude_client.reset_client()
+        connection = {"api_key": OFFLINE_KEY}
     try:
         _validate_with_library(items, args, shared_system)
         out = _open_output(args.output, stdout)
         try:
-            return _execute(items, args, shared_system, progress, fmt, out, stderr)
+            return _execute(items, args, shared_system, progress, fmt, out, stderr, connection)
         finally:
             if out is not stdout:
                 out.close()
@@ -1105,12 +1195,13 @@ def _run_main(args: argparse.Namespace, items: list[dict], shared_system: Option
 
 
 def _execute(items: list[dict], args: argparse.Namespace, shared_system: Optional[str],
-             progress: _Progress, fmt: str, out: IO[str], stderr: IO[str]) -> int:
+             progress: _Progress, fmt: str, out: IO[str], stderr: IO[str],
+             connection: Optional[dict] = None) -> int:
     import claude_client
 
     token = claude_client.InterruptToken()
     board = _Board(items, on_event=progress.event)
-    run = _Execution(items, args, shared_system, board, token)
+    run = _Execution(items, args, shared_system, board, token, connection)
     interrupted_at: list[float] = []
 
     def on_sigint(signum: int, frame: Any) -> None:

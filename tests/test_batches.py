@@ -471,3 +471,155 @@ def test_validation_sends_nothing(client_env, prompts, kwargs, match):
     with pytest.raises((TypeError, ValueError), match=match):
         invoke_batch(prompts, **kwargs)
     assert client_env.requests == []
+
+
+# --------------------------------------------------------------------------- recovery edge cases
+
+
+def test_empty_journal_file_is_a_new_journal(client_env, tmp_path):
+    import tempfile
+
+    client_env.configure(batch_seconds_per_request=FAST)
+    fd, name = tempfile.mkstemp(dir=tmp_path, suffix=".json")
+    os.close(fd)
+    assert os.path.getsize(name) == 0
+    results = invoke_batch(prompts_of(3), journal=name, poll_interval=0.05)
+    assert list(results) == ["Echo: item 0", "Echo: item 1", "Echo: item 2"]
+    assert json.loads(Path(name).read_text())["state"] == "ended"
+    again = invoke_batch(prompts_of(3), journal=name, poll_interval=0.05)
+    assert list(again) == list(results) and len(creates(client_env)) == 1
+
+
+def test_adopted_batch_of_another_job_is_dropped_and_resubmitted(client_env, tmp_path, caplog):
+    client_env.configure(batch_seconds_per_request=FAST)
+    journal = tmp_path / "a.json"
+    invoke_batch(prompts_of(4, prefix="job A"), journal=journal, poll_interval=0.05)
+    _crash_during_create(journal)  # job A died inside create, before reaching the server
+    client_env.reset()
+    client_env.configure(batch_seconds_per_request=FAST)
+    # Meanwhile another job with the same key submits a batch of the same size.
+    other = invoke_batch(prompts_of(4, prefix="job B"), poll_interval=0.05)
+    assert list(other) == [f"Echo: job B {i}" for i in range(4)]
+    foreign = creates(client_env)[0]
+    with caplog.at_level("WARNING", logger="message_batches"):
+        results = invoke_batch(prompts_of(4, prefix="job A"), journal=journal, poll_interval=0.05)
+    assert list(results) == [f"Echo: job A {i}" for i in range(4)]
+    assert results.errors == {}
+    assert "belongs to another job" in caplog.text
+    assert len(creates(client_env)) == 2  # job A's requests were submitted once more
+    data = json.loads(journal.read_text())
+    assert data["state"] == "ended"
+    foreign_id = [b["id"] for b in client_env.batches()][0]
+    assert data["foreign_batches"] == [foreign_id] and data["batches"][0]["id"] != foreign_id
+    assert creates(client_env)[1].body["requests"][0]["custom_id"] != foreign.body["requests"][0]["custom_id"]
+    # A re-run after completion sends nothing.
+    before = len(client_env.requests)
+    assert list(invoke_batch(prompts_of(4, prefix="job A"), journal=journal, poll_interval=0.05)) == list(results)
+    assert len(client_env.requests) == before
+
+
+def test_interrupt_reports_failed_cancels_as_still_running(client_env, tmp_path, caplog):
+    from anthropic_emulator import Emulator
+
+    own = Emulator(batch_seconds_per_request=1.0)  # a server of its own, to stop mid-job
+    own.start()
+    journal = tmp_path / "job.json"
+    token = InterruptToken()
+
+    def network_gone(progress):
+        own.stop()  # the server goes away: the cancel call cannot succeed
+        token.interrupt()
+
+    try:
+        with caplog.at_level("WARNING", logger="message_batches"):
+            results = invoke_batch(prompts_of(3), journal=journal, poll_interval=0.05, on_progress=network_gone,
+                                   interrupt_token=token, api_key="sk-ant-test", base_url=own.base_url)
+    finally:
+        own.stop()
+    assert list(results) == [None] * 3
+    batch_id = json.loads(journal.read_text())["batches"][0]["id"]
+    summary = [r.message for r in caplog.records if "interrupted;" in r.message]
+    assert len(summary) == 1
+    assert f"{batch_id} are still running (cancel failed)" in summary[0]
+    assert "canceled batches" not in summary[0] and "no batch was running" not in summary[0]
+    assert str(journal) in summary[0]
+    assert json.loads(journal.read_text())["batches"][0]["cancel_requested"] is False
+
+
+def test_interrupt_does_not_call_ended_batches_canceled(client_env, tmp_path, caplog):
+    client_env.configure(batch_seconds_per_request=5.0)
+    journal = tmp_path / "job.json"
+    token = InterruptToken()
+
+    def finish_then_stop(progress):
+        client_env.advance_clock(60)  # both batches finish before the cancel calls reach the server
+        token.interrupt()
+
+    with caplog.at_level("WARNING", logger="message_batches"):
+        invoke_batch(prompts_of(4), journal=journal, poll_interval=0.05, max_batch_requests=2,
+                     on_progress=finish_then_stop, interrupt_token=token)
+    ids = [b["id"] for b in json.loads(journal.read_text())["batches"]]
+    summary = [r.message for r in caplog.records if "interrupted;" in r.message]
+    assert len(summary) == 1
+    assert f"batches {', '.join(ids)} had already ended" in summary[0]
+    assert "canceled batches" not in summary[0] and "no batch was running" not in summary[0]
+    # Nothing was canceled: the re-run collects every reply.
+    results = invoke_batch(prompts_of(4), journal=journal, poll_interval=0.05)
+    assert list(results) == [f"Echo: item {i}" for i in range(4)]
+    assert len(creates(client_env)) == 2
+
+
+_CHILD_CTRL_C = textwrap.dedent(
+    """
+    import logging, sys
+    sys.path.insert(0, {scripts!r})
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    from message_batches import invoke_batch
+    prompts = [{{"prompt": f"item {{i}}"}} for i in range(3)]
+    try:
+        invoke_batch(prompts, journal={journal!r}, poll_interval=0.05, on_interrupt={on_interrupt!r})
+    except KeyboardInterrupt:
+        print("KeyboardInterrupt", flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("on_interrupt", ["cancel", "leave"])
+def test_ctrl_c_during_create_finds_the_created_batch(client_env, tmp_path, on_interrupt):
+    """A real SIGINT while the create call waits for its answer (the server has made the batch)."""
+    client_env.configure(batch_seconds_per_request=5.0, batch_create_delay_ms=3000)
+    journal = tmp_path / "job.json"
+    code = _CHILD_CTRL_C.format(scripts=str(SCRIPTS), journal=str(journal), on_interrupt=on_interrupt)
+    child = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not client_env.batches():
+            assert child.poll() is None, child.communicate()
+            time.sleep(0.01)
+        assert client_env.batches(), "the child never created its batch"
+        data = json.loads(journal.read_text())
+        assert data["batches"][0]["id"] is None and data["batches"][0]["create_started_at"]
+        child.send_signal(signal.SIGINT)  # the create answer is still 3 s away
+        out, err = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert "KeyboardInterrupt" in out, err
+    (batch,) = client_env.batches()
+    assert "no batch was running" not in err
+    data = json.loads(journal.read_text())
+    assert data["batches"][0]["id"] == batch["id"] and data["batches"][0]["adopted"] is True
+    cancels = on_path(client_env, "/cancel", "POST")
+    if on_interrupt == "cancel":
+        assert [r.path for r in cancels] == [f"/v1/messages/batches/{batch['id']}/cancel"]
+        assert f"canceled batches {batch['id']}" in err
+    else:
+        assert cancels == []
+        assert f"batches {batch['id']} are left running" in err
+        client_env.configure(batch_create_delay_ms=0)
+        client_env.advance_clock(60)
+        results = invoke_batch(prompts_of(3), journal=journal, poll_interval=0.05)
+        assert list(results) == ["Echo: item 0", "Echo: item 1", "Echo: item 2"]
+        assert len(creates(client_env)) == 1  # resumed, not submitted again

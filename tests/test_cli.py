@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -469,3 +470,125 @@ def test_terminal_without_rich_falls_back_to_plain_lines(tmp_path, emulator):
     assert [r["text"] for r in records(out)] == ["Echo: one", "Echo: two"]
     assert not ANSI.search(screen)
     assert re.search(r"orchestrate: \[\d/2\] 0 ok", screen) and "orchestrate: 2 ok, 0 failed" in screen
+
+
+# ----------------------------------------------------------------------------- unreadable input
+
+
+def _run_raw(tmp_path: Path, emulator, *args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "orchestrate", *args],
+                          env=_env(tmp_path, emulator.base_url), cwd=tmp_path, capture_output=True,
+                          timeout=60, **kwargs)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["closed", "write-only", "not-utf8"])
+@pytest.mark.parametrize("args", [[], ["--file", "-"], ["--perspectives", "security", "--input", "-"]],
+                         ids=["implicit", "file-dash", "input-dash"])
+def test_unreadable_stdin_is_a_one_line_usage_error(tmp_path, emulator, how, args):
+    if how == "closed":  # like `orchestrate <&-`: the child starts with fd 0 closed
+        proc = _run_raw(tmp_path, emulator, *args, stdin=subprocess.DEVNULL, preexec_fn=lambda: os.close(0))
+        expected = "stdin: not available"
+    elif how == "write-only":  # like `orchestrate 0>>file`
+        with open(tmp_path / "wo.txt", "w") as wo:
+            proc = _run_raw(tmp_path, emulator, *args, stdin=wo)
+        expected = "stdin: cannot read"
+    else:
+        proc = _run_raw(tmp_path, emulator, *args, input=b"caf\xe9 au lait\n")
+        expected = "stdin: not UTF-8 text"
+    stderr = proc.stderr.decode()
+    assert proc.returncode == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"orchestrate: error: {expected}"), stderr
+    assert proc.stdout == b""
+    assert emulator.message_requests() == []
+
+
+@pytest.mark.timeout(60)
+def test_utf8_stdin_with_crlf_is_read(tmp_path, emulator):
+    proc = _run_raw(tmp_path, emulator, "--format", "jsonl", input="café\r\nthé\r\n".encode())
+    assert proc.returncode == 0, proc.stderr
+    assert [r["text"] for r in records(proc.stdout.decode())] == ["Echo: café", "Echo: thé"]
+
+
+@pytest.mark.timeout(60)
+def test_text_that_is_not_valid_unicode_is_refused_with_its_line(tmp_path, emulator):
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"prompt": "fine"}\n{"prompt": "bad \\ud800 half"}\n')
+    proc = run_cli(tmp_path, emulator, "--file", str(f))
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{f}:2: 'prompt': not valid Unicode text" in lines[0], proc.stderr
+    f.write_text('{"prompt": "fine", "system": "\\udfff"}\n')
+    proc = run_cli(tmp_path, emulator, "--file", str(f))
+    assert proc.returncode == 2 and f"{f}:1: 'system': not valid Unicode text" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert emulator.message_requests() == []
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("nosuch.py", "--input: no such file: nosuch.py"),
+        ("src/missing", "--input: no such file: src/missing"),
+        ("some_dir", "--input: is a directory: some_dir"),
+        ("some_dir/", "--input: is a directory: some_dir/"),
+    ],
+    ids=["missing-ext", "missing-slash", "dir", "dir-slash"],
+)
+def test_input_that_looks_like_a_path_must_exist(tmp_path, emulator, value, message):
+    (tmp_path / "some_dir").mkdir()
+    proc = run_cli(tmp_path, emulator, "--perspectives", "security", "--input", value)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"orchestrate: error: {message}"), proc.stderr
+    assert emulator.message_requests() == []
+
+
+@pytest.mark.timeout(60)
+def test_input_literal_text_is_still_reviewed(tmp_path, emulator):
+    proc = run_cli(tmp_path, emulator, "--format", "jsonl", "--perspectives", "security",
+                   "--input", "def f(x): return eval(x)")
+    assert proc.returncode == 0, proc.stderr
+    body = emulator.message_requests()[0].body
+    assert "return eval(x)" in json.dumps(body["system"])
+
+
+@pytest.mark.timeout(60)
+def test_default_task_ids_skip_explicit_ones(tmp_path, emulator):
+    f = tmp_path / "mixed.jsonl"
+    f.write_text('{"prompt": "a", "task_id": "1"}\n{"prompt": "b"}\n{"prompt": "c"}\n'
+                 '{"prompt": "d", "task_id": "0"}\n')
+    proc = run_cli(tmp_path, emulator, "--file", str(f), "--format", "jsonl")
+    assert proc.returncode == 0, proc.stderr
+    recs = records(proc.stdout)
+    assert [r["task_id"] for r in recs] == ["1", "1-1", "2", "0"]
+    assert [r["text"] for r in recs] == ["Echo: a", "Echo: b", "Echo: c", "Echo: d"]
+    # Explicit duplicates are still refused.
+    f.write_text('{"prompt": "a", "task_id": "1"}\n{"prompt": "b"}\n{"prompt": "c", "task_id": "1"}\n')
+    proc = run_cli(tmp_path, emulator, "--file", str(f))
+    assert proc.returncode == 2 and f"{f}:3: task_id '1' is already used by {f}:1" in proc.stderr
+
+
+@pytest.mark.timeout(90)
+def test_main_in_process_leaves_the_environment_alone(tmp_path):
+    """Offline runs pass the emulator's URL and key to the library; os.environ is not touched."""
+    code = textwrap.dedent("""
+        import json, os, sys
+        import orchestrate
+        before = dict(os.environ)
+        codes = [orchestrate.main(["--format", "jsonl", "--quiet", "--retries", "0", f"run {i}"])
+                 for i in range(2)]
+        after = dict(os.environ)
+        print(json.dumps({"codes": codes, "same": before == after,
+                          "leaked": sorted(k for k in after if k.startswith("ANTHROPIC_"))}),
+              file=sys.stderr)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], env=_env(tmp_path, base_url=None, key=None),
+                          cwd=tmp_path, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=80)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stderr.strip().splitlines()[-1])
+    assert report == {"codes": [0, 0], "same": True, "leaked": []}
+    assert [r["text"] for r in records(proc.stdout)] == ["Echo: run 0", "Echo: run 1"]

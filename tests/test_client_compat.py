@@ -81,6 +81,12 @@ def test_claude_env_is_the_last_fallback(client_env, monkeypatch):
         ('API_KEY = "sk-spaced"  \n', "sk-spaced"),
         ("ANTHROPIC_API_KEY=sk-long-name", "sk-long-name"),
         ("\n# API_KEY=sk-commented\nAPI_KEY=sk-real\n", "sk-real"),
+        ("API_KEY=sk-inline  # production key\n", "sk-inline"),
+        ("API_KEY=sk-tab\t# note\n", "sk-tab"),
+        ('API_KEY="sk-quoted" # note\n', "sk-quoted"),
+        ("export API_KEY='sk-single-c'  #note\n", "sk-single-c"),
+        ("API_KEY=sk-hash#kept\n", "sk-hash#kept"),  # '#' starts a comment only after whitespace
+        ("\ufeffAPI_KEY=sk-bom\r\n", "sk-bom"),  # a UTF-8 byte order mark (Windows editors)
     ],
 )
 def test_claude_env_formats(client_env, monkeypatch, text, key):
@@ -88,6 +94,23 @@ def test_claude_env_formats(client_env, monkeypatch, text, key):
     (_project() / "claude.env").write_text(text)
     cc.reset_client()
     assert cc.get_anthropic_api_key() == key
+
+
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("ANTHROPIC_API_KEY.txt", "\ufeffsk-ant-file-key\r\n"),
+        ("API_CREDENTIALS.json", '\ufeff{"anthropic_api_key": "sk-ant-file-key"}'),
+        ("claude.env", "\ufeff# creds\nexport API_KEY=sk-ant-file-key   # production key\n"),
+    ],
+)
+def test_key_files_with_bom_and_comments_authenticate(client_env, monkeypatch, name, content):
+    monkeypatch.delenv("ANTHROPIC_API_KEY")
+    client_env.configure(api_key="sk-ant-file-key")  # the emulator answers 401 to any other key
+    (_project() / name).write_text(content, encoding="utf-8")
+    cc.reset_client()
+    assert cc.invoke_claude("hi") == "Echo: hi"
+    assert [r.status for r in client_env.message_requests()] == [200]
 
 
 def test_no_key_is_catchable_as_value_error_and_auth_error(client_env, monkeypatch):
@@ -121,6 +144,11 @@ def test_no_key_is_catchable_as_value_error_and_auth_error(client_env, monkeypat
         ("claude.env", b"SOMETHING=else\n", "claude.env has no non-empty line API_KEY"),
         ("claude.env", b'API_KEY=""\n', "claude.env has no non-empty line API_KEY"),
         ("claude.env", b"API_KEY=\xff\xfe", "Could not read.*claude.env"),
+        ("ANTHROPIC_API_KEY.txt", b"sk-a\nrotated 2025\n", r"ANTHROPIC_API_KEY.txt contains a line break"),
+        ("API_CREDENTIALS.json", b'{"anthropic_api_key": "sk a"}',
+         r"API_CREDENTIALS.json \(field 'anthropic_api_key'\) contains whitespace"),
+        ("claude.env", b"API_KEY=sk-\x01x\n", r"claude.env \(line 1\) contains a control character"),
+        ("claude.env", "API_KEY=sk-\u00e9\n".encode(), r"claude.env \(line 1\) contains a non-ASCII character"),
     ],
 )
 def test_every_unusable_key_file_raises_missing_key_error(client_env, monkeypatch, name, content, match):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import logging
 import os
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import traceback
+import weakref
 from pathlib import Path
 
 import anthropic
@@ -135,6 +137,13 @@ def _five_breakpoints() -> dict:
         ({"messages": []}, ValueError),
         ({"messages": [{"role": "assistant", "content": "x"}]}, ValueError),
         ({"messages": [{"role": "robot", "content": "x"}]}, ValueError),
+        ({"messages": [{"role": "user", "content": None}]}, ValueError),
+        ({"messages": [{"role": "user", "content": 42}]}, ValueError),
+        ({"messages": [{"role": "user", "content": ""}]}, ValueError),
+        ({"messages": [{"role": "user", "content": []}]}, ValueError),
+        ({"messages": [{"role": "user", "content": [{"text": "no type"}]}]}, ValueError),
+        ({"messages": [{"role": "user", "content": [{"type": 1, "text": "x"}]}]}, ValueError),
+        ({"messages": [{"role": "user", "content": ["just a str"]}]}, ValueError),
         ({"prompt": "a", "stream": True}, TypeError),
         ({"prompt": "a", **_five_breakpoints()}, ValueError),
     ],
@@ -155,6 +164,52 @@ def test_validation_messages_name_the_parameter(client_env):
         cc.invoke_claude("a", temperature=2)
     with pytest.raises(ValueError, match="cache_control"):
         cc.invoke_claude("a", **_five_breakpoints())
+    question = {"role": "user", "content": "q"}
+    for content, match in [
+        (42, r"messages\[1\]\['content'\] must be a non-empty string or a non-empty list"),
+        (None, r"messages\[1\]\['content'\] must be a non-empty string"),
+        ("", r"messages\[1\]\['content'\] must not be empty"),
+        ([{"type": "text", "text": "ok"}, {"text": "x"}], r"messages\[1\]\['content'\]\[1\] must be a content block"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            cc.invoke_claude(messages=[question, {"role": "assistant", "content": content}])
+    assert client_env.requests == []
+
+
+def test_cache_prompt_marks_the_last_user_message_not_a_prefill(client_env):
+    messages = [
+        {"role": "user", "content": "Long document ... question?"},
+        {"role": "assistant", "content": "Answer:"},
+    ]
+    before = copy.deepcopy(messages)
+    cc.invoke_claude(messages=messages, cache_prompt=True, max_tokens=10)
+    assert messages == before
+    sent = client_env.message_requests()[0].body["messages"]
+    assert sent[0]["content"] == [
+        {"type": "text", "text": "Long document ... question?", "cache_control": {"type": "ephemeral"}}
+    ]
+    assert sent[1] == {"role": "assistant", "content": "Answer:"}
+    # a longer history: only the last user message is marked
+    history = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+               {"role": "user", "content": [{"type": "text", "text": "c"}]}, {"role": "assistant", "content": "d"}]
+    cc.invoke_claude_streaming(messages=history, cache_prompt=True, max_tokens=10)
+    sent = client_env.message_requests()[1].body["messages"]
+    assert [cc._count_breakpoints(m) for m in sent] == [0, 0, 1, 0]
+    assert sent[2]["content"][-1]["cache_control"] == {"type": "ephemeral"}
+
+
+def test_large_max_tokens_falls_back_to_streaming(client_env):
+    # The SDK refuses a non-streaming request this long (ValueError before sending): the library streams it.
+    reply = cc.invoke_claude("hi", max_tokens=64000)
+    assert reply == "Echo: hi" and reply.stop_reason == "end_turn" and reply.usage.output_tokens == 2
+    record = client_env.message_requests()[-1]
+    assert record.stream is True and record.body["max_tokens"] == 64000
+    client_env.script("json please", '{"ok": true}')
+    assert cc.invoke_claude_json("json please", max_tokens=64000) == {"ok": True}
+    assert client_env.message_requests()[-1].stream is True
+    assert cc.invoke_claude("small", max_tokens=4096) == "Echo: small"
+    assert client_env.message_requests()[-1].stream is False  # the usual non-streaming request
+    assert len(client_env.message_requests()) == 3  # no failed attempt was sent
 
 
 # ------------------------------------------------------------------ errors
@@ -334,6 +389,27 @@ def test_configure_injected_client_and_base_url(client_env, monkeypatch):
         cc.configure(timeout=-1)
 
 
+def test_configure_and_reset_do_not_break_calls_in_flight(client_env):
+    # Calls running on other threads keep the client they started with (it is not closed).
+    timers = [threading.Timer(0.2, lambda: cc.configure(timeout=120)), threading.Timer(0.5, cc.reset_client)]
+    for timer in timers:
+        timer.start()
+    prompts = [{"prompt": f"[[delay_ms=40 words=10]] p{i}"} for i in range(8)]
+    results = cc.invoke_parallel(prompts, max_workers=2)
+    for timer in timers:
+        timer.join()
+    assert [r.split()[:2] for r in results] == [["Echo:", f"p{i}"] for i in range(8)]
+    assert client_env.stats()["status_counts"] == {200: 8}
+    # a dropped client is not kept alive by the library (its pool closes when collected)
+    old = cc.get_client()
+    ref = weakref.ref(old._client)
+    cc.reset_client()
+    del old
+    gc.collect()
+    assert ref() is None
+    assert cc.invoke_claude("after") == "Echo: after"
+
+
 def test_interrupted_token_sends_nothing(client_env):
     token = InterruptToken()
     token.interrupt()
@@ -465,6 +541,34 @@ def test_sentinel_key_never_leaks(client_env, monkeypatch, caplog):
     (project / "claude.env").unlink()
     cc.reset_client()
     expect_failure(cc.get_anthropic_api_key)  # nothing anywhere
+    # keys that cannot be sent as an HTTP header (httpx would quote the header in its error):
+    # refused before any request, naming the source and the problem, never the key
+    sent_before = len(client_env.requests)
+
+    def expect_unsendable(source, problem, fn, *args, **kwargs):
+        cc.reset_client()
+        with pytest.raises(cc.MissingAPIKeyError) as info:
+            fn(*args, **kwargs)
+        assert info.value.kind == "auth" and source in str(info.value) and problem in str(info.value)
+        failures.append(info.value)
+
+    (project / "ANTHROPIC_API_KEY.txt").write_text(SENTINEL + "\nrotated 2025-01-01\n")
+    expect_unsendable(f"{project / 'ANTHROPIC_API_KEY.txt'}", "a line break", cc.invoke_claude, "hi")
+    (project / "ANTHROPIC_API_KEY.txt").unlink()
+    (project / "API_CREDENTIALS.json").write_text(json.dumps({"anthropic_api_key": SENTINEL + "\u00e9"}))
+    expect_unsendable("API_CREDENTIALS.json (field 'anthropic_api_key')", "a non-ASCII character",
+                      cc.invoke_claude_streaming, "hi")
+    (project / "API_CREDENTIALS.json").unlink()
+    (project / "claude.env").write_text(f"# creds\nAPI_KEY={SENTINEL}\x07\n")
+    expect_unsendable("claude.env (line 2)", "a control character", cc.invoke_parallel, [{"prompt": "a"}])
+    (project / "claude.env").unlink()
+    monkeypatch.setenv("ANTHROPIC_API_KEY", SENTINEL + "\r\nX-Injected: 1")
+    expect_unsendable("the ANTHROPIC_API_KEY environment variable", "a line break", cc.invoke_claude_json, "hi")
+    monkeypatch.delenv("ANTHROPIC_API_KEY")
+    expect_unsendable("the api_key= argument", "whitespace",
+                      cc.ConversationThread(api_key=f"{SENTINEL} extra").send, "hi")
+    expect_unsendable("configure(api_key=...)", "whitespace", cc.configure, api_key=f"{SENTINEL}\tx")
+    assert len(client_env.requests) == sent_before  # nothing was sent
     monkeypatch.setenv("ANTHROPIC_API_KEY", SENTINEL)
     cc.reset_client()
     client_env.configure(api_key="sk-ant-the-right-one")
@@ -472,7 +576,7 @@ def test_sentinel_key_never_leaks(client_env, monkeypatch, caplog):
     client_env.configure(api_key=None)
     client_env.script("json please", "this is not JSON")
     expect_failure(cc.invoke_claude_json, "json please")  # a reply that is not JSON (decode error)
-    assert len(failures) == 24
+    assert len(failures) == 30
     kinds = {getattr(f, "kind", None) for f in failures}
     assert {"auth", "bad_request", "rate_limit", "server", "overloaded", "stalled", "interrupted", "callback",
             "connection"} <= kinds
@@ -489,6 +593,24 @@ def test_sentinel_key_never_leaks(client_env, monkeypatch, caplog):
             assert SENTINEL not in "".join(traceback.format_exception(*record.exc_info))
     for obj in (cc.get_client(api_key=SENTINEL), InterruptToken(), cc.ConversationThread(api_key=SENTINEL)):
         assert SENTINEL not in repr(obj)
+
+
+def test_error_messages_redact_a_key_the_transport_quotes(client_env):
+    # Defence in depth: an injected client is not validated by the library; httpx refuses its
+    # header and quotes it, and the library's error message must not repeat the key.
+    mine = anthropic.Anthropic(api_key=SENTINEL + "\nnote", base_url=client_env.base_url, max_retries=0)
+    cc.configure(client=mine)
+    try:
+        for call in (lambda: cc.invoke_claude("hi"), lambda: cc.invoke_claude_streaming("hi")):
+            with pytest.raises(ClaudeInvocationError) as info:
+                call()
+            assert info.value.kind == "connection"
+            assert "[redacted API key]" in str(info.value)
+            assert SENTINEL not in str(info.value) and SENTINEL not in repr(info.value)
+            assert SENTINEL not in "".join(traceback.format_exception_only(info.value))
+    finally:
+        mine.close()
+    assert client_env.requests == []
 
 
 def test_import_with_sys_path_only(tmp_path):

@@ -203,3 +203,54 @@ def test_send_validation_sends_nothing(client_env):
         with pytest.raises((ValueError, TypeError)):
             chat.send(bad)
     assert client_env.requests == [] and len(chat) == 0
+
+
+def test_system_and_cache_system_changes_apply_to_the_next_send(client_env):
+    chat = ConversationThread(system="OLD SYSTEM")
+    chat.send("one")
+    chat.system = "NEW SYSTEM"
+    chat.cache_system = False
+    chat.send("two")
+    blocks = [{"type": "text", "text": "rule A"}, {"type": "text", "text": "rule B"}]
+    before = copy.deepcopy(blocks)
+    chat.system = blocks
+    chat.cache_system = True
+    chat.send("three")
+    chat.system = None
+    chat.send("four")
+    bodies = [r.body for r in client_env.message_requests()]
+    assert bodies[0]["system"] == [{"type": "text", "text": "OLD SYSTEM", "cache_control": {"type": "ephemeral"}}]
+    assert bodies[1]["system"] == [{"type": "text", "text": "NEW SYSTEM"}]
+    assert bodies[2]["system"] == [{"type": "text", "text": "rule A"},
+                                   {"type": "text", "text": "rule B", "cache_control": {"type": "ephemeral"}}]
+    assert "system" not in bodies[3]
+    assert blocks == before and chat.system is None  # the caller's blocks were not mutated
+    assert all(_breakpoints(b) <= 4 for b in bodies)
+    assert _breakpoints(bodies[2]) == 3  # system + previous user + latest user
+
+
+def test_changed_system_is_validated_before_sending(client_env):
+    chat = ConversationThread()
+    chat.send("one")
+    for attr, value in [("system", 5), ("system", [{"text": "no type"}]), ("cache_system", "yes")]:
+        setattr(chat, attr, value)
+        with pytest.raises((ValueError, TypeError)):
+            chat.send("two")
+        setattr(chat, attr, None if attr == "system" else True)
+    # system blocks that already carry 3 breakpoints: history breakpoints are dropped to stay at 4
+    chat.system = [{"type": "text", "text": f"s{i}", "cache_control": {"type": "ephemeral"}} for i in range(3)]
+    chat.send("three")
+    chat.system = [{"type": "text", "text": f"s{i}", "cache_control": {"type": "ephemeral"}} for i in range(5)]
+    with pytest.raises(ValueError, match="cache_control"):
+        chat.send("four")
+    assert len(client_env.message_requests()) == 2 and len(chat) == 2
+    assert _breakpoints(client_env.message_requests()[-1].body) == 4
+
+
+def test_large_max_tokens_send_falls_back_to_streaming(client_env):
+    chat = ConversationThread(max_tokens=32000)
+    assert chat.send("hi") == "Echo: hi"  # the SDK requires streaming for this max_tokens
+    assert chat.send("again") == "Echo: again"
+    records = client_env.message_requests()
+    assert [r.stream for r in records] == [True, True] and len(chat) == 2
+    assert records[-1].body["max_tokens"] == 32000

@@ -285,3 +285,31 @@ def test_parallel_results_pickle(client_env):
     results = cc.invoke_parallel([{"prompt": "a"}])
     clone = pickle.loads(pickle.dumps(results))
     assert clone == results and clone.usage == results.usage and clone[0].usage == results[0].usage
+
+
+def test_interrupt_cuts_a_server_retry_wait_short(client_env):
+    """A 429 asks for 5 s; the interrupt ends the wait at once instead of after the SDK's sleep,
+    in a single call and in a parallel run (whose worker must not linger)."""
+    token = InterruptToken()
+    threading.Timer(0.3, token.interrupt).start()
+    started = time.monotonic()
+    with pytest.raises(ClaudeInvocationError) as info:
+        cc.invoke_claude_streaming("[[fail=429 retry_after=5 times=1]] one", interrupt_token=token)
+    assert info.value.kind == "interrupted"
+    assert time.monotonic() - started < 2.5
+    baseline = threading.active_count()
+    token = InterruptToken()
+    threading.Timer(0.3, token.interrupt).start()
+    started = time.monotonic()
+    results = cc.invoke_parallel_interruptible([{"prompt": "[[fail=429 retry_after=5 times=1]] two"}],
+                                               interrupt_token=token)
+    assert list(results) == [None]
+    assert time.monotonic() - started < 2.5
+    assert _threads_back_to(baseline)
+    assert [(r.prompt, r.status) for r in client_env.message_requests()] == [("one", 429), ("two", 429)]
+
+
+def test_transient_failure_is_still_retried_with_a_token(client_env):
+    results = cc.invoke_parallel_interruptible([{"prompt": "[[fail=529 times=2]] p"}], interrupt_token=InterruptToken())
+    assert list(results) == ["Echo: p"]
+    assert [r.status for r in client_env.message_requests()] == [529, 529, 200]  # the SDK's 2 retries

@@ -138,3 +138,13 @@ def test_streams_with_different_timeouts_share_nothing_wrong(client_env):
     assert [type(r).__name__ for r in results] == ["ClaudeResponse"] * 4 + ["ClaudeInvocationError"]
     assert results[4].kind == "stalled"
     assert _wait(lambda: _stall_threads() == [])
+
+
+def test_server_retry_wait_is_not_a_stall(client_env):
+    """A 529 with retry-after longer than stall_timeout is waited out (not counted as a stall) and
+    retried like the SDK would; only then does the stream run."""
+    started = time.monotonic()
+    reply = cc.invoke_claude_streaming("[[fail=529 retry_after=2 times=1]] hi", stall_timeout=0.5)
+    assert reply == "Echo: hi"
+    assert time.monotonic() - started >= 1.9  # the server's retry-after was honoured
+    assert [r.status for r in client_env.message_requests()] == [529, 200]
