@@ -1321,8 +1321,9 @@ class _StreamCall:
         """Sleep up to ``seconds``; True at once if the call is aborted meanwhile."""
         return self._aborted.wait(seconds)
 
-    def next_attempt(self) -> None:
-        """Forget the previous attempt's request and stream before a retry."""
+    def detach(self) -> None:
+        """Forget the attempt's request and stream (it ended): a later ``abort()`` must not shut
+        down a connection that is back in the pool, maybe serving another request."""
         with self._lock:
             self._stream = None
             self._extensions = None
@@ -1445,7 +1446,7 @@ def _stream_message(
                 raise ClaudeInvocationError(
                     _ABORT_MESSAGES[call.reason or "interrupted"] + " while waiting to retry", kind=call.reason
                 ) from last
-            call.next_attempt()
+            call.detach()
         raise AssertionError("unreachable")  # pragma: no cover
     finally:
         if handle is not None:
@@ -1489,6 +1490,7 @@ def _stream_attempt(
                 if call.reason is not None:
                     raise ClaudeInvocationError(_ABORT_MESSAGES[call.reason], kind=call.reason)
                 raise ClaudeInvocationError("The stream ended before message_stop", kind="connection")
+            call.detach()  # complete: an interrupt from now on has nothing to abort
             message = stream.get_final_message()
             request_id = stream.request_id
     except ClaudeInvocationError:
