@@ -39,7 +39,6 @@ import re
 import socket
 import threading
 import time
-import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -434,34 +433,12 @@ class Usage:
         """Build from an SDK ``Usage`` object or a usage dict (None gives zeros)."""
         if u is None:
             return cls()
-        if type(u) is dict:  # the streaming core's parsed JSON: the hot path
-            get = u.get
-            creation = get("cache_creation")
-            return cls(
-                int(get("input_tokens") or 0),
-                int(get("output_tokens") or 0),
-                int(get("cache_creation_input_tokens") or 0),
-                int(get("cache_read_input_tokens") or 0),
-                int((creation.get("ephemeral_1h_input_tokens") if type(creation) is dict else 0) or 0),
-                get("service_tier"),
-            )
-        if not _is_mapping(u):  # an SDK object
-            creation = getattr(u, "cache_creation", None)
-            return cls(
-                int(getattr(u, "input_tokens", 0) or 0),
-                int(getattr(u, "output_tokens", 0) or 0),
-                int(getattr(u, "cache_creation_input_tokens", 0) or 0),
-                int(getattr(u, "cache_read_input_tokens", 0) or 0),
-                int(_field(creation, "ephemeral_1h_input_tokens", 0) or 0),
-                getattr(u, "service_tier", None),
-            )
-        creation = _field(u, "cache_creation")
         return cls(
             int(_field(u, "input_tokens", 0) or 0),
             int(_field(u, "output_tokens", 0) or 0),
             int(_field(u, "cache_creation_input_tokens", 0) or 0),
             int(_field(u, "cache_read_input_tokens", 0) or 0),
-            int(_field(creation, "ephemeral_1h_input_tokens", 0) or 0),
+            int(_field(_field(u, "cache_creation"), "ephemeral_1h_input_tokens", 0) or 0),
             _field(u, "service_tier"),
         )
 
@@ -633,6 +610,18 @@ def _build_response(
     )
 
 
+def _totals(responses: Iterable[Any]) -> tuple[Usage, Optional[float]]:
+    """Summed usage and cost of the :class:`ClaudeResponse` items of ``responses`` (other items,
+    errors or None, are skipped); the cost is None once any response has no known price."""
+    usage = Usage()
+    cost: Optional[float] = 0.0
+    for response in responses:
+        if isinstance(response, ClaudeResponse):
+            usage = usage + response.usage
+            cost = None if (cost is None or response.cost_usd is None) else cost + response.cost_usd
+    return usage, cost
+
+
 class ParallelResults(list):
     """The list returned by the parallel functions (input order), plus the run's totals.
 
@@ -767,10 +756,7 @@ def _key_from_files(directory: Path) -> Optional[str]:
     """The key from the project folder: ANTHROPIC_API_KEY.txt > API_CREDENTIALS.json > claude.env."""
     key_file = directory / KEY_FILE_NAME
     if key_file.is_file():
-        key = _read_key_file(key_file, "API key file").strip()
-        if not key:
-            raise MissingAPIKeyError(f"The API key file {key_file} is empty")
-        return _check_key(key, f"the API key file {key_file}")
+        return _check_key(_read_key_file(key_file, "API key file"), f"the API key file {key_file}")
     cred_file = directory / CREDENTIALS_FILE_NAME
     if cred_file.is_file():
         text = _read_key_file(cred_file, "credentials file")
@@ -940,13 +926,19 @@ def _client_for(
 ) -> anthropic.Anthropic:
     """The shared client, or a copy with ``max_retries`` that shares its connection pool."""
     shared = get_client(api_key=api_key, base_url=base_url)
-    if max_retries is None:
-        return shared
+    return shared if max_retries is None else _with_retries(shared, max_retries)
+
+
+def _with_retries(client: anthropic.Anthropic, max_retries: int) -> anthropic.Anthropic:
+    """``client`` with the SDK's ``max_retries`` set: ``client.with_options(max_retries=...)``,
+    made once per (client, max_retries); the copy shares the client's connection pool."""
+    if client.max_retries == max_retries:
+        return client
     with _state_lock:
-        slot = (id(shared), max_retries)
+        slot = (id(client), max_retries)
         derived = _derived.get(slot)
-        if derived is None or derived[0] is not shared:
-            derived = (shared, shared.with_options(max_retries=max_retries))
+        if derived is None or derived[0] is not client:
+            derived = (client, client.with_options(max_retries=max_retries))
             _derived[slot] = derived
         return derived[1]
 
@@ -975,15 +967,15 @@ def configure(
         api_key = _check_key(api_key, "configure(api_key=...)")
     if base_url is not None and (not isinstance(base_url, str) or not base_url.strip()):
         raise ValueError("base_url must be a non-empty string")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    if timeout is not None:
+        _check_seconds(timeout, "timeout")
     if client is not None and not isinstance(client, anthropic.Anthropic):
         raise TypeError(f"client must be an anthropic.Anthropic, got {type(client).__name__}")
     if max_retries is not None and (isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0):
         raise ValueError(f"max_retries must be an int >= 0, got {max_retries!r}")
     with _state_lock:
         for name, value in (
-            ("api_key", None if api_key is None else api_key.strip()),
+            ("api_key", api_key),
             ("base_url", None if base_url is None else base_url.strip()),
             ("timeout", timeout),
             ("client", client),
@@ -1109,11 +1101,10 @@ class StallDetector:
     """
 
     def __init__(self, timeout: float = 60.0, on_stall: Optional[Callable[[str, float], Any]] = None) -> None:
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        timeout = _check_seconds(timeout, "timeout")
         if on_stall is not None and not callable(on_stall):
             raise TypeError("on_stall must be callable or None")
-        self.timeout = float(timeout)
+        self.timeout = timeout
         self.on_stall = on_stall
         self._lock = threading.Lock()
         self._last: dict[Any, float] = {}
@@ -1163,14 +1154,13 @@ class StallDetector:
 
     def start_monitoring(self, poll_interval: float = 5.0) -> None:
         """Check every ``poll_interval`` seconds on a daemon thread until :meth:`stop_monitoring`."""
-        if isinstance(poll_interval, bool) or not isinstance(poll_interval, (int, float)) or not poll_interval > 0:
-            raise ValueError(f"poll_interval must be a positive number of seconds, got {poll_interval!r}")
+        poll_interval = _check_seconds(poll_interval, "poll_interval")
         with self._lock:
             if self._thread is not None:
                 raise RuntimeError("StallDetector is already monitoring; call stop_monitoring() first")
             stop = threading.Event()
             thread = threading.Thread(
-                target=self._monitor, args=(stop, float(poll_interval)), name="stall-detector", daemon=True
+                target=self._monitor, args=(stop, poll_interval), name="stall-detector", daemon=True
             )
             self._stop, self._thread = stop, thread
         thread.start()
@@ -1377,11 +1367,7 @@ _ABORT_MESSAGES = {
 
 
 def _validate_stall_timeout(stall_timeout: Any) -> Optional[float]:
-    if stall_timeout is None:
-        return None
-    if isinstance(stall_timeout, bool) or not isinstance(stall_timeout, (int, float)) or not stall_timeout > 0:
-        raise ValueError(f"stall_timeout must be a positive number of seconds or None, got {stall_timeout!r}")
-    return float(stall_timeout)
+    return None if stall_timeout is None else _check_seconds(stall_timeout, "stall_timeout", " or None")
 
 
 def _validate_token(token: Any, name: str = "interrupt_token") -> None:
@@ -1426,7 +1412,7 @@ def _stream_message(
             raise ClaudeInvocationError(_ABORT_MESSAGES["interrupted"] + " before it was sent", kind="interrupted")
         handle = interrupt._add_callback(lambda: call.abort("interrupted"))
     retries = client.max_retries if (interrupt is not None or stall_timeout is not None) else 0
-    sdk_client = _without_retries(client) if retries else client
+    sdk_client = _with_retries(client, 0) if retries else client  # else the SDK retries as usual
     try:
         for attempt in range(1, retries + 2):
             if stall_timeout is not None:
@@ -1506,19 +1492,6 @@ def _stream_attempt(
     return _response_from_message(message, request_id, str(params.get("model", "")))
 
 
-_no_retry_views: "weakref.WeakKeyDictionary[anthropic.Anthropic, anthropic.Anthropic]" = weakref.WeakKeyDictionary()
-_no_retry_lock = threading.Lock()
-
-
-def _without_retries(client: anthropic.Anthropic) -> anthropic.Anthropic:
-    """``client.with_options(max_retries=0)``, made once per client (it shares the connection pool)."""
-    with _no_retry_lock:
-        view = _no_retry_views.get(client)
-        if view is None:
-            view = _no_retry_views[client] = client.with_options(max_retries=0)
-        return view
-
-
 def _sdk_would_retry(error: ClaudeInvocationError) -> bool:
     """The SDK's own rule for a failed attempt: the server's ``x-should-retry`` header when it sent
     one, else the library's classification (429, 408, 409, 5xx, connection errors, timeouts)."""
@@ -1558,18 +1531,26 @@ def _run_user_callback(call: _StreamCall, stream: Any, fn: Callable, arg: Any, n
 # --------------------------------------------------------------------------------------------
 
 
+def _check_seconds(value: Any, name: str, alternative: str = "") -> float:
+    """``value`` as float seconds; ``ValueError`` naming ``name`` unless a positive number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be a positive number of seconds{alternative}, got {value!r}")
+    return float(value)
+
+
 def _check_model(model: Any, name: str = "model") -> str:
     if not isinstance(model, str) or not model.strip():
         raise ValueError(f"{name} must be a non-empty string, got {model!r}")
     return model
 
 
-def _check_max_tokens(max_tokens: Any, name: str = "max_tokens") -> int:
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
-        raise TypeError(f"{name} must be an int >= 1, got {type(max_tokens).__name__}")
-    if max_tokens < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {max_tokens}")
-    return max_tokens
+def _check_positive_int(value: Any, name: str) -> int:
+    """``value`` if an int >= 1 (``TypeError`` / ``ValueError`` naming ``name`` otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= 1, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value}")
+    return value
 
 
 def _check_temperature(temperature: Any, name: str = "temperature") -> float:
@@ -1715,7 +1696,7 @@ def _build_params(
     extra: Mapping[str, Any],
 ) -> dict:
     _check_model(model)
-    _check_max_tokens(max_tokens)
+    _check_positive_int(max_tokens, "max_tokens")
     if temperature is not None:
         _check_temperature(temperature)
     _check_bool(cache_system, "cache_system")
@@ -1788,7 +1769,7 @@ def _normalize_prompts(
     if isinstance(prompts, (str, bytes, Mapping)) or not isinstance(prompts, Sequence):
         raise TypeError(f"prompts must be a list of dicts, got {type(prompts).__name__}")
     _check_model(model)
-    _check_max_tokens(max_tokens)
+    _check_positive_int(max_tokens, "max_tokens")
     _check_bool(cache_shared_system, "cache_shared_system")
     shared = _system_blocks(shared_system, "shared_system", cache_shared_system)
     shared_breakpoints = _count_breakpoints(shared)
@@ -1818,7 +1799,7 @@ def _normalize_prompts(
             _check_model(item_model, f"{where}['model']")
         item_max_tokens = item.get("max_tokens", max_tokens)
         if item_max_tokens is not max_tokens:
-            _check_max_tokens(item_max_tokens, f"{where}['max_tokens']")
+            _check_positive_int(item_max_tokens, f"{where}['max_tokens']")
         params: dict[str, Any] = {
             "model": item_model,
             "max_tokens": item_max_tokens,
@@ -1848,8 +1829,19 @@ def _normalize_prompts(
 _STREAMING_REQUIRED = "Streaming is required"
 
 
-def _send_message(params: dict, client: anthropic.Anthropic) -> ClaudeResponse:
-    """One non-streaming request; streams instead when the SDK refuses it as too long."""
+def _send_message(
+    params: dict,
+    client: anthropic.Anthropic,
+    *,
+    stream: bool = False,
+    on_text: Optional[Callable[[str], Any]] = None,
+    interrupt: Optional[InterruptToken] = None,
+    stall_timeout: Optional[float] = None,
+) -> ClaudeResponse:
+    """One request: streamed when asked or when it can be interrupted or stall-checked, else
+    ``messages.create`` (streamed after all when the SDK refuses it as too long)."""
+    if stream or interrupt is not None or stall_timeout is not None:
+        return _stream_message(params, client=client, on_text=on_text, interrupt=interrupt, stall_timeout=stall_timeout)
     try:
         return _create_message(params, client)
     except ValueError as exc:
@@ -1903,9 +1895,7 @@ def invoke_claude(
         extra=kwargs,
     )
     client = _client_for(api_key=api_key, base_url=base_url)
-    if streaming or interrupt_token is not None or stall is not None:
-        return _stream_message(params, client=client, interrupt=interrupt_token, stall_timeout=stall)
-    return _send_message(params, client)
+    return _send_message(params, client, stream=streaming, interrupt=interrupt_token, stall_timeout=stall)
 
 
 def invoke_claude_streaming(
@@ -2095,14 +2085,6 @@ def invoke_claude_json(
 _NOT_RUN = object()
 
 
-def _check_max_workers(max_workers: Any) -> int:
-    if isinstance(max_workers, bool) or not isinstance(max_workers, int):
-        raise TypeError(f"max_workers must be an int >= 1, got {type(max_workers).__name__}")
-    if max_workers < 1:
-        raise ValueError(f"max_workers must be an int >= 1, got {max_workers}")
-    return max_workers
-
-
 class _Countdown:
     """Sets ``event`` when ``count`` futures have finished."""
 
@@ -2150,7 +2132,7 @@ def _run_parallel(
     api_key: Optional[str],
     base_url: Optional[str],
 ) -> ParallelResults:
-    _check_max_workers(max_workers)
+    _check_positive_int(max_workers, "max_workers")
     _check_bool(return_exceptions, "return_exceptions")
     _check_bool(cache_pilot, "cache_pilot")
     _validate_token(interrupt_token)
@@ -2162,9 +2144,7 @@ def _run_parallel(
     client = _client_for(api_key=api_key, base_url=base_url)
     n = len(specs)
     results: list[Any] = [None] * n
-    if n == 0:
-        return ParallelResults(results, usage=Usage(), cost_usd=0.0)
-    if interrupt_token is not None and interrupt_token.is_interrupted():
+    if n == 0 or (interrupt_token is not None and interrupt_token.is_interrupted()):
         return ParallelResults(results, usage=Usage(), cost_usd=0.0)
     # The run's own token: the caller's token feeds it, and so does a KeyboardInterrupt (or any
     # other exception) in the waiting thread, so in-flight streams are aborted either way.
@@ -2220,8 +2200,6 @@ def _run_parallel(
         executor.shutdown(wait=not interrupted, cancel_futures=True)
 
     errors: dict[int, BaseException] = {}
-    usage = Usage()
-    cost: Optional[float] = 0.0
     for i, future in enumerate(futures):
         if future is None or not future.done() or future.cancelled():
             continue
@@ -2231,14 +2209,13 @@ def _run_parallel(
             if value is _NOT_RUN:
                 continue
             results[i] = value
-            usage = usage + value.usage
-            cost = None if (cost is None or value.cost_usd is None) else cost + value.cost_usd
         elif isinstance(exc, ClaudeInvocationError) and exc.kind == "interrupted":
             continue
         else:
             errors[i] = exc
             if return_exceptions:
                 results[i] = exc
+    usage, cost = _totals(results)
     if errors and not return_exceptions:
         first_index = min(errors)
         first_error = errors[first_index]
@@ -2433,21 +2410,17 @@ class ConversationThread:
         api_key: Optional[str] = None,
         base_url: Optional[str] = None,
     ) -> None:
-        _check_model(model)
-        _check_max_tokens(max_tokens)
-        _check_temperature(temperature)
-        _check_bool(cache_system, "cache_system")
         if max_turns is not None:
             if isinstance(max_turns, bool) or not isinstance(max_turns, int) or max_turns < 1:
                 raise ValueError(f"max_turns must be an int >= 1 or None, got {max_turns!r}")
         if continuation_prompt is not None and (not isinstance(continuation_prompt, str) or not continuation_prompt.strip()):
             raise ValueError("continuation_prompt must be a non-empty string or None")
-        _system_blocks(system, "system", cache_system)  # validates now; rebuilt for each request
         self.system = copy.deepcopy(system)
         self.model = model
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.cache_system = cache_system
+        self._system_blocks()  # validates the settings now; they are checked again per request
         self.max_turns = max_turns
         self.continuation_prompt = continuation_prompt or DEFAULT_CONTINUATION_PROMPT
         self._api_key = api_key
@@ -2463,7 +2436,7 @@ class ConversationThread:
 
     def __len__(self) -> int:
         """The number of completed turns (user + assistant pairs), like the seed's ``len(thread)``."""
-        return len(self._messages) // 2
+        return self.turn_count
 
     @property
     def messages(self) -> list[dict]:
@@ -2484,14 +2457,19 @@ class ConversationThread:
         with self._lock:
             self._messages = []
 
-    def _params(self, content: list[dict], cache_history: bool) -> dict:
-        # From the current attributes: `chat.system = ...` / `chat.cache_system = ...` apply to
-        # the next request (validated here, before anything is sent; self.system is not mutated).
+    def _system_blocks(self) -> list[dict]:
+        """Check the current settings (they are public attributes and may have been changed)
+        and return fresh system blocks (``self.system`` is never mutated)."""
         _check_model(self.model)
-        _check_max_tokens(self.max_tokens)
+        _check_positive_int(self.max_tokens, "max_tokens")
         _check_temperature(self.temperature)
         _check_bool(self.cache_system, "cache_system")
-        system_blocks = _system_blocks(self.system, "system", self.cache_system)
+        return _system_blocks(self.system, "system", self.cache_system)
+
+    def _params(self, content: list[dict], cache_history: bool) -> dict:
+        # From the current attributes: `chat.system = ...` / `chat.cache_system = ...` apply to
+        # the next request (validated here, before anything is sent).
+        system_blocks = self._system_blocks()
         messages = copy.deepcopy(self._messages)
         messages.append({"role": "user", "content": copy.deepcopy(content)})
         if cache_history:
@@ -2541,12 +2519,9 @@ class ConversationThread:
                 )
             params = self._params(content, cache_history)
             client = _client_for(api_key=self._api_key, base_url=self._base_url)
-            if stream or interrupt_token is not None or stall is not None:
-                reply = _stream_message(
-                    params, client=client, on_text=callback, interrupt=interrupt_token, stall_timeout=stall
-                )
-            else:
-                reply = _send_message(params, client)
+            reply = _send_message(
+                params, client, stream=stream, on_text=callback, interrupt=interrupt_token, stall_timeout=stall
+            )
             # Only a successful reply changes the history.
             self._messages.append({"role": "user", "content": content})
             self._messages.append({"role": "assistant", "content": copy.deepcopy(reply.content)})

@@ -782,10 +782,7 @@ def _item_error(result: Mapping[str, Any], request: _Request, batch_id: Optional
 
 def _response(message: Mapping[str, Any], model_hint: str) -> Any:
     """A ClaudeResponse from the message of a ``succeeded`` result (a dict), batch-priced."""
-    blocks = [dict(b) for b in message.get("content") or () if isinstance(b, Mapping)]
-    for block in blocks:
-        if block.get("type") == "text" and not block.get("citations"):
-            block.pop("citations", None)
+    blocks = [_cc._block_dict(b) for b in message.get("content") or () if isinstance(b, Mapping)]
     usage = _cc.Usage.from_sdk(message.get("usage"))
     model = message.get("model") or model_hint
     return _cc.ClaudeResponse(
@@ -813,8 +810,6 @@ def _collect(
             batch_of[i] = b["id"]
     values: List[Any] = [None] * len(requests)
     errors: Dict[int, BaseException] = {}
-    usage = _cc.Usage()
-    cost: Optional[float] = 0.0
     truncated: List[int] = []
     for r in requests:
         result = journal.results.get(r.custom_id)
@@ -825,8 +820,6 @@ def _collect(
             if response.stop_reason == "max_tokens":
                 truncated.append(r.index)
             values[r.index] = response
-            usage = usage + response.usage
-            cost = None if (cost is None or response.cost_usd is None) else cost + response.cost_usd
         else:
             errors[r.index] = _item_error(result, r, batch_of.get(r.index))
             if return_exceptions:
@@ -838,6 +831,7 @@ def _collect(
             ", ".join(map(str, truncated[:10])),
             ", ..." if len(truncated) > 10 else "",
         )
+    usage, cost = _cc._totals(values)
     results = ParallelResults(values, usage=usage, cost_usd=cost, errors=errors)
     if errors and raise_errors and not return_exceptions:
         first = min(errors)

@@ -874,10 +874,9 @@ def _start_offline() -> Any:
 class _Execution:
     """Runs the prompts through the library on a worker thread; the main thread waits and draws.
 
-    With :func:`orchestration.invoke_parallel_managed` available, a :class:`task_state.TaskTracker`
-    is passed in and polled by the main thread (:meth:`sync`), which gives per-agent states,
-    retries and completed results while the run is going; otherwise the run falls back to
-    :func:`claude_client.invoke_parallel_streaming` (no retries or per-agent completion until the end).
+    The run is :func:`orchestration.invoke_parallel_managed` with a :class:`task_state.TaskTracker`
+    that the main thread polls (:meth:`sync`) for per-agent states, retries and completed results
+    while the run is going.
     """
 
     def __init__(self, items: list[dict], args: argparse.Namespace, shared_system: Optional[str],
@@ -891,12 +890,9 @@ class _Execution:
         self.outcomes: Optional[list[_Outcome]] = None
         self.crash: Optional[BaseException] = None
         self.done = threading.Event()
-        self.managed = _managed_function()
-        self.tracker: Any = None
-        if self.managed is not None:
-            from task_state import TaskTracker
+        from task_state import TaskTracker
 
-            self.tracker = TaskTracker(max_retries=args.retries)
+        self.tracker = TaskTracker(max_retries=args.retries)
         self._seen: dict[str, float] = {}
         self._index = {it["task_id"]: i for i, it in enumerate(items)}
         self._thread = threading.Thread(target=self._main, name="orchestrate-run", daemon=True)
@@ -906,16 +902,13 @@ class _Execution:
 
     def _main(self) -> None:
         try:
-            if self.managed is not None:
-                self.outcomes = self._run_managed()
-            else:
-                self.outcomes = self._run_streaming()
+            self.outcomes = self._run_managed()
         except BaseException as exc:  # reported by the main thread
             self.crash = exc
         finally:
             self.done.set()
 
-    # -- the two ways to run --------------------------------------------------------------
+    # -- the run ------------------------------------------------------------------------------
 
     def _callbacks(self) -> list[Callable[[str], None]]:
         board = self.board
@@ -935,46 +928,16 @@ class _Execution:
                     cache_shared_system=self.args.cache, **self.connection)
 
     def _run_managed(self) -> list[_Outcome]:
-        import inspect
+        from orchestration import invoke_parallel_managed
 
-        fn = self.managed
-        params = inspect.signature(fn).parameters
-        kwargs: dict[str, Any] = dict(self._common(), max_retries=self.args.retries,
-                                      stall_timeout=self.args.stall_timeout, interrupt_token=self.token,
-                                      tracker=self.tracker)
-        if "callbacks" in params:
-            kwargs["callbacks"] = self._callbacks()
-        if "return_exceptions" in params:
-            kwargs["return_exceptions"] = True
-        try:
-            results = fn([dict(it) for it in self.items], **kwargs)
-        except Exception as exc:
-            carried = getattr(exc, "results", None)
-            if carried is None or isinstance(exc, (ValueError, TypeError)):
-                raise
-            results = carried
+        # return_exceptions: failures come back in their slots (a managed run never raises for them)
+        results = invoke_parallel_managed(
+            [dict(it) for it in self.items], max_retries=self.args.retries, stall_timeout=self.args.stall_timeout,
+            interrupt_token=self.token, tracker=self.tracker, callbacks=self._callbacks(), return_exceptions=True,
+            **self._common())
         outcomes = []
-        for i, item in enumerate(self.items):
-            res = results[i] if i < len(results) else None
+        for i, (item, res) in enumerate(zip(self.items, results)):
             oc = self._outcome_from_tracker(item["task_id"], res)
-            _finish_on_board(self.board, i, oc)
-            outcomes.append(oc)
-        return outcomes
-
-    def _run_streaming(self) -> list[_Outcome]:
-        import claude_client
-
-        results = claude_client.invoke_parallel_streaming(
-            _library_items(self.items), callbacks=self._callbacks(), interrupt_token=self.token,
-            return_exceptions=True, stall_timeout=self.args.stall_timeout, **self._common())
-        outcomes: list[_Outcome] = []
-        for i, res in enumerate(results):
-            if isinstance(res, BaseException):
-                oc = _outcome_error(res)
-            elif res is None:
-                oc = _interrupted_outcome()
-            else:
-                oc = _outcome_ok(res)
             _finish_on_board(self.board, i, oc)
             outcomes.append(oc)
         return outcomes
@@ -995,7 +958,7 @@ class _Execution:
             return _outcome_error(result)
         if result is not None:
             return _outcome_ok(result)
-        info = self._info(task_id) if self.tracker is not None else None
+        info = self._info(task_id)
         if info is None:
             return _interrupted_outcome() if self.token.is_interrupted() else _Outcome(
                 "failed", error_kind="unknown", error="the task did not run")
@@ -1015,8 +978,6 @@ class _Execution:
 
     def sync(self) -> None:
         """Copy what the tracker knows onto the board (called by the main thread)."""
-        if self.tracker is None:
-            return
         from task_state import TaskState
 
         try:
@@ -1043,25 +1004,16 @@ class _Execution:
 
     def partial_outcomes(self) -> list[_Outcome]:
         """After an abandoned interrupt: completed tasks from the tracker, the rest interrupted."""
+        from task_state import TaskState
+
         outcomes = []
         for it in self.items:
             oc = _interrupted_outcome()
-            if self.tracker is not None:
-                from task_state import TaskState
-
-                info = self._info(it["task_id"])
-                if info is not None and info.state is TaskState.COMPLETED and info.result is not None:
-                    oc = _outcome_ok(info.result)
+            info = self._info(it["task_id"])
+            if info is not None and info.state is TaskState.COMPLETED and info.result is not None:
+                oc = _outcome_ok(info.result)
             outcomes.append(oc)
         return outcomes
-
-
-def _managed_function() -> Optional[Callable[..., Any]]:
-    try:
-        import orchestration
-    except ImportError:
-        return None
-    return getattr(orchestration, "invoke_parallel_managed", None)
 
 
 def _interrupted_outcome() -> _Outcome:
@@ -1076,12 +1028,10 @@ def _validate_with_library(items: list[dict], args: argparse.Namespace, shared_s
     """Let the library validate every prompt before any request is sent (ValueError -> usage)."""
     import claude_client
 
-    normalize = getattr(claude_client, "_normalize_prompts", None)
-    if normalize is None:
-        return
     try:
-        normalize(_library_items(items), shared_system=shared_system, cache_shared_system=args.cache,
-                  model=args.model or claude_client.DEFAULT_MODEL, max_tokens=args.max_tokens)
+        claude_client._normalize_prompts(
+            _library_items(items), shared_system=shared_system, cache_shared_system=args.cache,
+            model=args.model or claude_client.DEFAULT_MODEL, max_tokens=args.max_tokens)
     except (ValueError, TypeError) as exc:
         raise _UsageError(_one_line(str(exc))) from None
 

@@ -955,7 +955,7 @@ def invoke_parallel_managed(
     ...     max_workers=8, concurrency_limiter=ConcurrencyLimiter(8, {"search": 2}), tracker=tracker)
     >>> tracker.reason_counts()["succeeded"], results.errors
     """
-    cc._check_max_workers(max_workers)
+    cc._check_positive_int(max_workers, "max_workers")
     cc._check_bool(return_exceptions, "return_exceptions")
     cc._check_bool(cache_pilot, "cache_pilot")
     cc._validate_token(interrupt_token)
@@ -1049,12 +1049,9 @@ def invoke_parallel_managed(
         if link is not None:
             interrupt_token._remove_callback(link)  # type: ignore[union-attr]
 
-    usage = cc.Usage()
-    cost: Optional[float] = 0.0
     for index, response in run.results.items():
         slots[index] = response
-        usage = usage + response.usage
-        cost = None if (cost is None or response.cost_usd is None) else cost + response.cost_usd
+    usage, cost = cc._totals(run.results.values())  # not results taken over by reconcile
     if return_exceptions:
         for index, err in run.errors.items():
             slots[index] = err
