@@ -76,6 +76,7 @@ DIRECTIVE_KEYS: dict[str, str] = {
     "fail": "answer this HTTP status with the API's error body before any response",
     "retry_after": "value of the retry-after header on the failure (429 default: 1)",
     "retry_after_ms": "value of the retry-after-ms header on the failure",
+    "should_retry": "value of the x-should-retry header on the failure: true | false",
     "error_after": "streaming: event: error overloaded_error after K deltas; non-streaming: 529",
     "stall_after": "streaming: stop after K deltas and keep the connection open; non-streaming: never answer",
     "stall_pings": "during a stall, send a ping every MS milliseconds",
@@ -89,7 +90,7 @@ DIRECTIVE_KEYS: dict[str, str] = {
 """Directive keys understood inside ``[[key=value ...]]`` groups."""
 
 # Keys of a group that ``times=M`` limits to the first M attempts of the same request.
-_TIMED_KEYS = frozenset({"fail", "retry_after", "retry_after_ms", "error_after", "stall_after",
+_TIMED_KEYS = frozenset({"fail", "retry_after", "retry_after_ms", "should_retry", "error_after", "stall_after",
                          "stall_pings", "ttft_ms", "delay_ms"})
 _INT_KEYS = frozenset({"fail", "error_after", "stall_after", "stall_pings", "words", "times"})
 _FLOAT_KEYS = frozenset({"ttft_ms", "delay_ms", "retry_after", "retry_after_ms"})
@@ -175,6 +176,7 @@ class _Plan:
     fail: int | None = None
     retry_after: str | None = None
     retry_after_ms: str | None = None
+    should_retry: str | None = None
     error_after: int | None = None
     stall_after: int | None = None
     stall_pings: int | None = None
@@ -354,6 +356,8 @@ def _build_plan(groups: list[dict[str, str]], attempt: int, settings: dict[str, 
                 raise _ApiError(400, f"directive {key}: expected a number, got {raw!r}") from None
             if key in ("retry_after", "retry_after_ms"):
                 value = raw
+            elif key == "should_retry" and raw not in ("true", "false"):
+                raise _ApiError(400, f"directive should_retry: expected true or false, got {raw!r}")
             setattr(plan, key, value)
     return plan
 
@@ -1067,6 +1071,8 @@ class Emulator:
                 headers["retry-after"] = plan.retry_after
             if plan.retry_after_ms is not None:
                 headers["retry-after-ms"] = plan.retry_after_ms
+            if plan.should_retry is not None:
+                headers["x-should-retry"] = plan.should_retry
             raise _ApiError(plan.fail, headers=headers)
         with self._lock:
             limited = self._rate_limit_check()

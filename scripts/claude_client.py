@@ -195,10 +195,15 @@ class ClaudeInvocationError(Exception):
         self.errors = errors
         self.attempts = attempts
         self.retry_after = retry_after
+        # The server's ``x-should-retry`` header (True / False), when it sent one.
+        self._server_says_retry: Optional[bool] = None
 
     @property
     def transient(self) -> bool:
-        """True when the failure is worth retrying (``kind in TRANSIENT_KINDS``)."""
+        """True when the failure is worth retrying: ``kind in TRANSIENT_KINDS``, unless the server
+        said otherwise with an ``x-should-retry: true|false`` header (as the SDK obeys it)."""
+        if self._server_says_retry is not None:
+            return self._server_says_retry
         return self.kind in TRANSIENT_KINDS
 
     def __str__(self) -> str:
@@ -350,14 +355,19 @@ def _classify_error(exc: BaseException) -> ClaudeInvocationError:
         else:  # a mid-stream error event of an unknown type on a 200 response
             kind = "server"
         where = f"HTTP {status}" + (f" {etype}" if etype else "")
-        return ClaudeInvocationError(
+        headers = getattr(exc.response, "headers", None)
+        error = ClaudeInvocationError(
             f"Claude API error ({kind}, {where}): {api_message}",
             status_code=status,
             details=exc.body,
             kind=kind,
             request_id=getattr(exc, "request_id", None),
-            retry_after=_retry_after_from(getattr(exc.response, "headers", None)),
+            retry_after=_retry_after_from(headers),
         )
+        should_retry = headers.get("x-should-retry") if headers is not None else None
+        if should_retry in ("true", "false"):
+            error._server_says_retry = should_retry == "true"
+        return error
     if isinstance(exc, anthropic.APITimeoutError) or isinstance(exc, (httpx2.TimeoutException, socket.timeout)):
         return ClaudeInvocationError(f"Claude API request timed out: {type(exc).__name__}", kind="timeout")
     if isinstance(exc, anthropic.APIConnectionError):
@@ -1420,7 +1430,7 @@ def _stream_message(
             try:
                 return _stream_attempt(params, sdk_client, call, on_text, on_start, stall_timeout is not None)
             except ClaudeInvocationError as error:
-                if attempt > retries or call.started or call.reason is not None or not _sdk_would_retry(error):
+                if attempt > retries or call.started or call.reason is not None or not error.transient:
                     raise
                 last = error
             finally:
@@ -1490,16 +1500,6 @@ def _stream_attempt(
     finally:
         _tls.call = previous
     return _response_from_message(message, request_id, str(params.get("model", "")))
-
-
-def _sdk_would_retry(error: ClaudeInvocationError) -> bool:
-    """The SDK's own rule for a failed attempt: the server's ``x-should-retry`` header when it sent
-    one, else the library's classification (429, 408, 409, 5xx, connection errors, timeouts)."""
-    response = getattr(error.__cause__, "response", None)
-    header = getattr(response, "headers", {}).get("x-should-retry") if response is not None else None
-    if header in ("true", "false"):
-        return header == "true"
-    return error.transient
 
 
 def _attempt_policy(retries: int) -> Any:

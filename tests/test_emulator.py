@@ -169,6 +169,16 @@ def test_fail_applies_to_streaming_before_any_event(emulator: Emulator) -> None:
             stream.get_final_message()
 
 
+def test_should_retry_directive_sets_the_header_the_sdk_obeys(emulator: Emulator) -> None:
+    resp = _post(emulator, _msg("x [[fail=503 should_retry=false]]"))
+    assert resp.status_code == 503 and resp.headers["x-should-retry"] == "false"
+    assert _post(emulator, _msg("x [[should_retry=maybe]]")).status_code == 400
+    client = _client(emulator, max_retries=2)
+    with pytest.raises(anthropic.InternalServerError):
+        client.messages.create(**_msg("once [[fail=503 should_retry=false]]"))
+    assert [r.prompt for r in emulator.message_requests()].count("once") == 1  # the SDK did not retry
+
+
 def test_times_limits_faults_to_first_attempts_and_sdk_retries(emulator: Emulator) -> None:
     client = _client(emulator, max_retries=2)
     msg = client.messages.create(**_msg("retry me [[fail=529 times=2 retry_after_ms=10]]"))

@@ -84,6 +84,14 @@ def test_stall_is_transient_and_retried(client_env) -> None:
     assert len(client_env.message_requests()) == 2
 
 
+def test_server_saying_do_not_retry_is_obeyed(client_env) -> None:
+    """x-should-retry: false makes a 529 permanent for invoke_with_retry (one request)."""
+    with pytest.raises(ClaudeInvocationError) as info:
+        invoke_with_retry("no [[fail=529 should_retry=false]]", max_tokens=20, **FAST)
+    assert info.value.kind == "overloaded" and info.value.attempts == 1
+    assert len(client_env.message_requests()) == 1
+
+
 def test_retry_after_ms_is_honoured(client_env) -> None:
     reply = invoke_with_retry("wait [[fail=429 times=1 retry_after=0 retry_after_ms=400]]",
                               max_tokens=20, base_delay_ms=1, max_delay_ms=2)

@@ -313,3 +313,17 @@ def test_transient_failure_is_still_retried_with_a_token(client_env):
     results = cc.invoke_parallel_interruptible([{"prompt": "[[fail=529 times=2]] p"}], interrupt_token=InterruptToken())
     assert list(results) == ["Echo: p"]
     assert [r.status for r in client_env.message_requests()] == [529, 529, 200]  # the SDK's 2 retries
+
+
+def test_library_retries_obey_the_servers_should_retry_header(client_env):
+    """With a token the library makes the SDK's retries itself, under the same rules: a 503 is
+    retried twice, unless the server says x-should-retry: false."""
+    results = cc.invoke_parallel_interruptible(
+        [{"prompt": "[[fail=503 times=2 retry_after_ms=10]] again"},
+         {"prompt": "[[fail=503 should_retry=false]] never"}],
+        interrupt_token=InterruptToken(), return_exceptions=True)
+    assert results[0] == "Echo: again"
+    assert isinstance(results[1], ClaudeInvocationError) and results[1].kind == "server"
+    assert not results[1].transient
+    prompts = [r.prompt for r in client_env.message_requests()]
+    assert prompts.count("again") == 3 and prompts.count("never") == 1
