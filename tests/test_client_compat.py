@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import claude_client as cc
+import _requests
 from claude_client import ClaudeInvocationError, MissingAPIKeyError
 
 pytestmark = pytest.mark.timeout(60)
@@ -253,7 +254,7 @@ def test_message_batches_builds_kinds_at_construction():
 def _norm(prompts, **kwargs):
     defaults = dict(shared_system=None, cache_shared_system=False, model=cc.DEFAULT_MODEL, max_tokens=64)
     defaults.update(kwargs)
-    return cc._normalize_prompts(prompts, **defaults)
+    return _requests.prompt_specs(prompts, **defaults)
 
 
 def test_normalize_accepts_any_mapping_and_builds_the_same_params():

@@ -20,6 +20,9 @@ import httpx2
 import pytest
 
 import claude_client as cc
+import _errors
+import _requests
+import _transport
 from claude_client import ClaudeInvocationError, ClaudeResponse, InterruptToken, Usage
 
 pytestmark = pytest.mark.timeout(60)
@@ -194,7 +197,7 @@ def test_cache_prompt_marks_the_last_user_message_not_a_prefill(client_env):
                {"role": "user", "content": [{"type": "text", "text": "c"}]}, {"role": "assistant", "content": "d"}]
     cc.invoke_claude_streaming(messages=history, cache_prompt=True, max_tokens=10)
     sent = client_env.message_requests()[1].body["messages"]
-    assert [cc._count_breakpoints(m) for m in sent] == [0, 0, 1, 0]
+    assert [_requests.count_breakpoints(m) for m in sent] == [0, 0, 1, 0]
     assert sent[2]["content"][-1]["cache_control"] == {"type": "ephemeral"}
 
 
@@ -277,20 +280,20 @@ def _status_error(status: int, message: str, etype: str = "invalid_request_error
 
 
 def test_error_from_classification_table():
-    assert cc._error_from(_status_error(400, "prompt is too long: 210000 tokens > 200000 maximum")).kind == "context_overflow"
-    assert cc._error_from(_status_error(400, "input length and `max_tokens` exceed context limit")).kind == "context_overflow"
-    assert cc._error_from(_status_error(400, "messages: field required")).kind == "bad_request"
-    assert cc._error_from(_status_error(422, "unprocessable")).kind == "bad_request"
+    assert _errors.translate(_status_error(400, "prompt is too long: 210000 tokens > 200000 maximum")).kind == "context_overflow"
+    assert _errors.translate(_status_error(400, "input length and `max_tokens` exceed context limit")).kind == "context_overflow"
+    assert _errors.translate(_status_error(400, "messages: field required")).kind == "bad_request"
+    assert _errors.translate(_status_error(422, "unprocessable")).kind == "bad_request"
     overloaded_mid_stream = _status_error(200, "Overloaded", "overloaded_error")
-    assert cc._error_from(overloaded_mid_stream).kind == "overloaded"
+    assert _errors.translate(overloaded_mid_stream).kind == "overloaded"
     request = httpx2.Request("POST", "http://127.0.0.1/v1/messages")
-    assert cc._error_from(anthropic.APITimeoutError(request=request)).kind == "timeout"
-    assert cc._error_from(anthropic.APIConnectionError(request=request)).kind == "connection"
-    assert cc._error_from(httpx2.RemoteProtocolError("peer closed")).kind == "connection"
-    plain = cc._error_from(ValueError("x"))
+    assert _errors.translate(anthropic.APITimeoutError(request=request)).kind == "timeout"
+    assert _errors.translate(anthropic.APIConnectionError(request=request)).kind == "connection"
+    assert _errors.translate(httpx2.RemoteProtocolError("peer closed")).kind == "connection"
+    plain = _errors.translate(ValueError("x"))
     assert plain.kind is None and not plain.transient
     same = ClaudeInvocationError("y", kind="stalled")
-    assert cc._error_from(same) is same and same.transient
+    assert _errors.translate(same) is same and same.transient
     assert cc.TRANSIENT_KINDS == frozenset({"rate_limit", "overloaded", "server", "connection", "timeout", "stalled"})
 
 
@@ -364,8 +367,8 @@ def test_one_shared_client_and_pooled_connections(client_env):
     for t in threads:
         t.join()
     assert all(c is first for c in seen)
-    assert cc._client_for(max_retries=0) is cc._client_for(max_retries=0)
-    assert cc._client_for(max_retries=0)._client is first._client  # same connection pool
+    assert _transport._sending_view(first) is _transport._sending_view(first)
+    assert _transport._sending_view(first)._client is first._client  # same connection pool
     for i in range(200):
         assert cc.invoke_claude(f"n{i}") == f"Echo: n{i}"
     assert client_env.connection_count <= 3

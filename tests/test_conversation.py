@@ -7,6 +7,7 @@ import threading
 import pytest
 
 import claude_client as cc
+import _requests
 from claude_client import ClaudeInvocationError, ConversationThread, InterruptToken
 
 pytestmark = pytest.mark.timeout(60)
@@ -15,7 +16,7 @@ LONG_SYSTEM = " ".join(f"guideline {i}: answer with care and cite sources." for 
 
 
 def _breakpoints(body: dict) -> int:
-    return sum(cc._count_breakpoints(body.get(k)) for k in ("tools", "system", "messages"))
+    return sum(_requests.count_breakpoints(body.get(k)) for k in ("tools", "system", "messages"))
 
 
 def test_ten_turns_read_growing_cache(client_env):
@@ -50,7 +51,7 @@ def test_history_shape_and_copies(client_env):
     history[0]["content"][0]["text"] = "tampered"
     assert chat.get_messages()[0]["content"][0]["text"] == "first question"
     last_body = client_env.message_requests()[-1].body
-    assert last_body["system"] == [{"type": "text", "text": "be brief"}]
+    assert last_body["system"] == "be brief"  # one uncached text block is sent as a string
     assert last_body["messages"][0]["content"][-1]["cache_control"] == {"type": "ephemeral"}
     assert last_body["messages"][2]["content"][-1]["cache_control"] == {"type": "ephemeral"}
     chat.clear()
@@ -220,7 +221,7 @@ def test_system_and_cache_system_changes_apply_to_the_next_send(client_env):
     chat.send("four")
     bodies = [r.body for r in client_env.message_requests()]
     assert bodies[0]["system"] == [{"type": "text", "text": "OLD SYSTEM", "cache_control": {"type": "ephemeral"}}]
-    assert bodies[1]["system"] == [{"type": "text", "text": "NEW SYSTEM"}]
+    assert bodies[1]["system"] == "NEW SYSTEM"
     assert bodies[2]["system"] == [{"type": "text", "text": "rule A"},
                                    {"type": "text", "text": "rule B", "cache_control": {"type": "ephemeral"}}]
     assert "system" not in bodies[3]

@@ -89,15 +89,24 @@ def test_is_transient_reads_the_flag() -> None:
     "kwargs,name",
     [
         ({"max_retries": -1}, "max_retries"),
-        ({"max_retries": 1.5}, "max_retries"),
         ({"base_delay_ms": -5}, "base_delay_ms"),
-        ({"max_delay_ms": "10"}, "max_delay_ms"),
         ({"base_delay_ms": 500, "max_delay_ms": 100}, "max_delay_ms"),
+        ({"base_delay_ms": float("inf"), "max_delay_ms": float("inf")}, "base_delay_ms"),
+        ({"max_delay_ms": float("nan")}, "max_delay_ms"),
         ({"jitter": "random"}, "jitter"),
     ],
 )
 def test_policy_validation_names_the_parameter(kwargs: dict, name: str) -> None:
     with pytest.raises(ValueError, match=name):
+        RetryPolicy(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [({"max_retries": 1.5}, "max_retries"), ({"max_delay_ms": "10"}, "max_delay_ms"), ({"jitter": 1}, "jitter")],
+)
+def test_policy_wrong_types_raise_type_error(kwargs: dict, name: str) -> None:
+    with pytest.raises(TypeError, match=name):
         RetryPolicy(**kwargs)
 
 

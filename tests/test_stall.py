@@ -89,9 +89,15 @@ def test_stop_monitoring_joins_and_context_manager():
     assert not d.monitoring and len(_stall_threads()) == before
 
 
-@pytest.mark.parametrize("timeout", [0, -1, "5", True])
-def test_detector_validation(timeout):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("timeout", [0, -1, float("inf"), float("nan")])
+def test_detector_validation_bad_value(timeout):
+    with pytest.raises(ValueError, match="timeout"):
+        StallDetector(timeout=timeout)
+
+
+@pytest.mark.parametrize("timeout", ["5", True, None])
+def test_detector_validation_wrong_type(timeout):
+    with pytest.raises(TypeError, match="timeout"):
         StallDetector(timeout=timeout)
 
 

@@ -1,0 +1,202 @@
+"""The parallel fan-out behind ``invoke_parallel*``: many requests on a thread pool, results in
+input order.
+
+Each slot settles itself when its work ends (the pattern of ``concurrent.futures``' work items):
+a reply, an error, or nothing (interrupted or never started). The run only reads the settled
+slots, at the end or at the moment it is interrupted, so an interrupt or a Ctrl-C keeps every
+finished result. Requests go through :func:`_transport.send`, one at a time per worker.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Optional, Sequence
+
+import anthropic
+
+from _errors import ClaudeInvocationError
+from _interrupt import InterruptToken, subscribe, unsubscribe
+from _requests import PromptSpec
+from _results import ClaudeResponse, ParallelResults, totals
+from _retry import RetryPolicy
+from _transport import send
+
+logger = logging.getLogger(__name__)
+
+#: ``on_settle(index, outcome)``: a reply or an exception, called once per finished slot.
+SettleHook = Callable[[int, Any], None]
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C (``KeyboardInterrupt``) during a parallel or managed run, with what had finished.
+
+    The requests in flight are aborted; ``results`` is the run's :class:`ParallelResults` (the
+    finished replies in their slots, None elsewhere) and ``errors`` maps index -> exception.
+    Catch it as ``KeyboardInterrupt`` or by name:
+
+    >>> try:
+    ...     results = invoke_parallel(prompts)
+    ... except RunInterrupted as stop:
+    ...     results = stop.results          # keep what finished
+    """
+
+    def __init__(self, results: ParallelResults) -> None:
+        done = sum(1 for r in results if isinstance(r, ClaudeResponse))
+        super().__init__(f"interrupted: {done} of {len(results)} requests had finished")
+        self.results = results
+        self.errors = results.errors
+
+
+RunInterrupted.__module__ = "claude_client"
+
+
+def check_callbacks(callbacks: Any, n: int) -> None:
+    """Validate a ``callbacks`` list: one callable (or None) per prompt."""
+    if callbacks is None:
+        return
+    if isinstance(callbacks, (str, bytes)) or not isinstance(callbacks, Sequence):
+        raise TypeError(f"callbacks must be a list (one per prompt) or None, got {type(callbacks).__name__}")
+    if len(callbacks) != n:
+        raise ValueError(f"callbacks has {len(callbacks)} entries but there are {n} prompts")
+    for i, cb in enumerate(callbacks):
+        if cb is not None and not callable(cb):
+            raise TypeError(f"callbacks[{i}] must be callable or None")
+
+
+class _Run:
+    """One fan-out: the slots, the run's own token and the countdown to the last settled slot."""
+
+    def __init__(self, n: int, token: InterruptToken, on_settle: Optional[SettleHook]) -> None:
+        self.results: list[Any] = [None] * n
+        self.errors: dict[int, BaseException] = {}
+        self.token = token
+        self.on_settle = on_settle
+        self.wake = threading.Event()
+        self._lock = threading.Lock()
+        self._left = n
+        if n == 0:
+            self.wake.set()
+
+    def settle(self, index: int, outcome: Any) -> None:
+        """Record slot ``index``: a reply, an exception, or None (interrupted / not started)."""
+        if isinstance(outcome, BaseException):
+            self.errors[index] = outcome
+        elif outcome is not None:
+            self.results[index] = outcome
+        if outcome is not None and self.on_settle is not None:
+            try:
+                self.on_settle(index, outcome)
+            except Exception:
+                logger.exception("a settle hook raised (slot %d)", index)
+        with self._lock:
+            self._left -= 1
+            last = self._left == 0
+        if last:
+            self.wake.set()
+
+    def snapshot(self, return_exceptions: bool) -> ParallelResults:
+        results = list(self.results)
+        errors = dict(self.errors)
+        usage, cost = totals(results)
+        if return_exceptions:
+            for index, error in errors.items():
+                results[index] = error
+        return ParallelResults(results, usage=usage, cost_usd=cost, errors=errors)
+
+
+def run_parallel(
+    specs: list[PromptSpec],
+    *,
+    client: anthropic.Anthropic,
+    policy: RetryPolicy,
+    max_workers: int,
+    callbacks: Optional[Sequence[Optional[Callable[[str], Any]]]],
+    return_exceptions: bool,
+    interrupt_token: Optional[InterruptToken],
+    pilot: bool,
+    stall_timeout: Optional[float],
+    on_settle: Optional[SettleHook] = None,
+) -> ParallelResults:
+    """Send every spec (``specs[i].index`` is its slot) and return the settled slots.
+
+    With ``pilot``, spec 0 goes first and the rest start when its response begins (prompt-cache
+    reads instead of writes). Raises one ``ClaudeInvocationError`` carrying ``.results`` and
+    ``.errors`` when something failed, unless ``return_exceptions``. A ``KeyboardInterrupt`` while
+    waiting aborts what is in flight and is raised as :class:`RunInterrupted`.
+    """
+    n = len(specs)
+    token = InterruptToken()  # the run's own: the caller's token and a Ctrl-C both feed it
+    run = _Run(n, token, on_settle)
+    if n == 0 or (interrupt_token is not None and interrupt_token.is_interrupted()):
+        return run.snapshot(return_exceptions)
+    link = subscribe(interrupt_token, token.interrupt) if interrupt_token is not None else None
+
+    def work(spec: PromptSpec, on_start: Optional[Callable[[], Any]]) -> None:
+        outcome: Any = None
+        try:
+            if not token.is_interrupted():
+                on_text = callbacks[spec.index] if callbacks is not None else None
+                outcome = send(spec.params, client=client, policy=policy, on_text=on_text, on_start=on_start,
+                               interrupt=token, stall_timeout=stall_timeout)
+        except ClaudeInvocationError as error:
+            outcome = None if error.kind == "interrupted" else error
+        except BaseException as error:  # a programming error: it fails its own slot only
+            outcome = error
+        finally:
+            run.settle(spec.index, outcome)
+
+    wake_handle = subscribe(token, run.wake.set)
+    executor = ThreadPoolExecutor(max_workers=min(max_workers, n), thread_name_prefix="claude-parallel")
+    stopped = False
+    try:
+        rest = specs
+        if pilot:
+            released = threading.Event()
+            release_handle = subscribe(token, released.set)
+            pilot_future = executor.submit(work, specs[0], released.set)
+            pilot_future.add_done_callback(lambda _f: released.set())
+            released.wait()
+            unsubscribe(token, release_handle)
+            rest = specs[1:]
+        for spec in rest:
+            if token.is_interrupted():
+                run.settle(spec.index, None)
+            else:
+                executor.submit(work, spec, None)
+        run.wake.wait()
+        stopped = token.is_interrupted()
+    except BaseException as exc:
+        stopped = True
+        token.interrupt()  # e.g. Ctrl-C while waiting: abort what is in flight
+        if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, RunInterrupted):
+            raise RunInterrupted(run.snapshot(return_exceptions)) from exc
+        raise
+    finally:
+        unsubscribe(token, wake_handle)
+        if link is not None:
+            unsubscribe(interrupt_token, link)  # type: ignore[arg-type]
+        # On interrupt the in-flight workers had their sockets shut down and leave promptly;
+        # do not wait for them here (queued ones are cancelled).
+        executor.shutdown(wait=not stopped, cancel_futures=True)
+
+    results = run.snapshot(return_exceptions)
+    if results.errors and not return_exceptions:
+        raise failure_of(results, n)
+    return results
+
+
+def failure_of(results: ParallelResults, n: int) -> ClaudeInvocationError:
+    """The one error a run raises when some of its ``n`` requests failed."""
+    errors = results.errors
+    first_index = min(errors)
+    first = errors[first_index]
+    ok = sum(1 for r in results if isinstance(r, ClaudeResponse))
+    message = (f"{len(errors)} of {n} parallel requests failed ({ok} succeeded); "
+               f"first failure, prompts[{first_index}]: {first}")
+    if isinstance(first, ClaudeInvocationError):
+        error = first.derive(message, results=results, errors=errors)
+    else:
+        error = ClaudeInvocationError(message, results=results, errors=errors)
+    error.__cause__ = first
+    return error

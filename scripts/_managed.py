@@ -1,0 +1,521 @@
+"""The managed fan-out behind ``orchestration.invoke_parallel_managed``: retries scheduled
+without holding a worker or a slot, a FIFO-fair limiter, a shared 429 pause and a task tracker.
+
+Each attempt is one request through :func:`_transport.send` with no retries of its own; the run
+decides about the next attempt with the same :class:`_retry.RetryPolicy` parts as every other path.
+"""
+from __future__ import annotations
+
+import collections
+import heapq
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+from _errors import ClaudeInvocationError, translate
+from _fanout import RunInterrupted, check_callbacks
+from _interrupt import InterruptToken, check_token, subscribe, unsubscribe
+from _limits import ConcurrencyLimiter, RateLimitGate, add_listener, remove_listener, wait_for_slot
+from _requests import DEFAULT_MODEL, prompt_specs
+from _results import ParallelResults, totals
+from _retry import NO_RETRY, RetryPolicy
+from _transport import get_client, send
+from _validation import check_bool, check_callable, check_optional_seconds, check_positive_int
+from task_state import TaskState, TaskTracker, TerminalReason
+
+logger = logging.getLogger(__name__)
+
+_MANAGED_KEYS = frozenset({"task_id", "category"})
+_POLL_S = 0.05  # fallback wake-up of idle workers (interrupts and releases also wake them at once)
+
+
+@dataclass
+class _Task:
+    index: int
+    task_id: str
+    category: Optional[str]
+    params: dict
+    on_text: Optional[Callable[[str], Any]] = None
+
+
+def _validate_managed_prompts(prompts: Any, where: str = "prompts") -> List[Dict[str, Any]]:
+    """Copies of the prompt dicts with ``task_id`` filled in; checks ids and categories."""
+    if isinstance(prompts, (str, bytes, Mapping)) or not isinstance(prompts, Sequence):
+        raise TypeError(f"{where} must be a list of dicts, got {type(prompts).__name__}")
+    out: List[Dict[str, Any]] = []
+    seen: Dict[str, int] = {}
+    for i, item in enumerate(prompts):
+        if not isinstance(item, Mapping):
+            raise TypeError(f"{where}[{i}] must be a dict with a 'prompt' key, got {type(item).__name__}")
+        copy_ = dict(item)
+        tid = copy_.get("task_id", f"task-{i}")
+        if not isinstance(tid, str) or not tid:
+            raise ValueError(f"{where}[{i}]['task_id'] must be a non-empty str, got {tid!r}")
+        if tid in seen:
+            raise ValueError(
+                f"{where}[{i}]['task_id'] {tid!r} is not unique: {where}[{seen[tid]}] has the same id "
+                "(ids default to 'task-<index>')"
+            )
+        seen[tid] = i
+        cat = copy_.get("category")
+        if cat is not None and not isinstance(cat, str):
+            raise ValueError(f"{where}[{i}]['category'] must be a str or None, got {cat!r}")
+        copy_["task_id"] = tid
+        out.append(copy_)
+    return out
+
+
+class _ManagedRun:
+    """Scheduler of one invoke_parallel_managed call (one lock: ``self._cond``).
+
+    Ready tasks wait in one min-heap per category keyed by input index (so the oldest task goes
+    first and a retry that is due goes before newer tasks); retries wait their backoff in a heap of
+    due times. Workers only pick a task once the gate is open: the oldest ready task whose category
+    the limiter admits now (``try_acquire``); if none, one worker per category joins the limiter's
+    FIFO queue with the oldest task of a category, so a limiter shared with other runs or callers
+    serves everyone in turn. Neither a backoff nor a pause holds a slot.
+    """
+
+    def __init__(self, tasks: List[_Task], *, tracker: TaskTracker, limiter: ConcurrencyLimiter,
+                 policy: RetryPolicy, gate: RateLimitGate, client: Any, token: Any,
+                 stall_timeout: Optional[float], on_stall: Optional[Callable[[str, float], Any]],
+                 pilot: Optional[int], rng: random.Random) -> None:
+        self.tasks = tasks
+        self.tracker = tracker
+        self.limiter = limiter
+        self.policy = policy
+        self.gate = gate
+        self.client = client
+        self.token = token
+        self.stall_timeout = stall_timeout
+        self.on_stall = on_stall
+        self.rng = rng
+        self._cond = threading.Condition()
+        self._ready: Dict[Optional[str], List[int]] = collections.defaultdict(list)
+        self._delayed: List[Tuple[float, int]] = []
+        self._pending = len(tasks)  # tasks not yet ended
+        self._running: set = set()
+        self._queued: set = set()  # categories a worker of this run is queued for in the limiter
+        self.results: Dict[int, Any] = {}
+        self.errors: Dict[int, BaseException] = {}
+        self.fatal: Optional[BaseException] = None
+        self._pilot = pilot
+        self._hold = pilot is not None  # hold the others until the pilot's response has begun
+        for pos, task in enumerate(tasks):
+            self._ready[task.category].append(pos)  # already in index order: a valid heap
+
+    # ------------------------------------------------------------------ control
+    def _stopped(self) -> bool:
+        return self.fatal is not None or (self.token is not None and self.token.is_interrupted())
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _release_hold(self) -> None:
+        with self._cond:
+            if self._hold:
+                self._hold = False
+                self._cond.notify_all()
+
+    # ------------------------------------------------------------------ worker
+    def worker(self) -> None:
+        try:
+            while True:
+                picked = self._next_task()
+                if picked is None:
+                    return
+                pos, has_slot = picked
+                if has_slot or self._queue_for_slot(pos):
+                    self._attempt(pos)
+        except BaseException as exc:  # a bug or a misused shared limiter/tracker: stop the run, re-raise
+            logger.exception("managed worker failed; stopping the run")
+            with self._cond:
+                if self.fatal is None:
+                    self.fatal = exc
+                self._cond.notify_all()
+
+    def _next_task(self) -> Optional[Tuple[int, bool]]:
+        """The next task and whether it holds a limiter slot already (else: queue for one)."""
+        with self._cond:
+            while True:
+                if self._pending == 0 or self._stopped():
+                    self._cond.notify_all()
+                    return None
+                now = time.monotonic()
+                while self._delayed and self._delayed[0][0] <= now:
+                    _, pos = heapq.heappop(self._delayed)
+                    heapq.heappush(self._ready[self.tasks[pos].category], pos)
+                wait = _POLL_S
+                paused = self.gate.remaining()
+                if paused > 0:
+                    wait = min(wait, paused)
+                else:
+                    picked = self._pick()
+                    if picked is not None:
+                        if picked[1]:
+                            self._running.add(picked[0])
+                        return picked
+                if self._delayed:
+                    wait = min(wait, max(0.0, self._delayed[0][0] - now))
+                self._cond.wait(wait)
+
+    def _pick(self) -> Optional[Tuple[int, bool]]:
+        # Lock held. The oldest ready task whose category the limiter admits now (with its slot);
+        # else the oldest one of a category no worker of this run is queued for (to queue for it).
+        heads = sorted((heap[0], cat) for cat, heap in self._ready.items() if heap)
+        if self._hold:
+            heads = [h for h in heads if h[0] == self._pilot]
+        for pos, cat in heads:
+            if self.limiter.try_acquire(cat):
+                heapq.heappop(self._ready[cat])
+                return pos, True
+        for pos, cat in heads:
+            if cat not in self._queued:
+                self._queued.add(cat)
+                heapq.heappop(self._ready[cat])
+                return pos, False
+        return None
+
+    def _queue_for_slot(self, pos: int) -> bool:
+        """Wait in the limiter's FIFO queue for a slot for task ``pos`` (no run lock held).
+
+        True: the slot is held and the task is RUNNING-bound. False: the task went back to the
+        ready heap (the run stopped, or a rate-limit pause began while waiting).
+        """
+        cat = self.tasks[pos].category
+        granted = False
+        try:
+            granted = wait_for_slot(self.limiter, cat, self._stopped)
+        finally:
+            with self._cond:
+                self._queued.discard(cat)
+                keep = granted and not self._stopped() and self.gate.remaining() <= 0
+                if keep:
+                    self._running.add(pos)
+                else:
+                    heapq.heappush(self._ready[cat], pos)
+                self._cond.notify_all()
+        if granted and not keep:
+            self.limiter.release(cat)
+        return keep
+
+    def _attempt(self, pos: int) -> None:
+        task = self.tasks[pos]
+        on_start = self._release_hold if pos == self._pilot else None
+        response = error = None
+        try:
+            self.tracker.claim(task.task_id)
+            self.tracker.start(task.task_id)
+            try:
+                response = send(task.params, client=self.client, policy=NO_RETRY, on_start=on_start,
+                                on_text=task.on_text, interrupt=self.token, stall_timeout=self.stall_timeout)
+            except Exception as exc:
+                error = translate(exc)
+                if error is not exc:
+                    error.__cause__ = exc
+                if error.kind == "rate_limit" and error.retry_after:
+                    # before the slot goes back, so no woken worker sends inside the pause
+                    self.gate.pause_for(min(error.retry_after, self.policy.max_retry_after_s))
+        finally:
+            self.limiter.release(task.category)
+        if pos == self._pilot:
+            self._release_hold()  # the pilot ended before its response began (failure): release the rest
+        if error is not None and error.kind == "stalled" and self.on_stall is not None:
+            try:
+                self.on_stall(task.task_id, float(self.stall_timeout or 0.0))
+            except Exception:
+                logger.exception("on_stall callback raised for task %r", task.task_id)
+        with self._cond:
+            self._running.discard(pos)
+            self._settle(pos, response, error)
+            self._cond.notify_all()
+
+    def _settle(self, pos: int, response: Any, error: Optional[ClaudeInvocationError]) -> None:
+        # Lock held.
+        task = self.tasks[pos]
+        if error is None:
+            self.tracker.complete(task.task_id, result=response)
+            self.results[task.index] = response
+            self._pending -= 1
+            return
+        if error.kind == "interrupted":
+            self.tracker.cancel(task.task_id, TerminalReason.INTERRUPTED)
+            self._pending -= 1
+            return
+        reason = None
+        if error.kind == "stalled":  # a stall on the last attempt ends the task as STALLED
+            current = self.tracker.get(task.task_id)
+            if current.attempts >= current.max_attempts:
+                reason = TerminalReason.STALLED
+        info = self.tracker.fail(task.task_id, error=error, transient=error.transient, reason=reason)
+        if info.can_retry and not self._stopped():
+            self.tracker.retry(task.task_id)
+            delay = self.policy.delay_for(info.attempts, error, self.rng)
+            logger.info("task %r: attempt %d of %d failed (%s); retry in %.3f s", task.task_id, info.attempts,
+                        info.max_attempts, error.kind, delay)
+            heapq.heappush(self._delayed, (time.monotonic() + delay, pos))
+            return
+        if info.can_retry:  # interrupted while it could still retry
+            self.tracker.cancel(task.task_id, TerminalReason.INTERRUPTED)
+        else:
+            final = _final_error(error, info.attempts, f"task {task.task_id!r}")
+            self.errors[task.index] = final
+        self._pending -= 1
+
+    # ------------------------------------------------------------------ after the run
+    def cancel_leftovers(self) -> None:
+        """Mark every task that never ended as INTERRUPTED (after the workers have left)."""
+        with self._cond:
+            for pos, task in enumerate(self.tasks):
+                if pos in self._running:
+                    continue  # its worker records the outcome
+                info = self.tracker.get(task.task_id)
+                if not info.is_terminal:
+                    reason = TerminalReason.CANCELLED if self.fatal is not None else TerminalReason.INTERRUPTED
+                    self.tracker.cancel(task.task_id, reason)
+
+
+def invoke_parallel_managed(
+    prompts: List[Dict[str, Any]],
+    *,
+    model: str = DEFAULT_MODEL,
+    max_tokens: int = 4096,
+    max_workers: int = 5,
+    shared_system: Union[str, list, None] = None,
+    cache_shared_system: bool = False,
+    max_retries: Optional[int] = None,
+    base_delay_ms: Optional[float] = None,
+    max_delay_ms: Optional[float] = None,
+    reconcile: Optional[Callable[[List[Dict[str, Any]], TaskTracker], Sequence[Mapping[str, Any]]]] = None,
+    concurrency_limiter: Optional[ConcurrencyLimiter] = None,
+    stall_timeout: Optional[float] = None,
+    on_stall: Optional[Callable[[str, float], Any]] = None,
+    interrupt_token: Optional[InterruptToken] = None,
+    tracker: Optional[TaskTracker] = None,
+    return_exceptions: bool = False,
+    cache_pilot: bool = True,
+    policy: Optional[RetryPolicy] = None,
+    api_key: Optional[str] = None,
+    base_url: Optional[str] = None,
+    callbacks: Optional[Sequence[Optional[Callable[[str], Any]]]] = None,
+) -> ParallelResults:
+    """Run many prompts with retries, concurrency limits, a shared rate-limit pause and a task tracker.
+
+    Each prompt dict takes the keys of :func:`claude_client.invoke_parallel` (``prompt``,
+    ``system``, ``temperature``, ``cache_system``, ``cache_prompt``, ``model``, ``max_tokens``)
+    plus ``task_id`` (a unique non-empty str; default ``f"task-{index}"`` as in the seed) and
+    ``category`` (the limiter category; default None). Everything is validated before any request.
+
+    Steps:
+
+    1. ``reconcile(prompts, tracker)`` (optional) gets copies of the prompts (``task_id`` filled in)
+       and the tracker *before* this run adds anything, and returns the prompts to run. They are
+       matched to their input slot by ``task_id`` (modified copies are fine; ids must be unique and
+       come from the input). Prompts it leaves out are not run: a tracker entry is recorded as
+       CANCELLED / ``RECONCILED_AWAY`` unless the tracker already holds that id; their slot gets the
+       tracker's stored result when the tracker holds that id as COMPLETED (resuming a run), else None.
+    2. Every task to run is added to the tracker (an id the tracker holds in a terminal state is
+       replaced; one that is still active raises ``ValueError``).
+    3. Dispatch: at most ``max_workers`` requests in flight, and never more than the
+       ``concurrency_limiter`` allows (default: a private ``ConcurrencyLimiter(max_workers)``);
+       oldest task first among those whose category has room. With ``cache_shared_system`` and a
+       ``shared_system``, the first task goes alone and the rest start when its response begins
+       (``cache_pilot=False`` turns that off).
+    4. A transient failure (429, 408, 409, 5xx/529, connection, timeout, mid-stream overloaded,
+       a stall past ``stall_timeout``) moves the task FAILED -> RETRY_QUEUED; it waits its backoff
+       (``RetryPolicy(max_retries, base_delay_ms, max_delay_ms)`` or ``policy=``) holding neither
+       a slot nor a worker, then goes before newer tasks. A 429 carrying ``retry-after`` pauses
+       dispatch for every worker of the run until it has passed. ``on_stall(task_id, seconds)`` is
+       called on a stall. Attempts per task: at most ``max_retries + 1`` (SDK retries are off).
+    ``callbacks[i](chunk)`` (optional, one per prompt, as in
+    :func:`claude_client.invoke_parallel_streaming`) gets every text chunk of prompt ``i`` on a
+    worker thread; a retried task streams again from the start (the tracker's RUNNING state with
+    a higher ``attempt`` says so).
+
+    5. ``interrupt_token.interrupt()`` stops dispatch, aborts the requests in flight and returns
+       promptly; unfinished tasks end CANCELLED / ``INTERRUPTED`` with None in their slot.
+
+    Returns a :class:`claude_client.ParallelResults` in input order: the reply where a task
+    succeeded, otherwise None. Failures do not raise: ``results.errors`` maps index -> the final
+    ``ClaudeInvocationError`` (with ``.attempts``, last cause chained) and the tracker says why each
+    task ended (pass your own ``tracker`` to read it). ``return_exceptions=True`` puts those errors in
+    their slots instead of None. ``results.usage`` / ``results.cost_usd`` sum the successful requests
+    of this run (results taken over from the tracker by reconcile are not counted again).
+
+    >>> tracker = TaskTracker()
+    >>> results = invoke_parallel_managed(
+    ...     [{"prompt": "a", "task_id": "a", "category": "search"}, {"prompt": "b", "task_id": "b"}],
+    ...     max_workers=8, concurrency_limiter=ConcurrencyLimiter(8, {"search": 2}), tracker=tracker)
+    >>> tracker.reason_counts()["succeeded"], results.errors
+    """
+    check_positive_int(max_workers, "max_workers")
+    check_bool(return_exceptions, "return_exceptions")
+    check_bool(cache_pilot, "cache_pilot")
+    check_token(interrupt_token)
+    stall = check_optional_seconds(stall_timeout, "stall_timeout")
+    policy = resolve_policy(policy, max_retries=max_retries, base_delay_ms=base_delay_ms, max_delay_ms=max_delay_ms)
+    if concurrency_limiter is not None and not isinstance(concurrency_limiter, ConcurrencyLimiter):
+        raise TypeError(
+            f"concurrency_limiter must be a ConcurrencyLimiter or None, got {type(concurrency_limiter).__name__}"
+        )
+    if tracker is not None and not isinstance(tracker, TaskTracker):
+        raise TypeError(f"tracker must be a TaskTracker or None, got {type(tracker).__name__}")
+    check_callable(reconcile, "reconcile")
+    check_callable(on_stall, "on_stall")
+
+    def normalize(items: Sequence[Mapping[str, Any]]) -> list:
+        return prompt_specs(items, shared_system=shared_system, cache_shared_system=cache_shared_system,
+                            model=model, max_tokens=max_tokens, extra_keys=_MANAGED_KEYS)
+
+    originals = _validate_managed_prompts(prompts)
+    normalize(originals)  # every prompt is valid before reconcile or any request
+    check_callbacks(callbacks, len(originals))
+    index_of = {p["task_id"]: i for i, p in enumerate(originals)}
+    tracker = tracker if tracker is not None else TaskTracker(max_retries=policy.max_retries)
+
+    to_run = originals
+    if reconcile is not None:
+        returned = reconcile([dict(p) for p in originals], tracker)
+        to_run = _validate_managed_prompts(returned, "reconcile(...) result")
+        for j, p in enumerate(to_run):
+            if "task_id" not in returned[j]:
+                raise ValueError(f"reconcile(...) result[{j}] has no 'task_id'; every prompt it returns needs one")
+            if p["task_id"] not in index_of:
+                raise ValueError(f"reconcile(...) result[{j}] has task_id {p['task_id']!r}, which is not in prompts")
+    specs = normalize(to_run)
+    for p in to_run:
+        info = tracker.get(p["task_id"]) if p["task_id"] in tracker else None
+        if info is not None and not info.is_terminal:
+            raise ValueError(f"task_id {p['task_id']!r} is still active in the tracker (state {info.state.value})")
+
+    n = len(originals)
+    slots: List[Any] = [None] * n
+    run_ids = {p["task_id"] for p in to_run}
+    for p in originals:  # reconciled away
+        tid = p["task_id"]
+        if tid in run_ids:
+            continue
+        if tid not in tracker:
+            tracker.add(tid, p.get("category"), max_retries=policy.max_retries)
+            tracker.cancel(tid, TerminalReason.RECONCILED_AWAY)
+        else:
+            info = tracker.get(tid)
+            if info.state is TaskState.COMPLETED:
+                slots[index_of[tid]] = info.result
+    tasks = []
+    for p, spec in zip(to_run, specs):
+        tracker.add(p["task_id"], p.get("category"), max_retries=policy.max_retries, replace=True)
+        index = index_of[p["task_id"]]
+        on_text = callbacks[index] if callbacks is not None else None
+        tasks.append(_Task(index, p["task_id"], p.get("category"), spec.params, on_text))
+    tasks.sort(key=lambda t: t.index)
+
+    # The run's own token: the caller's token feeds it, and so does an exception (Ctrl-C) in the
+    # thread driving the run, so in-flight requests are aborted either way.
+    token = InterruptToken()
+    link = subscribe(interrupt_token, token.interrupt) if interrupt_token is not None else None
+    pilot = None
+    if (cache_pilot and cache_shared_system and shared_system is not None and len(tasks) > 1
+            and "system" in tasks[0].params):
+        pilot = 0
+    run = _ManagedRun(
+        tasks,
+        tracker=tracker,
+        limiter=concurrency_limiter or ConcurrencyLimiter(max_workers),
+        policy=policy,
+        gate=RateLimitGate(),
+        client=get_client(api_key=api_key, base_url=base_url) if tasks else None,
+        token=token,
+        stall_timeout=stall,
+        on_stall=on_stall,
+        pilot=pilot,
+        rng=random.Random(),
+    )
+
+    def settled() -> ParallelResults:
+        out = list(slots)
+        for index, response in list(run.results.items()):
+            out[index] = response
+        usage, cost = totals(list(run.results.values()))  # not results taken over by reconcile
+        errors = dict(run.errors)
+        if return_exceptions:
+            for index, err in errors.items():
+                out[index] = err
+        return ParallelResults(out, usage=usage, cost_usd=cost, errors=errors)
+
+    try:
+        if tasks:
+            _drive(run, min(max_workers, len(tasks)))
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, RunInterrupted):
+            raise
+        raise RunInterrupted(settled()) from exc
+    finally:
+        if link is not None:
+            unsubscribe(interrupt_token, link)  # type: ignore[arg-type]
+    return settled()
+
+
+def _drive(run: _ManagedRun, workers: int) -> None:
+    """Run the workers until every task has ended or the run is interrupted."""
+    handle = subscribe(run.token, run.wake)
+    add_listener(run.limiter, run.wake)
+    threads = [threading.Thread(target=run.worker, name=f"claude-managed-{i}", daemon=True) for i in range(workers)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            while t.is_alive():
+                t.join(0.1)
+                if run._stopped():
+                    run.token.interrupt()  # a crashed worker (fatal) stops the others' requests too
+                    # in-flight requests were aborted by the token; their workers leave at once
+                    t.join(5.0)
+                    if t.is_alive():  # pragma: no cover - defensive
+                        logger.warning("worker %s still busy 5 s after the interrupt", t.name)
+                        break
+    except BaseException:
+        # e.g. Ctrl-C in the caller's thread: abort what is in flight, let the workers leave, re-raise
+        run.token.interrupt()
+        for t in threads:
+            t.join(1.0)
+        raise
+    finally:
+        remove_listener(run.limiter, run.wake)
+        unsubscribe(run.token, handle)
+        run.cancel_leftovers()
+    if run.fatal is not None:
+        raise run.fatal
+
+
+invoke_parallel_managed.__module__ = "orchestration"
+
+
+def _final_error(last: ClaudeInvocationError, attempts: int, what: str = "Claude call") -> ClaudeInvocationError:
+    """``last`` with the attempt count in its message (every other field kept), chained to it."""
+    plural = "attempt" if attempts == 1 else "attempts"
+    final = last.derive(f"{what} failed after {attempts} {plural} ({last.kind or 'error'}): {last}", attempts=attempts)
+    final.__cause__ = last
+    return final
+
+
+_DEFAULTS = {"max_retries": 3, "base_delay_ms": 1000.0, "max_delay_ms": 10000.0}
+
+
+def resolve_policy(policy: Optional[RetryPolicy], **settings: Any) -> RetryPolicy:
+    """``policy``, or one built from the settings given (None = default); both is a ValueError."""
+    given = sorted(name for name, value in settings.items() if value is not None)
+    if policy is not None:
+        if not isinstance(policy, RetryPolicy):
+            raise TypeError(f"policy must be a RetryPolicy or None, got {type(policy).__name__}")
+        if given:
+            raise ValueError(f"give either policy= or {', '.join(n + '=' for n in given)}, not both "
+                             "(the policy already sets them)")
+        return policy
+    values = {name: (_DEFAULTS[name] if settings.get(name) is None else settings[name]) for name in _DEFAULTS}
+    extra = {k: v for k, v in settings.items() if k not in _DEFAULTS and v is not None}
+    return RetryPolicy(**values, **extra)

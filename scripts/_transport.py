@@ -1,0 +1,438 @@
+"""Send one request: the shared clients, the abort handle, the one send path and retry loop.
+
+:func:`send` is the only place that calls the SDK's ``messages.create`` / ``messages.stream``.
+It runs every attempt through :func:`_retry.run` with the policy its caller passes (the SDK's own
+retries are always off, so attempts never multiply and every wait can be interrupted), and
+translates SDK and transport exceptions once, through :func:`_errors.translate`.
+
+Abort: each attempt has an abort handle (:class:`_Call`), tied to the thread that sends it. The
+clients the library builds carry a network backend that hands every socket the attempt uses (from
+the moment it is created, before ``connect``) to that handle, so ``abort()`` shuts the socket down
+whatever the phase: TCP connect, TLS handshake, waiting for the headers, or reading the body.
+The blocked call returns at once and the server sees the disconnect. A request is streamed only
+when something needs the stream (text callbacks, a stall timeout, the cache pilot's release);
+otherwise it is a plain ``messages.create``, which the same mechanism aborts.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import weakref
+from typing import Any, Callable, Optional
+
+import anthropic
+import httpcore2
+import httpx2
+
+from _credentials import resolve_api_key, resolve_base_url, settings
+from _errors import ABORT_MESSAGES, ClaudeInvocationError, translate
+from _interrupt import InterruptToken, subscribe, unsubscribe
+from _requests import sdk_kwargs
+from _results import ClaudeResponse, response_from_message
+from _retry import RetryPolicy, run, sdk_policy
+from _stall import stall_watch
+
+try:  # the SDK's own socket stream class, to wrap sockets this module connects itself
+    from httpcore2._backends.sync import SyncStream as _SyncStream
+except ImportError:  # pragma: no cover - another httpcore2 layout: connect through the default backend
+    _SyncStream = None
+
+logger = logging.getLogger(__name__)
+
+# The SDK's ValueError (raised before sending) for a non-streaming request whose max_tokens
+# may take longer than its 10-minute non-streaming limit.
+_STREAMING_REQUIRED = "Streaming is required"
+
+# Per thread: the abort handle of the attempt this thread is sending.
+_tls = threading.local()
+
+
+class _RequestAborted(Exception):
+    """Raised inside the network layer to stop an attempt that was aborted."""
+
+
+def _shutdown_socket(sock: Any) -> bool:
+    if sock is None:
+        return False
+    try:
+        # The base-class method: on an SSLSocket it shuts the TCP socket down without
+        # touching the SSL object that the reading thread is using.
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        return True
+    except OSError:
+        return False
+
+
+class _Call:
+    """Abort handle of one attempt; ``abort()`` is safe from any thread (not a signal handler)."""
+
+    __slots__ = ("_lock", "reason", "sock", "stream", "stall", "started")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.reason: Optional[str] = None
+        self.sock: Any = None
+        self.stream: Any = None
+        self.stall: Optional[tuple] = None
+        self.started = False  # the reply has begun (its stream is open)
+
+    def attach_socket(self, sock: Any) -> None:
+        with self._lock:
+            if self.reason is not None:
+                raise _RequestAborted(f"request stopped: the call was {self.reason}")
+            self.sock = sock
+
+    def attach_stream(self, stream: Any) -> bool:
+        """Record the open stream; False when the call was aborted meanwhile."""
+        with self._lock:
+            self.stream = stream
+            self.started = True
+            return self.reason is None
+
+    def detach(self) -> None:
+        """Forget the socket and stream (the attempt ended): a later ``abort()`` must not shut
+        down a connection that is back in the pool, maybe serving another request."""
+        with self._lock:
+            self.sock = None
+            self.stream = None
+
+    def heartbeat(self) -> None:
+        stall = self.stall
+        if stall is not None:
+            stall[0].heartbeat(stall[1])
+
+    def abort(self, reason: str) -> None:
+        """Shut the connection down so the sending thread's blocked call returns at once."""
+        with self._lock:
+            if self.reason is not None:
+                return
+            self.reason = reason
+            stream = self.stream
+            shut = _shutdown_socket(self.sock)
+        if not shut and stream is not None:  # no socket of ours (an injected client): close the stream
+            try:
+                stream.close()
+            except Exception:
+                logger.debug("closing an aborted stream failed", exc_info=True)
+
+
+# ------------------------------------------------------------------------------ network layer
+class _AbortableStream(httpcore2.NetworkStream):
+    """A network stream that hands its socket to the abort handle of the attempt using it."""
+
+    def __init__(self, inner: httpcore2.NetworkStream, sock: Any) -> None:
+        self._inner = inner
+        self._sock = sock
+
+    def _claim(self) -> None:
+        call = getattr(_tls, "call", None)
+        if call is not None and call.sock is not self._sock:
+            call.attach_socket(self._sock)
+
+    def read(self, max_bytes: int, timeout: Optional[float] = None) -> bytes:
+        self._claim()
+        return self._inner.read(max_bytes, timeout)
+
+    def write(self, buffer: bytes, timeout: Optional[float] = None) -> None:
+        self._claim()
+        self._inner.write(buffer, timeout)
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(self, ssl_context: Any, server_hostname: Optional[str] = None, timeout: Optional[float] = None) -> Any:
+        self._claim()
+        return _AbortableStream(self._inner.start_tls(ssl_context, server_hostname, timeout), self._sock)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _AbortableBackend(httpcore2.NetworkBackend):
+    """The pool's network backend, creating sockets so that an abort can reach them at once."""
+
+    def __init__(self, inner: httpcore2.NetworkBackend) -> None:
+        self._inner = inner
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: Optional[float] = None,
+        local_address: Optional[str] = None,
+        socket_options: Any = None,
+    ) -> httpcore2.NetworkStream:
+        if _SyncStream is None:  # pragma: no cover
+            stream = self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+            return _AbortableStream(stream, stream.get_extra_info("socket"))
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise httpcore2.ConnectError(str(exc)) from exc
+        last: Optional[BaseException] = None
+        for family, kind, proto, _name, address in infos:
+            sock = socket.socket(family, kind, proto)
+            try:
+                call = getattr(_tls, "call", None)
+                if call is not None:
+                    call.attach_socket(sock)  # from now on an abort shuts it down
+                for option in socket_options or ():
+                    sock.setsockopt(*option)
+                sock.settimeout(timeout)
+                if local_address is not None:
+                    sock.bind((local_address, 0))
+                sock.connect(address)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                return _AbortableStream(_SyncStream(sock), sock)
+            except socket.timeout as exc:
+                sock.close()
+                raise httpcore2.ConnectTimeout(str(exc)) from exc
+            except _RequestAborted:
+                sock.close()
+                raise
+            except OSError as exc:
+                sock.close()
+                last = exc
+        raise httpcore2.ConnectError(str(last))
+
+    def connect_unix_socket(self, path: str, timeout: Optional[float] = None, socket_options: Any = None) -> Any:
+        stream = self._inner.connect_unix_socket(path, timeout, socket_options)
+        return _AbortableStream(stream, stream.get_extra_info("socket"))
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+# ------------------------------------------------------------------------------ clients
+class _HttpClient(anthropic.DefaultHttpxClient):
+    """The SDK's default httpx client with the abortable network backend, closed when
+    garbage-collected (:func:`configure` drops shared clients without closing them: calls in
+    flight may still use them; every ``with_options`` copy shares this object)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        pool = getattr(getattr(self, "_transport", None), "_pool", None)
+        backend = getattr(pool, "_network_backend", None)
+        self.abortable = backend is not None
+        if backend is not None:
+            pool._network_backend = _AbortableBackend(backend)  # type: ignore[union-attr]
+        else:  # pragma: no cover - another httpx2 layout: aborts close the stream instead
+            logger.warning("cannot install the abortable network backend; interrupts act at the next event")
+
+    def __del__(self) -> None:
+        try:
+            if not self.is_closed:
+                self.close()
+        except Exception:  # pragma: no cover - best effort, possibly at interpreter exit
+            pass
+
+
+_clients_lock = threading.Lock()
+_clients: dict[tuple, anthropic.Anthropic] = {}
+_views: dict[int, tuple[anthropic.Anthropic, anthropic.Anthropic]] = {}
+_abortable: "weakref.WeakSet[anthropic.Anthropic]" = weakref.WeakSet()
+_generation_seen = -1
+
+
+def get_client(*, api_key: Optional[str] = None, base_url: Optional[str] = None) -> anthropic.Anthropic:
+    """The shared SDK client (created on first use; one per key, base URL and settings).
+
+    >>> client = get_client()
+    >>> client.messages.count_tokens(model=DEFAULT_MODEL, messages=[{"role": "user", "content": "hi"}])
+    """
+    global _generation_seen
+    generation, config = settings()
+    injected = config.get("client")
+    if injected is not None and api_key is None and base_url is None:
+        return injected
+    key = resolve_api_key(api_key)
+    url = resolve_base_url(base_url)
+    timeout, retries = config.get("timeout"), config.get("max_retries")
+    slot = (key, url, timeout, retries)
+    with _clients_lock:
+        if generation != _generation_seen:  # configure() / reset_client(): forget, do not close
+            _clients.clear()
+            _views.clear()
+            _generation_seen = generation
+        client = _clients.get(slot)
+        if client is None:
+            http_client = _HttpClient()
+            kwargs: dict[str, Any] = {"api_key": key, "base_url": url, "http_client": http_client}
+            if timeout is not None:
+                kwargs["timeout"] = timeout
+            if retries is not None:
+                kwargs["max_retries"] = retries
+            client = _clients[slot] = anthropic.Anthropic(**kwargs)
+            if http_client.abortable:
+                _abortable.add(client)
+        return client
+
+
+def _sending_view(client: anthropic.Anthropic) -> anthropic.Anthropic:
+    """``client`` with the SDK's retries off (the library's loop retries), made once per client;
+    the copy shares the client's connection pool."""
+    if client.max_retries == 0:
+        return client
+    with _clients_lock:
+        entry = _views.get(id(client))
+        if entry is None or entry[0] is not client:
+            view = client.with_options(max_retries=0)
+            if client in _abortable:
+                _abortable.add(view)
+            entry = _views[id(client)] = (client, view)
+        return entry[1]
+
+
+def default_policy(client: anthropic.Anthropic) -> RetryPolicy:
+    """The retries of a plain call: the client's ``max_retries`` with the SDK's rules."""
+    return sdk_policy(client.max_retries)
+
+
+# ------------------------------------------------------------------------------ sending
+def send(
+    params: dict,
+    *,
+    client: anthropic.Anthropic,
+    policy: Optional[RetryPolicy] = None,
+    stream: bool = False,
+    on_text: Optional[Callable[[str], Any]] = None,
+    on_start: Optional[Callable[[], Any]] = None,
+    interrupt: Optional[InterruptToken] = None,
+    stall_timeout: Optional[float] = None,
+) -> ClaudeResponse:
+    """Send one request (its attempts, under ``policy``) and return the reply.
+
+    Streamed when asked, or when ``on_text`` / ``on_start`` / ``stall_timeout`` need the stream
+    (or an interrupt must reach a client whose sockets this module does not own); else
+    ``messages.create``. ``on_start()`` runs once at message_start, ``on_text(chunk)`` for every text
+    delta, both on this thread; a callback that raises aborts the request (kind ``callback``).
+    ``interrupt`` / ``stall_timeout`` abort it (kinds ``interrupted`` / ``stalled``).
+    """
+    if policy is None:
+        policy = default_policy(client)
+    view = _sending_view(client)
+    streamed = (
+        stream
+        or on_text is not None
+        or on_start is not None
+        or stall_timeout is not None
+        or (interrupt is not None and view not in _abortable)
+    )
+
+    def attempt(_number: int) -> ClaudeResponse:
+        call = _Call()
+        handle = None
+        if interrupt is not None:
+            if interrupt.is_interrupted():
+                raise ClaudeInvocationError(ABORT_MESSAGES["interrupted"] + " before it was sent", kind="interrupted")
+            handle = subscribe(interrupt, lambda: call.abort("interrupted"))
+        try:
+            if not streamed:
+                try:
+                    return _create(params, view, call)
+                except ValueError as exc:
+                    if _STREAMING_REQUIRED not in str(exc):
+                        raise
+                logger.debug("max_tokens=%s needs streaming: sending the request as a stream", params.get("max_tokens"))
+            return _stream(params, view, call, on_text, on_start, stall_timeout)
+        finally:
+            if handle is not None:
+                unsubscribe(interrupt, handle)  # type: ignore[arg-type]
+
+    return run(attempt, policy, interrupt=interrupt)
+
+
+def _failure(exc: BaseException, call: _Call) -> ClaudeInvocationError:
+    """The library error for an attempt that raised ``exc`` (the one translation point)."""
+    if call.reason in ABORT_MESSAGES:
+        error = ClaudeInvocationError(ABORT_MESSAGES[call.reason or ""], kind=call.reason)
+    else:
+        error = translate(exc)
+    error.mid_response = call.started
+    return error
+
+
+_SENDING_ERRORS = (anthropic.APIError, httpx2.HTTPError, OSError, _RequestAborted)
+
+
+def _create(params: dict, client: anthropic.Anthropic, call: _Call) -> ClaudeResponse:
+    previous = getattr(_tls, "call", None)
+    _tls.call = call
+    try:
+        message = client.messages.create(**sdk_kwargs(params))
+    except _SENDING_ERRORS as exc:
+        raise _failure(exc, call) from exc
+    finally:
+        _tls.call = previous
+        call.detach()
+    return response_from_message(message, getattr(message, "_request_id", None), str(params.get("model", "")))
+
+
+def _stream(
+    params: dict,
+    client: anthropic.Anthropic,
+    call: _Call,
+    on_text: Optional[Callable[[str], Any]],
+    on_start: Optional[Callable[[], Any]],
+    stall_timeout: Optional[float],
+) -> ClaudeResponse:
+    previous = getattr(_tls, "call", None)
+    _tls.call = call
+    watched = stall_timeout is not None
+    if watched:
+        stall_watch.watch(call, stall_timeout)  # type: ignore[arg-type]
+    completed = False
+    try:
+        with client.messages.stream(**sdk_kwargs(params)) as stream:
+            if not call.attach_stream(stream):
+                raise ClaudeInvocationError(ABORT_MESSAGES[call.reason or "interrupted"], kind=call.reason)
+            for event in stream:  # the SDK's MessageStream: pings are already skipped
+                if watched:
+                    call.heartbeat()
+                etype = event.type
+                if etype == "text":
+                    if on_text is not None:
+                        _run_user_callback(call, on_text, event.text, "on_text")
+                elif etype == "message_start":
+                    if on_start is not None:
+                        _run_user_callback(call, on_start, None, "on_start")
+                elif etype == "message_stop":
+                    completed = True
+                if call.reason is not None and not completed:
+                    break
+            _tls.call = previous  # nothing more of this attempt may claim a socket
+            call.detach()  # an abort from now on has nothing to shut down
+            if not completed:
+                if call.reason is not None:
+                    raise ClaudeInvocationError(ABORT_MESSAGES.get(call.reason, "The request was aborted"),
+                                                kind=call.reason if call.reason in ABORT_MESSAGES else "connection")
+                raise ClaudeInvocationError("The stream ended before message_stop", kind="connection")
+            message = stream.get_final_message()
+            request_id = stream.request_id
+    except ClaudeInvocationError as error:
+        if error.kind != "callback":
+            error.mid_response = call.started
+        raise
+    except _SENDING_ERRORS as exc:
+        raise _failure(exc, call) from exc
+    finally:
+        _tls.call = previous
+        call.detach()
+        if watched:
+            stall_watch.unwatch(call)
+    return response_from_message(message, request_id, str(params.get("model", "")))
+
+
+def _run_user_callback(call: _Call, fn: Callable, arg: Any, name: str) -> None:
+    try:
+        if name == "on_start":
+            fn()
+        else:
+            fn(arg)
+    except Exception as exc:
+        call.abort("callback")
+        error = ClaudeInvocationError(
+            f"The {name} callback raised {type(exc).__name__}: {exc}; the stream was aborted", kind="callback"
+        )
+        raise error from exc
