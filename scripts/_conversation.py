@@ -35,7 +35,7 @@ from _validation import (
     check_temperature,
 )
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("claude_client" + __name__)  # claude_client._<module>: under the public logger
 
 _SAVE_FORMAT = "orchestrating-agents/conversation"
 _SETTINGS = ("system", "model", "max_tokens", "temperature", "cache_system", "max_turns", "continuation_prompt")

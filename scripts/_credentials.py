@@ -18,7 +18,7 @@ import os
 import re
 import threading
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import anthropic
 
@@ -39,6 +39,20 @@ _state_lock = threading.RLock()
 _resolved_key: Optional[str] = None
 _config: dict[str, Any] = {}
 _generation = 0
+_listeners: list[Callable[[], None]] = []
+
+
+def on_change(fn: Callable[[], None]) -> None:
+    """Call ``fn()`` after every :func:`configure` / :func:`reset_client` (the transport forgets
+    its clients then)."""
+    _listeners.append(fn)
+
+
+def _changed() -> None:
+    global _generation
+    _generation += 1
+    for fn in list(_listeners):
+        fn()
 
 
 def _project_dir() -> Path:
@@ -241,7 +255,6 @@ def configure(
 
     >>> configure(base_url="http://127.0.0.1:8080", max_retries=0)
     """
-    global _generation
     if api_key is not None:
         api_key = _check_key(_check_non_empty(api_key, "api_key"), "configure(api_key=...)")
     if base_url is not None:
@@ -264,7 +277,7 @@ def configure(
                 _config[name] = value
         register_secret(api_key)
         register_secret(getattr(client, "api_key", None))
-        _generation += 1
+        _changed()
 
 
 def reset_client() -> None:
@@ -273,11 +286,11 @@ def reset_client() -> None:
     Calls that start afterwards resolve the key and create a new client; calls already running
     finish with the old client, which is not closed (it is released when garbage-collected).
     """
-    global _resolved_key, _generation
+    global _resolved_key
     with _state_lock:
         _resolved_key = None
         _config.clear()
-        _generation += 1
+        _changed()
 
 
 def settings() -> tuple[int, dict[str, Any]]:

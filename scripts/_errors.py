@@ -31,6 +31,11 @@ ERROR_KINDS = frozenset(
         "interrupted",
         "stalled",
         "callback",
+        # tool loops and structured output
+        "tool_turns_exceeded",
+        "invalid_output",
+        # the run's spend cap (max_cost_usd) left no room for the request
+        "budget",
         # message batches: per-item outcomes, never transient
         "batch_errored",
         "batch_expired",
@@ -54,8 +59,8 @@ class ClaudeInvocationError(Exception):
     """A call to Claude failed.
 
     ``kind`` is one of ``auth, rate_limit, overloaded, server, connection, timeout, bad_request,
-    context_overflow, interrupted, stalled, callback`` (None for a failure that is not an API
-    failure), or for one request of a message batch (:func:`invoke_batch`) ``batch_errored``
+    context_overflow, interrupted, stalled, callback, tool_turns_exceeded, invalid_output, budget``
+    (None for a failure that is not an API failure), or for one request of a message batch (:func:`invoke_batch`) ``batch_errored``
     (the item's result was ``errored``; ``details`` is the API's error body), ``batch_expired``
     or ``batch_canceled``; the full set is :data:`ERROR_KINDS`. ``transient`` says whether a retry
     may succeed; ``retry_after`` is the server's requested wait in seconds (or None). Parallel
@@ -96,8 +101,10 @@ class ClaudeInvocationError(Exception):
         self.retry_after = retry_after
         #: The server's ``x-should-retry`` verdict (True / False), when it sent one.
         self.should_retry = should_retry
-        # Set by the transport on a failure after the response had begun (a mid-stream error).
+        # Set by the transport: a failure after the response had begun (a mid-stream error), and
+        # the HTTP response headers of the failed request, when there was a response.
         self.mid_response = False
+        self.headers: Any = None
 
     @property
     def transient(self) -> bool:
@@ -130,7 +137,9 @@ class ClaudeInvocationError(Exception):
         return f"{type(self).__name__}(kind={self.kind!r}, status_code={self.status_code!r}, message={self.message!r})"
 
     def __reduce__(self) -> Any:
-        return (type(self), (self.message, self.status_code, self.details), dict(self.__dict__))
+        state = dict(self.__dict__)
+        state["headers"] = None if self.headers is None else dict(self.headers)
+        return (type(self), (self.message, self.status_code, self.details), state)
 
 
 class MissingAPIKeyError(ClaudeInvocationError, ValueError):

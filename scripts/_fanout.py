@@ -22,7 +22,7 @@ from _results import ClaudeResponse, ParallelResults, totals
 from _retry import RetryPolicy
 from _transport import send
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("claude_client" + __name__)  # claude_client._<module>: under the public logger
 
 #: ``on_settle(index, outcome)``: a reply or an exception, called once per finished slot.
 SettleHook = Callable[[int, Any], None]

@@ -14,7 +14,7 @@ import queue
 import threading
 from typing import Callable, Optional
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("claude_client" + __name__)  # claude_client._<module>: under the public logger
 
 
 class InterruptToken:

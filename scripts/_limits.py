@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
 
 from _validation import check_number
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("orchestration" + __name__)  # under the public logger
 
 
 class LimiterTimeoutError(TimeoutError):

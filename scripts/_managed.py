@@ -26,7 +26,7 @@ from _transport import get_client, send
 from _validation import check_bool, check_callable, check_optional_seconds, check_positive_int
 from task_state import TaskState, TaskTracker, TerminalReason
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("orchestration" + __name__)  # under the public logger
 
 _MANAGED_KEYS = frozenset({"task_id", "category"})
 _POLL_S = 0.05  # fallback wake-up of idle workers (interrupts and releases also wake them at once)

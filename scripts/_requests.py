@@ -8,7 +8,9 @@ give the same body everywhere. The canonical form:
   one text block without ``cache_control``, else as a list of blocks;
 * the user content: a plain string, or one text block carrying ``cache_control`` when cached;
 * ``temperature``: sent only when it differs from the API default 1.0;
-* keys in the order model, max_tokens, messages, system, temperature, then the SDK extras.
+* keys in the order the SDK serializes them (typed fields by name, then ``temperature`` /
+  ``top_p`` / ``top_k``, which travel in ``extra_body``), so a batch request's params are the
+  same bytes as the body of the equivalent message request.
 
 Validation happens here, before anything is sent: wrong types raise ``TypeError``, bad values
 ``ValueError``, each naming the parameter.
@@ -226,7 +228,14 @@ def assemble(
     if extra:
         for key, value in extra.items():
             params[key] = copy.deepcopy(value) if key == "tools" else value
+    if len(params) > 3 or extra:  # the SDK's order, so a batch request's params match a message's bytes
+        params = {key: params[key] for key in sorted(params, key=_sdk_order)}
     return params
+
+
+def _sdk_order(key: str) -> tuple:
+    """The order the SDK serializes a body in: its typed fields by name, then ``extra_body``."""
+    return (key in _BODY_ONLY_FIELDS, _BODY_ONLY_FIELDS.index(key) if key in _BODY_ONLY_FIELDS else 0, key)
 
 
 def single_request(

@@ -9,7 +9,7 @@ from typing import Any, Iterable, Optional
 
 from _validation import is_mapping
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("claude_client" + __name__)  # claude_client._<module>: under the public logger
 
 #: USD per million tokens, (input, output), keyed by model-name prefix; the longest prefix wins.
 #: Override or extend at run time: ``PRICES["claude-sonnet-4"] = (3.0, 15.0)``.
@@ -162,6 +162,9 @@ class ClaudeResponse(str):
 
     Attributes: ``usage`` (:class:`Usage`), ``stop_reason``, ``model``, ``id``, ``request_id``,
     ``cost_usd`` (None for an unknown model) and ``content`` (the content blocks as dicts).
+    A reply of a tool loop also has ``tool_calls`` (one record per tool call), ``messages`` (the
+    whole transcript) and ``children`` (the usage of delegated sub-agents), its ``usage`` and
+    ``cost_usd`` summed over every turn; a reply with ``output_schema`` has ``parsed``.
     ``str(r)`` gives a plain ``str``; ``json.dumps``, ``==`` and pickling work as for ``str``.
 
     >>> r = invoke_claude("hi")
@@ -175,6 +178,13 @@ class ClaudeResponse(str):
     request_id: Optional[str]
     cost_usd: Optional[float]
     content: list[dict]
+    # Set only on the replies that have them (class defaults keep plain replies cheap).
+    tool_calls: Any = ()
+    messages: Optional[list] = None
+    children: Any = ()
+    parsed: Any = None
+    #: The HTTP response headers of the (last) request, when there was one (not pickled).
+    headers: Any = None
 
     def __new__(
         cls,
@@ -202,7 +212,9 @@ class ClaudeResponse(str):
         return str.__str__(self)
 
     def __reduce__(self) -> Any:
-        return (_rebuild_response, (str.__str__(self), dict(self.__dict__)))
+        state = dict(self.__dict__)
+        state.pop("headers", None)
+        return (_rebuild_response, (str.__str__(self), state))
 
 
 def _rebuild_response(text: str, state: dict) -> ClaudeResponse:

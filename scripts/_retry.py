@@ -30,7 +30,7 @@ from _errors import ClaudeInvocationError, is_api_failure, translate
 from _interrupt import InterruptToken
 from _validation import check_bool, check_number
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("claude_client" + __name__)  # claude_client._<module>: under the public logger
 
 T = TypeVar("T")
 
@@ -333,10 +333,12 @@ def run(
     interrupt: Optional[InterruptToken] = None,
     rng: Optional[random.Random] = None,
     what: str = "Claude call",
+    retry: Optional[Retry] = None,
 ) -> T:
     """Call ``attempt_fn(attempt)`` (attempt = 1, 2, ...) until it returns, retrying the
-    :class:`ClaudeInvocationError` s that ``policy`` says to retry, waiting ``policy.wait``
-    between attempts (cut short by ``interrupt``: kind ``interrupted``).
+    :class:`ClaudeInvocationError` s that ``policy`` (or ``retry``, a retry condition that
+    replaces the policy's) says to retry, waiting ``policy.wait`` between attempts (cut short by
+    ``interrupt``: kind ``interrupted``).
 
     The last error is raised with ``.attempts`` set. Other exceptions (programming errors)
     propagate unchanged on the first attempt.
@@ -348,7 +350,7 @@ def run(
             return attempt_fn(attempt)
         except ClaudeInvocationError as error:
             error.attempts = attempt
-            if not policy.should_retry(error, attempt):
+            if policy.stop(RetryState(attempt, error)) or not (retry or policy.retry)(error):
                 raise
             last = error
         delay = policy.delay_for(attempt, last, rng)

@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional, Protocol
 
 from _validation import check_callable, check_seconds
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("claude_client" + __name__)  # claude_client._<module>: under the public logger
 
 
 class _Abortable(Protocol):

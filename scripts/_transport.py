@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 import weakref
 from typing import Any, Callable, Optional
@@ -25,7 +26,8 @@ import anthropic
 import httpcore2
 import httpx2
 
-from _credentials import resolve_api_key, resolve_base_url, settings
+from _admission import Budget, controller_for
+from _credentials import on_change, resolve_api_key, resolve_base_url, settings
 from _errors import ABORT_MESSAGES, ClaudeInvocationError, translate
 from _interrupt import InterruptToken, subscribe, unsubscribe
 from _requests import sdk_kwargs
@@ -38,11 +40,13 @@ try:  # the SDK's own socket stream class, to wrap sockets this module connects 
 except ImportError:  # pragma: no cover - another httpcore2 layout: connect through the default backend
     _SyncStream = None
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("claude_client" + __name__)  # claude_client._<module>: under the public logger
 
 # The SDK's ValueError (raised before sending) for a non-streaming request whose max_tokens
 # may take longer than its 10-minute non-streaming limit.
 _STREAMING_REQUIRED = "Streaming is required"
+
+_DEFAULT: Any = object()
 
 # Per thread: the abort handle of the attempt this thread is sending.
 _tls = threading.local()
@@ -143,7 +147,24 @@ class _AbortableStream(httpcore2.NetworkStream):
 
     def start_tls(self, ssl_context: Any, server_hostname: Optional[str] = None, timeout: Optional[float] = None) -> Any:
         self._claim()
-        return _AbortableStream(self._inner.start_tls(ssl_context, server_hostname, timeout), self._sock)
+        if _SyncStream is None or isinstance(self._sock, ssl.SSLSocket):  # TLS in TLS (a proxy): as httpcore does
+            inner = self._inner.start_tls(ssl_context, server_hostname, timeout)
+            return _AbortableStream(inner, inner.get_extra_info("socket"))
+        # The handshake runs on the new TLS socket: hand that one to the abort handle first.
+        try:
+            tls = ssl_context.wrap_socket(self._sock, server_hostname=server_hostname, do_handshake_on_connect=False)
+            call = getattr(_tls, "call", None)
+            if call is not None:
+                call.attach_socket(tls)
+            tls.settimeout(timeout)
+            tls.do_handshake()
+        except socket.timeout as exc:
+            self._sock.close()
+            raise httpcore2.ConnectTimeout(str(exc)) from exc
+        except OSError as exc:
+            self._sock.close()
+            raise httpcore2.ConnectError(str(exc)) from exc
+        return _AbortableStream(_SyncStream(tls), tls)
 
     def get_extra_info(self, info: str) -> Any:
         return self._inner.get_extra_info(info)
@@ -232,7 +253,6 @@ _clients_lock = threading.Lock()
 _clients: dict[tuple, anthropic.Anthropic] = {}
 _views: dict[int, tuple[anthropic.Anthropic, anthropic.Anthropic]] = {}
 _abortable: "weakref.WeakSet[anthropic.Anthropic]" = weakref.WeakSet()
-_generation_seen = -1
 
 
 def get_client(*, api_key: Optional[str] = None, base_url: Optional[str] = None) -> anthropic.Anthropic:
@@ -241,7 +261,6 @@ def get_client(*, api_key: Optional[str] = None, base_url: Optional[str] = None)
     >>> client = get_client()
     >>> client.messages.count_tokens(model=DEFAULT_MODEL, messages=[{"role": "user", "content": "hi"}])
     """
-    global _generation_seen
     generation, config = settings()
     injected = config.get("client")
     if injected is not None and api_key is None and base_url is None:
@@ -251,11 +270,7 @@ def get_client(*, api_key: Optional[str] = None, base_url: Optional[str] = None)
     timeout, retries = config.get("timeout"), config.get("max_retries")
     slot = (key, url, timeout, retries)
     with _clients_lock:
-        if generation != _generation_seen:  # configure() / reset_client(): forget, do not close
-            _clients.clear()
-            _views.clear()
-            _generation_seen = generation
-        client = _clients.get(slot)
+        client = _clients.get(slot) if generation == _generation_seen else None
         if client is None:
             http_client = _HttpClient()
             kwargs: dict[str, Any] = {"api_key": key, "base_url": url, "http_client": http_client}
@@ -263,13 +278,29 @@ def get_client(*, api_key: Optional[str] = None, base_url: Optional[str] = None)
                 kwargs["timeout"] = timeout
             if retries is not None:
                 kwargs["max_retries"] = retries
-            client = _clients[slot] = anthropic.Anthropic(**kwargs)
+            client = anthropic.Anthropic(**kwargs)
+            if generation == _generation_seen:  # else configure() ran meanwhile: do not keep it
+                _clients[slot] = client
             if http_client.abortable:
                 _abortable.add(client)
         return client
 
 
-def _sending_view(client: anthropic.Anthropic) -> anthropic.Anthropic:
+def _forget_clients() -> None:
+    """After configure() / reset_client(): forget the shared clients without closing them (calls
+    on other threads may still use them; a pool closes when its client is garbage-collected)."""
+    global _generation_seen
+    with _clients_lock:
+        _clients.clear()
+        _views.clear()
+        _generation_seen = settings()[0]
+
+
+_generation_seen = settings()[0]
+on_change(_forget_clients)
+
+
+def no_retry_client(client: anthropic.Anthropic) -> anthropic.Anthropic:
     """``client`` with the SDK's retries off (the library's loop retries), made once per client;
     the copy shares the client's connection pool."""
     if client.max_retries == 0:
@@ -300,6 +331,8 @@ def send(
     on_start: Optional[Callable[[], Any]] = None,
     interrupt: Optional[InterruptToken] = None,
     stall_timeout: Optional[float] = None,
+    budget: Optional[Budget] = None,
+    admission: Any = _DEFAULT,
 ) -> ClaudeResponse:
     """Send one request (its attempts, under ``policy``) and return the reply.
 
@@ -308,10 +341,16 @@ def send(
     ``messages.create``. ``on_start()`` runs once at message_start, ``on_text(chunk)`` for every text
     delta, both on this thread; a callback that raises aborts the request (kind ``callback``).
     ``interrupt`` / ``stall_timeout`` abort it (kinds ``interrupted`` / ``stalled``).
+
+    Before each attempt, ``budget`` (a run's spend cap) reserves its worst-case cost and the
+    admission controller of (key, base URL, model) waits until it fits the rate limits; after
+    it, both learn what it really used (usage and the ``anthropic-ratelimit-*`` headers).
     """
     if policy is None:
         policy = default_policy(client)
-    view = _sending_view(client)
+    if admission is _DEFAULT:
+        admission = controller_for(client, str(params.get("model", "")))
+    view = no_retry_client(client)
     streamed = (
         stream
         or on_text is not None
@@ -321,24 +360,41 @@ def send(
     )
 
     def attempt(_number: int) -> ClaudeResponse:
+        if interrupt is not None and interrupt.is_interrupted():
+            raise ClaudeInvocationError(ABORT_MESSAGES["interrupted"] + " before it was sent", kind="interrupted")
+        reservation = budget.reserve(params) if budget is not None else None
+        ticket = None
         call = _Call()
         handle = None
-        if interrupt is not None:
-            if interrupt.is_interrupted():
-                raise ClaudeInvocationError(ABORT_MESSAGES["interrupted"] + " before it was sent", kind="interrupted")
-            handle = subscribe(interrupt, lambda: call.abort("interrupted"))
         try:
+            if admission is not None:
+                ticket = admission.admit(params, interrupt)
+            if interrupt is not None:
+                handle = subscribe(interrupt, lambda: call.abort("interrupted"))
+            reply = None
             if not streamed:
                 try:
-                    return _create(params, view, call)
+                    reply = _create(params, view, call)
                 except ValueError as exc:
                     if _STREAMING_REQUIRED not in str(exc):
                         raise
-                logger.debug("max_tokens=%s needs streaming: sending the request as a stream", params.get("max_tokens"))
-            return _stream(params, view, call, on_text, on_start, stall_timeout)
+                    logger.debug("max_tokens=%s needs streaming: sending it as a stream", params.get("max_tokens"))
+            if reply is None:
+                reply = _stream(params, view, call, on_text, on_start, stall_timeout)
+        except ClaudeInvocationError as error:
+            if ticket is not None:
+                ticket.finish(error.headers, None, error)
+            if reservation is not None:
+                reservation.settle(None if call.started or error.headers is not None else 0.0)
+            raise
         finally:
             if handle is not None:
                 unsubscribe(interrupt, handle)  # type: ignore[arg-type]
+        if ticket is not None:
+            ticket.finish(reply.headers, reply.usage, None)
+        if reservation is not None:
+            reservation.settle(reply.cost_usd)
+        return reply
 
     return run(attempt, policy, interrupt=interrupt)
 
@@ -349,6 +405,7 @@ def _failure(exc: BaseException, call: _Call) -> ClaudeInvocationError:
         error = ClaudeInvocationError(ABORT_MESSAGES[call.reason or ""], kind=call.reason)
     else:
         error = translate(exc)
+        error.headers = getattr(getattr(exc, "response", None), "headers", None)
     error.mid_response = call.started
     return error
 
@@ -360,13 +417,16 @@ def _create(params: dict, client: anthropic.Anthropic, call: _Call) -> ClaudeRes
     previous = getattr(_tls, "call", None)
     _tls.call = call
     try:
-        message = client.messages.create(**sdk_kwargs(params))
+        raw = client.messages.with_raw_response.create(**sdk_kwargs(params))
+        message = raw.parse()
     except _SENDING_ERRORS as exc:
         raise _failure(exc, call) from exc
     finally:
         _tls.call = previous
         call.detach()
-    return response_from_message(message, getattr(message, "_request_id", None), str(params.get("model", "")))
+    reply = response_from_message(message, raw.headers.get("request-id"), str(params.get("model", "")))
+    reply.headers = raw.headers
+    return reply
 
 
 def _stream(
@@ -409,7 +469,7 @@ def _stream(
                                                 kind=call.reason if call.reason in ABORT_MESSAGES else "connection")
                 raise ClaudeInvocationError("The stream ended before message_stop", kind="connection")
             message = stream.get_final_message()
-            request_id = stream.request_id
+            headers = stream.response.headers
     except ClaudeInvocationError as error:
         if error.kind != "callback":
             error.mid_response = call.started
@@ -421,7 +481,9 @@ def _stream(
         call.detach()
         if watched:
             stall_watch.unwatch(call)
-    return response_from_message(message, request_id, str(params.get("model", "")))
+    reply = response_from_message(message, headers.get("request-id"), str(params.get("model", "")))
+    reply.headers = headers
+    return reply
 
 
 def _run_user_callback(call: _Call, fn: Callable, arg: Any, name: str) -> None:

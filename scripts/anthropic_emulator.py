@@ -25,7 +25,24 @@ Replies and token counts are a documented, deterministic function of the request
   ``words=N`` (or the ``reply_words`` setting) cycles the reply's words to exactly N words;
   the reply is cut to ``max_tokens`` words (``stop_reason="max_tokens"``);
 * one ``content_block_delta`` per word; output tokens = words sent;
-* tokens of a text = ``ceil(len(text) / 4)``; input tokens = tools + system + message blocks.
+* tokens of a text = ``ceil(len(text) / 4)``; input tokens = tools + system + message blocks (other
+  blocks, tool_use / tool_result included, count their compact JSON); output tokens = words sent + the
+  compact JSON of tool blocks. ``"x"`` and ``[{"type": "text", "text": "x"}]`` are the same tokens and
+  the same cache prefix (content or system).
+
+Tool use: ``tool=NAME input=JSON`` directives (see :func:`tool_directive`) ask for client tools
+(``stop_reason="tool_use"``, streamed as ``input_json_delta`` fragments) while the conversation holds
+fewer than ``tool_turns`` tool_result turns; a last user turn of tool_result blocks is answered
+``"Echo tool results: ID=TEXT; ID=TEXT (error)"``; ``pause_turns=N`` returns server-tool turns with
+``stop_reason="pause_turn"``. Requests are validated like the API (tools, tool_choice, tool_use /
+tool_result pairing, non-empty text). ``output_config.format`` (json_schema) replies with a minimal
+instance of the schema (:func:`schema_instance`); ``invalid_output=N`` breaks the first N tries.
+
+Rate limits: ``rate_limit_requests`` / ``rate_limit_window_s`` (one global request bucket) and per
+model ``rate_limit_rpm`` / ``rate_limit_itpm`` / ``rate_limit_otpm`` buckets holding one "minute"
+(``rate_limit_minute_s`` seconds, default 60) of their limit, refilled continuously on the emulator
+clock; ITPM charges input + cache-write tokens (not cache reads), OTPM charges ``max_tokens`` at
+admission and refunds down to the real output at the end; a 429 carries ``retry-after``.
 
 Run standalone with ``python -m anthropic_emulator --port 8080`` (``--help`` lists the flags).
 """
@@ -43,6 +60,7 @@ import signal
 import sys
 import threading
 import time
+import urllib.parse
 import uuid
 import weakref
 from dataclasses import dataclass, field
@@ -69,6 +87,10 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "batch_seconds_per_request": 0.01,
     "batch_retrieve_404_times": 0,
     "batch_create_delay_ms": 0,
+    "rate_limit_rpm": None,
+    "rate_limit_itpm": None,
+    "rate_limit_otpm": None,
+    "rate_limit_minute_s": 60.0,
 }
 """Every setting with its default (constructor keywords, ``configure()``, CLI flags)."""
 
@@ -86,13 +108,26 @@ DIRECTIVE_KEYS: dict[str, str] = {
     "batch": "outcome inside a message batch: errored | expired",
     "times": "limit the faults and delays of its own group to the first M attempts",
     "id": "ignored; makes otherwise identical prompts distinct",
+    "tool": "ask for client tool NAME (comma list NAME,NAME: one tool_use block each); each group with tool= "
+            "adds blocks, so repeated groups call several tools in one turn; the name must be in the request's tools",
+    "input": "the tool input of its group's tool=: a JSON object, percent-encoded where it holds spaces or "
+             "brackets (e.g. input=%7B%22q%22:%22a%20b%22%7D; see tool_directive()); default {}",
+    "tool_turns": "ask for the tools while the conversation holds fewer than N tool_result turns after the "
+                  "prompt (default 1: call once, then answer); inf never stops",
+    "preamble": "1: a tool-call turn starts with the text 'Calling NAME, NAME.' before its tool_use blocks",
+    "pause_turns": "answer N turns with a server_tool_use + its result block and stop_reason pause_turn "
+                   "(needs a server tool in tools); sending the conversation back continues it",
+    "invalid_output": "structured output: the reply misses a required field (invalid for the schema) on the first "
+                      "N tries; tries = attempt of the identical body + assistant turns in the conversation; "
+                      "read in every user message",
 }
 """Directive keys understood inside ``[[key=value ...]]`` groups."""
 
 # Keys of a group that ``times=M`` limits to the first M attempts of the same request.
 _TIMED_KEYS = frozenset({"fail", "retry_after", "retry_after_ms", "should_retry", "error_after", "stall_after",
                          "stall_pings", "ttft_ms", "delay_ms"})
-_INT_KEYS = frozenset({"fail", "error_after", "stall_after", "stall_pings", "words", "times"})
+_INT_KEYS = frozenset({"fail", "error_after", "stall_after", "stall_pings", "words", "times", "preamble",
+                       "pause_turns", "invalid_output"})
 _FLOAT_KEYS = frozenset({"ttft_ms", "delay_ms", "retry_after", "retry_after_ms"})
 _GROUP_RE = re.compile(r"\[\[([^\[\]]*)\]\]")
 _TOKEN_RE = re.compile(r"^([a-z_]+)=(\S+)$")
@@ -115,6 +150,9 @@ _ERROR_TYPES: dict[int, tuple[str, str]] = {
 }
 
 _CACHE_TTLS = {"5m": 300.0, "1h": 3600.0}
+_TOOL_CHOICES = frozenset({"auto", "any", "tool", "none"})
+_EFFORTS = frozenset({"low", "medium", "high", "xhigh", "max"})
+_TOOL_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
 _NOMINAL_TOKEN_LIMIT = 10_000_000
 _BATCH_MAX_REQUESTS = 100_000
 _BATCH_LIFETIME_S = 24 * 3600.0
@@ -184,6 +222,11 @@ class _Plan:
     delay_ms: float = 0.0
     words: int | None = None
     batch: str | None = None
+    tool_calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    tool_turns: float = 1
+    preamble: int = 0
+    pause_turns: int = 0
+    invalid_output: int = 0
 
 
 @dataclass
@@ -204,6 +247,10 @@ class _Computed:
     pending_writes: list[tuple[str, float, int]]
     read_tokens: int
     creation_tokens: int
+    blocks: list[dict[str, Any]] = field(default_factory=list)  # non-text content blocks after the text
+    hit_key: str | None = None
+    otpm: _Bucket | None = None  # the OTPM bucket charged max_tokens at admission (refunded at the end)
+    otpm_charged: int = 0
 
 
 @dataclass
@@ -249,7 +296,11 @@ class _ApiError(Exception):
 
 
 class _Bucket:
-    """Token bucket: ``capacity`` requests per ``window_s`` seconds, refilled continuously."""
+    """Token bucket: ``capacity`` units per ``window_s`` seconds, refilled continuously.
+
+    A charge larger than the capacity is admitted once the bucket is full (the bucket then goes
+    negative and refills from there), so a request bigger than a limit is slow, not impossible.
+    """
 
     def __init__(self, capacity: int, window_s: float, now: float) -> None:
         self.capacity = capacity
@@ -262,17 +313,29 @@ class _Bucket:
             self.tokens = min(float(self.capacity), self.tokens + (now - self.last) * self.rate)
         self.last = max(self.last, now)
 
-    def take(self, now: float) -> float:
-        """Take one token; return 0.0 on success, else the seconds until one is available."""
+    def wait(self, now: float, amount: float = 1.0) -> float:
+        """Seconds until ``amount`` fits (0.0 when it fits now); takes nothing."""
         self._refill(now)
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
+        need = min(float(amount), float(self.capacity))
+        if self.tokens >= need:
             return 0.0
-        return (1.0 - self.tokens) / self.rate
+        return (need - self.tokens) / self.rate
+
+    def take(self, now: float, amount: float = 1.0) -> float:
+        """Take ``amount``; return 0.0 on success, else the seconds until it fits (taking nothing)."""
+        wait = self.wait(now, amount)
+        if wait == 0.0:
+            self.tokens -= amount
+        return wait
+
+    def give(self, now: float, amount: float) -> None:
+        """Return ``amount`` (a refund), never above the capacity."""
+        self._refill(now)
+        self.tokens = min(float(self.capacity), self.tokens + amount)
 
     def remaining(self, now: float) -> int:
         self._refill(now)
-        return int(self.tokens)
+        return max(0, int(self.tokens))
 
     def seconds_to_full(self, now: float) -> float:
         self._refill(now)
@@ -341,8 +404,20 @@ def _build_plan(groups: list[dict[str, str]], attempt: int, settings: dict[str, 
             active = attempt <= times
         else:
             active = True
+        if "tool" in g:
+            tool_input = _directive_input(g.get("input", "{}"))
+            for name in g["tool"].split(","):
+                if not _TOOL_NAME_RE.match(name):
+                    raise _ApiError(400, f"directive tool: expected tool names, got {g['tool']!r}")
+                plan.tool_calls.append((name, tool_input))
         for key, raw in g.items():
-            if key in ("times", "id") or key not in DIRECTIVE_KEYS:
+            if key in ("times", "id", "tool", "input") or key not in DIRECTIVE_KEYS:
+                continue
+            if key == "tool_turns":
+                try:
+                    plan.tool_turns = math.inf if raw == "inf" else int(raw)
+                except ValueError:
+                    raise _ApiError(400, f"directive tool_turns: expected an integer or inf, got {raw!r}") from None
                 continue
             if key in _TIMED_KEYS and not active:
                 continue
@@ -360,6 +435,31 @@ def _build_plan(groups: list[dict[str, str]], attempt: int, settings: dict[str, 
                 raise _ApiError(400, f"directive should_retry: expected true or false, got {raw!r}")
             setattr(plan, key, value)
     return plan
+
+
+def _directive_input(raw: str) -> dict[str, Any]:
+    """The ``input=`` of a tool directive: a (percent-encoded) JSON object."""
+    try:
+        value = json.loads(urllib.parse.unquote(raw))
+    except ValueError:
+        raise _ApiError(400, f"directive input: expected a JSON object, got {raw!r}") from None
+    if not isinstance(value, dict):
+        raise _ApiError(400, f"directive input: expected a JSON object, got {raw!r}")
+    return value
+
+
+def tool_directive(name: str, tool_input: dict[str, Any] | None = None, **keys: Any) -> str:
+    """Build a tool directive group, percent-encoding the input so it survives the group syntax.
+
+    >>> tool_directive("lookup", {"q": "a b"}, tool_turns=2)
+    '[[tool=lookup input=%7B%22q%22%3A%22a%20b%22%7D tool_turns=2]]'
+    """
+    parts = [f"tool={name}"]
+    if tool_input is not None:
+        encoded = urllib.parse.quote(json.dumps(tool_input, separators=(",", ":")), safe="")
+        parts.append(f"input={encoded}")
+    parts.extend(f"{k}={v}" for k, v in keys.items())
+    return "[[" + " ".join(parts) + "]]"
 
 
 def _model_min_tokens(model: str) -> int:
@@ -454,12 +554,11 @@ def _validate_messages_body(body: Any, *, require_max_tokens: bool = True) -> No
             raise _ApiError(400, f"messages.{i}.content: Field required")
         content = msg["content"]
         if isinstance(content, list):
-            for j, block in enumerate(content):
-                if not isinstance(block, dict) or not isinstance(block.get("type"), str):
-                    raise _ApiError(400, f"messages.{i}.content.{j}.type: Field required")
-                if block["type"] == "text" and not isinstance(block.get("text"), str):
-                    raise _ApiError(400, f"messages.{i}.content.{j}.text: Input should be a valid string")
-        elif not isinstance(content, str):
+            _validate_blocks(content, f"messages.{i}.content", msg["role"])
+        elif isinstance(content, str):
+            if not content:
+                raise _ApiError(400, f"messages.{i}.content: messages: text content blocks must be non-empty")
+        else:
             raise _ApiError(400, f"messages.{i}.content: Input should be a valid string or list of content blocks")
     if messages[0]["role"] != "user":
         raise _ApiError(400, 'messages.0.role: first message must use the "user" role')
@@ -469,6 +568,8 @@ def _validate_messages_body(body: Any, *, require_max_tokens: bool = True) -> No
             for j, block in enumerate(system):
                 if not isinstance(block, dict) or block.get("type") != "text" or not isinstance(block.get("text"), str):
                     raise _ApiError(400, f"system.{j}: Input should be a text block with a string 'text'")
+                if not block["text"]:
+                    raise _ApiError(400, f"system.{j}.text: system: text content blocks must be non-empty")
         elif not isinstance(system, str):
             raise _ApiError(400, "system: Input should be a valid string or list of text blocks")
     for name in ("temperature", "top_p"):
@@ -490,13 +591,9 @@ def _validate_messages_body(body: Any, *, require_max_tokens: bool = True) -> No
             raise _ApiError(400, "stop_sequences: Input should be a valid list of strings")
     if "stream" in body and not isinstance(body["stream"], bool):
         raise _ApiError(400, "stream: Input should be a valid boolean")
-    tools = body.get("tools")
-    if tools is not None:
-        if not isinstance(tools, list):
-            raise _ApiError(400, "tools: Input should be a valid list")
-        for j, tool in enumerate(tools):
-            if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
-                raise _ApiError(400, f"tools.{j}.name: Field required")
+    _validate_tools(body)
+    _validate_tool_pairing(messages)
+    _output_schema(body)
     for _tag, _block, cc in _iter_blocks(body):
         if cc is None:
             continue
@@ -509,18 +606,330 @@ def _validate_messages_body(body: Any, *, require_max_tokens: bool = True) -> No
         raise _ApiError(400, f"A maximum of 4 blocks with cache_control may be provided. Found {n}.")
 
 
+def _validate_blocks(blocks: list[Any], where: str, role: str) -> None:
+    """Content blocks of one message (or of a tool_result): shapes, non-empty text, tool_result first."""
+    seen_other = False
+    for j, block in enumerate(blocks):
+        at = f"{where}.{j}"
+        if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+            raise _ApiError(400, f"{at}.type: Field required")
+        kind = block["type"]
+        if kind == "text":
+            if not isinstance(block.get("text"), str):
+                raise _ApiError(400, f"{at}.text: Input should be a valid string")
+            if not block["text"]:
+                raise _ApiError(400, f"{at}.text: messages: text content blocks must be non-empty")
+        elif kind in ("tool_use", "server_tool_use"):
+            if role != "assistant":
+                raise _ApiError(400, f"{at}: {kind} blocks are only allowed in assistant messages")
+            for key, typ in (("id", str), ("name", str), ("input", dict)):
+                if not isinstance(block.get(key), typ):
+                    raise _ApiError(400, f"{at}.{key}: Field required")
+        elif kind == "tool_result":
+            if role != "user":
+                raise _ApiError(400, f"{at}: tool_result blocks are only allowed in user messages")
+            if seen_other:
+                raise _ApiError(400, f"{at}: tool_result blocks must come first in the user message, "
+                                     "before any other content")
+            if not isinstance(block.get("tool_use_id"), str):
+                raise _ApiError(400, f"{at}.tool_use_id: Field required")
+            inner = block.get("content")
+            if isinstance(inner, list):
+                _validate_blocks(inner, f"{at}.content", "tool_result")
+            elif inner is not None and not isinstance(inner, str):
+                raise _ApiError(400, f"{at}.content: Input should be a valid string or list of content blocks")
+            if "is_error" in block and not isinstance(block["is_error"], bool):
+                raise _ApiError(400, f"{at}.is_error: Input should be a valid boolean")
+        if kind != "tool_result":
+            seen_other = True
+
+
+def _tool_uses(content: Any, kind: str = "tool_use") -> list[dict[str, Any]]:
+    if not isinstance(content, list):
+        return []
+    return [b for b in content if isinstance(b, dict) and b.get("type") == kind]
+
+
+def _validate_tool_pairing(messages: list[dict[str, Any]]) -> None:
+    """Every tool_use of an assistant turn is answered by a tool_result in the next user turn, and back."""
+    for i, msg in enumerate(messages):
+        results = _tool_uses(msg["content"], "tool_result") if msg["role"] == "user" else []
+        prev = messages[i - 1] if i > 0 else None
+        expected = [b["id"] for b in _tool_uses(prev["content"])] if prev and prev["role"] == "assistant" else []
+        got = [b["tool_use_id"] for b in results]
+        unexpected = [t for t in got if t not in expected]
+        if unexpected:
+            raise _ApiError(400, f"messages.{i}.content: unexpected `tool_use_id` found in `tool_result` blocks: "
+                                 f"{', '.join(unexpected)}. Each `tool_result` block must have a corresponding "
+                                 "`tool_use` block in the previous message.")
+    for i, msg in enumerate(messages):
+        if msg["role"] == "assistant":
+            ids = [b["id"] for b in _tool_uses(msg["content"])]
+            nxt = messages[i + 1] if i + 1 < len(messages) else None
+            answered = {b["tool_use_id"] for b in _tool_uses(nxt["content"], "tool_result")} \
+                if nxt and nxt["role"] == "user" else set()
+            missing = [t for t in ids if t not in answered]
+            if missing:
+                raise _ApiError(400, f"messages.{i + 1 if nxt else i}: `tool_use` ids were found without "
+                                     f"`tool_result` blocks immediately after: {', '.join(missing)}. Each `tool_use` "
+                                     "block must have a corresponding `tool_result` block in the next message.")
+
+
+def _validate_tools(body: dict[str, Any]) -> None:
+    tools = body.get("tools")
+    names: list[str] = []
+    if tools is not None:
+        if not isinstance(tools, list):
+            raise _ApiError(400, "tools: Input should be a valid list")
+        for j, tool in enumerate(tools):
+            if not isinstance(tool, dict):
+                raise _ApiError(400, f"tools.{j}: Input should be a valid dictionary")
+            kind = tool.get("type", "custom")
+            if kind is None:
+                kind = "custom"
+            if not isinstance(kind, str):
+                raise _ApiError(400, f"tools.{j}.type: Input should be a valid string")
+            name = tool.get("name")
+            if not isinstance(name, str) or not _TOOL_NAME_RE.match(name):
+                raise _ApiError(400, f"tools.{j}.name: Field required (1-128 characters of [a-zA-Z0-9_-])")
+            if kind == "custom":
+                schema = tool.get("input_schema")
+                if schema is None:
+                    raise _ApiError(400, f"tools.{j}.custom.input_schema: Field required")
+                if not isinstance(schema, dict) or schema.get("type") != "object":
+                    raise _ApiError(400, f"tools.{j}.custom.input_schema.type: Input should be 'object'")
+            if name in names:
+                raise _ApiError(400, f"tools: Tool names must be unique. Duplicate: {name!r}")
+            names.append(name)
+    choice = body.get("tool_choice")
+    if choice is not None:
+        if not isinstance(choice, dict) or choice.get("type") not in _TOOL_CHOICES:
+            raise _ApiError(400, "tool_choice.type: Input should be 'auto', 'any', 'tool' or 'none'")
+        if choice["type"] == "tool" and choice.get("name") not in names:
+            raise _ApiError(400, f"tool_choice.name: Tool {choice.get('name')!r} not found in tools")
+        if choice["type"] in ("any", "tool") and not tools:
+            raise _ApiError(400, "tool_choice: tools must be provided when tool_choice is 'any' or 'tool'")
+        dp = choice.get("disable_parallel_tool_use")
+        if dp is not None and not isinstance(dp, bool):
+            raise _ApiError(400, "tool_choice.disable_parallel_tool_use: Input should be a valid boolean")
+
+
+def _output_schema(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The JSON schema of ``output_config.format`` (or the deprecated ``output_format``); 400 when malformed."""
+    fmt: Any = None
+    where = "output_config.format"
+    config = body.get("output_config")
+    if config is not None:
+        if not isinstance(config, dict):
+            raise _ApiError(400, "output_config: Input should be a valid dictionary")
+        unknown = sorted(set(config) - {"format", "effort"})
+        if unknown:
+            raise _ApiError(400, f"output_config.{unknown[0]}: Extra inputs are not permitted")
+        if config.get("effort") is not None and config["effort"] not in _EFFORTS:
+            raise _ApiError(400, f"output_config.effort: Input should be one of {sorted(_EFFORTS)}")
+        fmt = config.get("format")
+    if fmt is None and body.get("output_format") is not None:
+        fmt, where = body["output_format"], "output_format"
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
+        raise _ApiError(400, f"{where}.type: Input should be 'json_schema'")
+    schema = fmt.get("schema")
+    if not isinstance(schema, dict):
+        raise _ApiError(400, f"{where}.schema: Field required (a JSON schema object)")
+    return schema
+
+
+_STRING_FORMATS = {"date-time": "2024-01-01T00:00:00Z", "date": "2024-01-01", "time": "00:00:00",
+                   "email": "user@example.com", "uri": "https://example.com", "uuid":
+                   "00000000-0000-4000-8000-000000000000", "ipv4": "127.0.0.1", "hostname": "example.com"}
+
+
+def schema_instance(schema: dict[str, Any], root: dict[str, Any] | None = None, depth: int = 0) -> Any:
+    """A minimal, deterministic JSON instance of ``schema`` (the emulator's structured-output reply).
+
+    Objects hold every property (required or not); strings are ``"example"`` (or a sample of their
+    ``format``), numbers their minimum or 0, booleans false, arrays ``minItems`` (at least one) items,
+    enums and ``anyOf``/``oneOf`` take their first (non-null) option, ``$ref`` follows ``$defs``.
+
+    >>> schema_instance({"type": "object", "properties": {"n": {"type": "integer"}, "tags": {"type": "array",
+    ...     "items": {"enum": ["a", "b"]}}}})
+    {'n': 0, 'tags': ['a']}
+    """
+    root = schema if root is None else root
+    if depth > 32:
+        raise _ApiError(400, "output_config.format.schema: too deeply nested (or recursive without a way out)")
+    ref = schema.get("$ref")
+    if isinstance(ref, str):
+        target: Any = root
+        for part in ref.lstrip("#/").split("/") if ref.startswith("#/") else []:
+            target = target.get(part) if isinstance(target, dict) else None
+        if not isinstance(target, dict):
+            raise _ApiError(400, f"output_config.format.schema: unresolvable $ref {ref!r}")
+        return schema_instance(target, root, depth + 1)
+    if "const" in schema:
+        return schema["const"]
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf"):
+        options = schema.get(key)
+        if isinstance(options, list) and options:
+            non_null = [o for o in options if isinstance(o, dict) and o.get("type") != "null"]
+            if depth > 8 and len(non_null) < len(options):
+                return None  # deep recursion through an optional field: stop here
+            return schema_instance(non_null[0] if non_null else options[0], root, depth + 1)
+    if isinstance(schema.get("allOf"), list) and schema["allOf"]:
+        merged: dict[str, Any] = {k: v for k, v in schema.items() if k != "allOf"}
+        for part in schema["allOf"]:
+            if isinstance(part, dict):
+                value = schema_instance(part, root, depth + 1)
+                if isinstance(value, dict):
+                    merged.setdefault("_values", {}).update(value)
+        if "_values" in merged:
+            return merged["_values"]
+        return schema_instance(schema["allOf"][0], root, depth + 1)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind is None:
+        kind = "object" if "properties" in schema else "string"
+    if kind == "object":
+        props = schema.get("properties") or {}
+        return {name: schema_instance(sub, root, depth + 1) for name, sub in props.items() if isinstance(sub, dict)}
+    if kind == "array":
+        items = schema.get("items") if isinstance(schema.get("items"), dict) else {}
+        count = max(int(schema.get("minItems", 1)), 1)
+        if schema.get("maxItems") == 0 or (depth > 8 and not schema.get("minItems")):
+            count = 0
+        return [schema_instance(items, root, depth + 1) for _ in range(count)]
+    if kind in ("integer", "number"):
+        low = schema.get("minimum", schema.get("exclusiveMinimum", 0))
+        value = low + 1 if "exclusiveMinimum" in schema and "minimum" not in schema else low
+        if "maximum" in schema and value > schema["maximum"]:
+            value = schema["maximum"]
+        return int(math.ceil(value)) if kind == "integer" else value
+    if kind == "boolean":
+        return False
+    if kind == "null":
+        return None
+    text = _STRING_FORMATS.get(str(schema.get("format")), "example")
+    min_len = int(schema.get("minLength", 0))
+    return text + "x" * max(0, min_len - len(text))
+
+
+def _invalid_instance(schema: dict[str, Any], instance: Any) -> str:
+    """Reply text that fails validation against ``schema``: a required field dropped, else a wrong type."""
+    target = schema
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/"):
+        for part in ref[2:].split("/"):
+            target = target.get(part, {}) if isinstance(target, dict) else {}
+    required = target.get("required") if isinstance(target, dict) else None
+    if isinstance(instance, dict) and isinstance(required, list) and required:
+        broken = {k: v for k, v in instance.items() if k != required[0]}
+        return json.dumps(broken)
+    return json.dumps({"unexpected": "shape"}) if not isinstance(instance, dict) else '{"truncated": '
+
+
 def _fingerprint(body: dict[str, Any]) -> str:
     return hashlib.sha256(_compact({k: v for k, v in body.items() if k != "stream"}).encode()).hexdigest()
 
 
+def _prompt_index(body: dict[str, Any]) -> int:
+    """Index of the prompt message: the last user message holding more than tool_result blocks."""
+    messages = body.get("messages") or []
+    last_user = -1
+    for i in range(len(messages) - 1, -1, -1):
+        msg = messages[i]
+        if msg.get("role") != "user":
+            continue
+        if last_user < 0:
+            last_user = i
+        content = msg.get("content")
+        if not isinstance(content, list) or any(isinstance(b, dict) and b.get("type") != "tool_result"
+                                                for b in content):
+            return i
+    return max(last_user, 0)
+
+
 def _prompt_and_groups(body: dict[str, Any]) -> tuple[str, list[dict[str, str]]]:
-    text = ""
-    for msg in reversed(body.get("messages") or []):
-        if msg.get("role") == "user":
-            text = _text_of(msg.get("content"))
-            break
+    messages = body.get("messages") or []
+    text = _text_of(messages[_prompt_index(body)].get("content")) if messages else ""
     groups, stripped = _split_directives(text)
     return " ".join(stripped.split()), groups
+
+
+def _tool_result_echo(content: Any) -> str:
+    """``Echo tool results: ID=TEXT; ID=TEXT (error)`` for the tool_result blocks of a user turn."""
+    parts = []
+    for b in _tool_uses(content, "tool_result"):
+        inner = b.get("content")
+        text = _text_of(inner) if inner is not None else ""
+        parts.append(f"{b['tool_use_id']}={' '.join(text.split()) or '(empty)'}"
+                     + (" (error)" if b.get("is_error") else ""))
+    return "Echo tool results: " + "; ".join(parts)
+
+
+def _json_fragments(value: Any) -> list[str]:
+    """The compact JSON of ``value`` cut in three (at least two) ``input_json_delta`` fragments."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    cuts = sorted({max(1, len(text) // 3), max(1, 2 * len(text) // 3)})
+    pieces, prev = [], 0
+    for c in cuts + [len(text)]:
+        if c > prev:
+            pieces.append(text[prev:c])
+            prev = c
+    return pieces
+
+
+def _check_script(reply: Any) -> list[dict[str, Any]] | str | None:
+    """Validate a scripted reply (str, None, or content blocks: text first, then tool blocks)."""
+    if reply is None or isinstance(reply, str):
+        return reply
+    if not isinstance(reply, list) or not reply:
+        raise ValueError(f"reply: expected a string, None or a non-empty list of content blocks, got {reply!r}")
+    seen_other = False
+    out = []
+    for j, block in enumerate(reply):
+        if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+            raise ValueError(f"reply[{j}]: expected a content block dict with a 'type', got {block!r}")
+        kind = block["type"]
+        if kind == "text":
+            if not isinstance(block.get("text"), str) or not block["text"].strip():
+                raise ValueError(f"reply[{j}]: a text block needs a non-empty 'text' string")
+            if seen_other:
+                raise ValueError(f"reply[{j}]: text blocks must come before the tool blocks")
+        elif kind in ("tool_use", "server_tool_use"):
+            if not isinstance(block.get("id"), str) or not block["id"]:
+                raise ValueError(f"reply[{j}]: a {kind} block needs a non-empty string 'id'")
+            if not isinstance(block.get("name"), str) or not _TOOL_NAME_RE.match(block["name"]):
+                raise ValueError(f"reply[{j}]: a {kind} block needs a tool 'name'")
+            if not isinstance(block.get("input"), dict):
+                raise ValueError(f"reply[{j}]: a {kind} block needs an 'input' dict")
+            seen_other = True
+        elif kind.endswith("_tool_result"):
+            if not isinstance(block.get("tool_use_id"), str):
+                raise ValueError(f"reply[{j}]: a {kind} block needs a string 'tool_use_id'")
+            seen_other = True
+        else:
+            raise ValueError(f"reply[{j}]: unsupported block type {kind!r}")
+        out.append(json.loads(json.dumps(block)))  # a private deep copy; also proves it is JSON
+    return out
+
+
+def _invalid_output(body: dict[str, Any], global_groups: list[dict[str, str]], attempt: int) -> int:
+    """1 when ``invalid_output=N`` (from any user message or the global directives) covers this try."""
+    n = 0
+    for g in global_groups + [g for m in body["messages"] if m["role"] == "user"
+                              for g in _split_directives(_text_of(m["content"]))[0]]:
+        if "invalid_output" in g:
+            try:
+                n = int(g["invalid_output"])
+            except ValueError:
+                raise _ApiError(400, f"directive invalid_output: expected an integer, got {g['invalid_output']!r}") \
+                    from None
+    tries = attempt + sum(1 for m in body["messages"] if m["role"] == "assistant")
+    return 1 if tries <= n else 0
 
 
 def _sse(name: str, data: dict[str, Any]) -> bytes:
@@ -572,10 +981,15 @@ class Emulator:
             v = settings.get(name)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
                 raise ValueError(f"{name}: expected None or an integer >= 0, got {v!r}")
-        if "rate_limit_window_s" in settings:
-            v = settings["rate_limit_window_s"]
-            if not isinstance(v, (int, float)) or v <= 0:
-                raise ValueError(f"rate_limit_window_s: expected a number > 0, got {v!r}")
+        for name in ("rate_limit_rpm", "rate_limit_itpm", "rate_limit_otpm"):
+            v = settings.get(name)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                raise ValueError(f"{name}: expected None or an integer >= 1, got {v!r}")
+        for name in ("rate_limit_window_s", "rate_limit_minute_s"):
+            if name in settings:
+                v = settings[name]
+                if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
+                    raise ValueError(f"{name}: expected a number > 0, got {v!r}")
         if "api_key" in settings and settings["api_key"] is not None and not isinstance(settings["api_key"], str):
             raise ValueError("api_key: expected None or a string")
         if "directives" in settings and not isinstance(settings["directives"], str):
@@ -586,7 +1000,7 @@ class Emulator:
         self._records: list[RequestRecord] = []
         self._seq = 0
         self._attempts: dict[str, int] = {}
-        self._scripts: dict[str, str] = {}
+        self._scripts: dict[str, str | list[dict[str, Any]]] = {}
         self._cache: dict[str, _CacheEntry] = {}
         self._cache_counts = {"writes": 0, "reads": 0, "write_tokens": 0, "read_tokens": 0}
         self._active: set[int] = set()  # seq of admitted in-flight /v1/messages requests
@@ -597,6 +1011,8 @@ class Emulator:
         self._seen_transports: weakref.WeakSet[Any] = weakref.WeakSet()
         self._bucket: _Bucket | None = None
         self._bucket_key: tuple[Any, Any] | None = None
+        # (model, "rpm" | "itpm" | "otpm") -> (limit, minute_s, bucket)
+        self._model_buckets: dict[tuple[str, str], tuple[int, float, _Bucket]] = {}
         self._batches: dict[str, _Batch] = {}
         self._global_groups_cache: tuple[str, list[dict[str, str]]] = ("", [])
 
@@ -614,14 +1030,37 @@ class Emulator:
         with self._lock:
             return dict(self._settings)
 
-    def script(self, prompt: str, reply: str | None) -> None:
-        """Answer ``reply`` to the exact (directive-stripped, whitespace-collapsed) ``prompt``; None removes it."""
+    def script(self, prompt: str, reply: str | list[dict[str, Any]] | None) -> None:
+        """Answer ``reply`` to the exact (directive-stripped, whitespace-collapsed) ``prompt``; None removes it.
+
+        ``reply`` is a text, or a list of content blocks: optional ``{"type": "text", "text": ...}`` blocks
+        first (joined into one text block), then ``tool_use`` / ``server_tool_use`` blocks (``id``, ``name``,
+        ``input`` dict) and server-tool result blocks (``type`` ending in ``_tool_result``). A reply holding
+        tool_use blocks stops with ``tool_use`` while the conversation has fewer tool_result turns than
+        ``tool_turns`` (default 1); after that the tool results are echoed. A malformed reply raises
+        ValueError here. Tool names are checked against each request's ``tools`` (400 when absent).
+        """
+        checked = _check_script(reply)
         key = " ".join(_split_directives(prompt)[1].split())
         with self._lock:
-            if reply is None:
+            if checked is None:
                 self._scripts.pop(key, None)
             else:
-                self._scripts[key] = reply
+                self._scripts[key] = checked
+
+    def script_tool_use(self, prompt: str, calls: list[tuple[str, dict[str, Any]]], *, text: str | None = None) -> None:
+        """Script a tool-call turn for ``prompt``: one tool_use block per ``(name, input)``, after ``text``.
+
+        Ids are deterministic (``toolu_emu_`` + a hash of the prompt, position and name).
+        """
+        blocks: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
+        for i, call in enumerate(calls):
+            if not isinstance(call, tuple) or len(call) != 2:
+                raise ValueError(f"calls[{i}]: expected a (name, input) tuple, got {call!r}")
+            name, tool_input = call
+            digest = hashlib.sha256(f"{prompt}|{i}|{name}".encode()).hexdigest()[:24]
+            blocks.append({"type": "tool_use", "id": f"toolu_emu_{digest}", "name": name, "input": tool_input})
+        self.script(prompt, blocks)
 
     def reset(self) -> None:
         """Clear logs, stats, cache, attempts, rate-limit state, scripts, batches and the clock offset;
@@ -837,24 +1276,46 @@ class Emulator:
 
     # ------------------------------------------------------------------ HTTP plumbing
 
-    def _ratelimit_headers(self) -> dict[str, str]:
+    def _ratelimit_headers(self, model: str | None = None) -> dict[str, str]:
+        """The ``anthropic-ratelimit-*`` headers for ``model`` (call with the lock held).
+
+        Honest for every configured bucket: ``limit`` is the per-minute limit, ``remaining`` what the
+        bucket holds now (token figures rounded down to the nearest thousand, as the API rounds them),
+        ``reset`` the RFC 3339 time at which the bucket would be full again. ``tokens-*`` repeats the
+        token bucket with the least remaining. Unset limits keep nominal figures.
+        """
         now, wall = self._now(), self._wall()
         bucket = self._current_bucket(now)
+        if bucket is None and model is not None:
+            bucket = self._model_bucket(model, "rpm", now)
         if bucket is not None:
             limit, remaining = bucket.capacity, bucket.remaining(now)
             reset = _rfc3339(wall + bucket.seconds_to_full(now))
         else:
             limit, remaining, reset = 1_000_000, 1_000_000, _rfc3339(wall)
-        tok_reset = _rfc3339(wall)
         h = {
             "anthropic-ratelimit-requests-limit": str(limit),
             "anthropic-ratelimit-requests-remaining": str(remaining),
             "anthropic-ratelimit-requests-reset": reset,
         }
-        for kind in ("tokens", "input-tokens", "output-tokens"):
-            h[f"anthropic-ratelimit-{kind}-limit"] = str(_NOMINAL_TOKEN_LIMIT)
-            h[f"anthropic-ratelimit-{kind}-remaining"] = str(_NOMINAL_TOKEN_LIMIT)
-            h[f"anthropic-ratelimit-{kind}-reset"] = tok_reset
+        tightest: tuple[int, int, str] | None = None
+        for kind, key in (("input-tokens", "itpm"), ("output-tokens", "otpm")):
+            tb = self._model_bucket(model, key, now) if model is not None else None
+            if tb is None:
+                figures = (_NOMINAL_TOKEN_LIMIT, _NOMINAL_TOKEN_LIMIT, _rfc3339(wall))
+            else:
+                figures = (tb.capacity, tb.remaining(now) // 1000 * 1000,
+                           _rfc3339(wall + math.ceil(tb.seconds_to_full(now))))
+                if tightest is None or figures[1] < tightest[1]:
+                    tightest = figures
+            h[f"anthropic-ratelimit-{kind}-limit"] = str(figures[0])
+            h[f"anthropic-ratelimit-{kind}-remaining"] = str(figures[1])
+            h[f"anthropic-ratelimit-{kind}-reset"] = figures[2]
+        if tightest is None:
+            tightest = (_NOMINAL_TOKEN_LIMIT, _NOMINAL_TOKEN_LIMIT, _rfc3339(wall))
+        h["anthropic-ratelimit-tokens-limit"] = str(tightest[0])
+        h["anthropic-ratelimit-tokens-remaining"] = str(tightest[1])
+        h["anthropic-ratelimit-tokens-reset"] = tightest[2]
         return h
 
     def _current_bucket(self, now: float) -> _Bucket | None:
@@ -866,9 +1327,26 @@ class Emulator:
             self._bucket_key = (n, window)
         return self._bucket
 
+    def _model_bucket(self, model: str, kind: str, now: float) -> _Bucket | None:
+        """The per-model ``rpm`` / ``itpm`` / ``otpm`` bucket, None when that limit is unset (lock held).
+
+        A bucket holds one "minute" (``rate_limit_minute_s`` seconds) of its limit and refills at
+        limit / minute continuously; changing the limit or the minute starts a full new bucket.
+        """
+        limit = self._settings[f"rate_limit_{kind}"]
+        if limit is None:
+            return None
+        minute = float(self._settings["rate_limit_minute_s"])
+        cur = self._model_buckets.get((model, kind))
+        if cur is None or cur[0] != limit or cur[1] != minute:
+            cur = (limit, minute, _Bucket(limit, minute, now))
+            self._model_buckets[(model, kind)] = cur
+        return cur[2]
+
     def _base_headers(self, request: web.Request) -> dict[str, str]:
+        rec: RequestRecord = request[_REC_KEY]
         with self._lock:
-            h = self._ratelimit_headers()
+            h = self._ratelimit_headers(rec.model)
         h["request-id"] = request[_RID_KEY]
         return h
 
@@ -962,13 +1440,11 @@ class Emulator:
     def _compute(self, body: dict[str, Any], prompt: str, plan: _Plan, *, service_tier: str = "standard",
                  default_ttl: float | None = None) -> _Computed:
         """Reply words, usage and the cache lookup (call with the lock held)."""
-        reply = self._scripts.get(prompt)
-        if reply is None:
-            reply = f"Echo: {prompt}" if prompt else "Echo:"
+        reply, blocks, stop_reason = self._reply(body, prompt, plan)
         words = reply.split()
-        if plan.words is not None:
+        if plan.words is not None and not blocks:
             words = [words[i % len(words)] for i in range(plan.words)] if words else []
-        stop_reason, stop_sequence = "end_turn", None
+        stop_sequence = None
         stops = [seq for seq in body.get("stop_sequences") or [] if seq]
         if stops and words:
             text = " ".join(words)
@@ -978,8 +1454,16 @@ class Emulator:
                 words = text[:idx].split()
                 stop_reason = "stop_sequence"
         if len(words) > body["max_tokens"]:
-            words = words[: body["max_tokens"]]
+            words, blocks = words[: body["max_tokens"]], []
             stop_reason, stop_sequence = "max_tokens", None
+        out_tokens = len(words)
+        for i, block in enumerate(blocks):
+            out_tokens += _block_tokens(block)
+            if out_tokens > body["max_tokens"]:  # a tool block that does not fit is cut with the rest
+                out_tokens -= _block_tokens(block)
+                blocks = blocks[:i]
+                stop_reason, stop_sequence = "max_tokens", None
+                break
         model = body["model"]
         total, bps = _breakpoints(body, model)
         now = self._now()
@@ -987,8 +1471,7 @@ class Emulator:
         read_idx = -1
         for i in range(len(bps) - 1, -1, -1):
             entry = self._cache.get(bps[i][0])
-            if entry is not None and entry.expires > now:
-                entry.expires = now + entry.ttl
+            if entry is not None and entry.expires > now:  # refreshed by _commit_cache once admitted
                 read_tokens, read_idx = entry.tokens, i
                 break
         minimum = self._settings["cache_min_tokens"]
@@ -1003,7 +1486,7 @@ class Emulator:
         creation = prev - read_tokens
         usage = {
             "input_tokens": total - read_tokens - creation,
-            "output_tokens": len(words),
+            "output_tokens": out_tokens,
             "cache_creation_input_tokens": creation,
             "cache_read_input_tokens": read_tokens,
             "cache_creation": {"ephemeral_5m_input_tokens": split[300.0], "ephemeral_1h_input_tokens": split[3600.0]},
@@ -1011,11 +1494,83 @@ class Emulator:
         }
         return _Computed(words=words, stop_reason=stop_reason, stop_sequence=stop_sequence, usage=usage,
                          pending_writes=[(k, ttl, t) for k, t, ttl in writes],
-                         read_tokens=read_tokens, creation_tokens=creation)
+                         read_tokens=read_tokens, creation_tokens=creation, blocks=blocks,
+                         hit_key=bps[read_idx][0] if read_idx >= 0 else None)
+
+    def _reply(self, body: dict[str, Any], prompt: str, plan: _Plan) -> tuple[str, list[dict[str, Any]], str]:
+        """Reply text, the tool blocks after it and the stop reason (call with the lock held).
+
+        In order: a pause turn (``pause_turns``); a tool-call turn (scripted tool_use, ``tool=``, or a
+        forced ``tool_choice``); structured output (``output_config.format``); the echo of the
+        tool_result blocks of the last user turn; the scripted text; ``"Echo: " + prompt``.
+        """
+        messages = body["messages"]
+        start = _prompt_index(body)
+        later = messages[start + 1:]
+        tools = {t["name"]: t for t in body.get("tools") or []}
+        tag = hashlib.sha256(f"{prompt}|{len(messages)}".encode()).hexdigest()
+        # Pauses so far: server_tool_use blocks after the prompt, or the number in our ids ("..._K"), so that
+        # a client may append each paused turn or replace the last one.
+        done = [b["id"] for m in later if m["role"] == "assistant" for b in _tool_uses(m["content"], "server_tool_use")]
+        pauses = max([len(done)] + [int(d.rsplit("_", 1)[1]) for d in done if re.fullmatch(r"srvtoolu_emu_\w+_\d+", d)])
+        if pauses < plan.pause_turns:
+            server = [t for t in tools.values() if t.get("type", "custom") not in ("custom", None)]
+            if not server:
+                raise _ApiError(400, "directive pause_turns: the request has no server tool in tools")
+            name, sid = server[0]["name"], f"srvtoolu_emu_{tag[:20]}_{pauses + 1}"
+            result: Any = [{"type": "web_search_result", "url": f"https://example.com/{i}", "title": f"Result {i}",
+                            "encrypted_content": f"enc{i}", "page_age": None} for i in (1, 2)]
+            if name != "web_search":
+                result = {"type": f"{name}_result", "content": []}
+            kind = "web_search_tool_result" if name == "web_search" else f"{name}_tool_result"
+            return "", [{"type": "server_tool_use", "id": sid, "name": name, "input": {"query": prompt or "emulator"}},
+                        {"type": kind, "tool_use_id": sid, "content": result}], "pause_turn"
+        scripted = self._scripts.get(prompt)
+        script_text = scripted if isinstance(scripted, str) else \
+            " ".join(b["text"] for b in scripted or [] if b["type"] == "text")
+        choice = (body.get("tool_choice") or {}).get("type", "auto")
+        result_turns = sum(1 for m in later if m["role"] == "user" and _tool_uses(m["content"], "tool_result"))
+        calls: list[dict[str, Any]] = []
+        if choice != "none" and result_turns < plan.tool_turns:
+            if isinstance(scripted, list):
+                calls = [b for b in scripted if b["type"] != "text"]
+            for i, (name, tool_input) in enumerate(plan.tool_calls):
+                calls.append({"type": "tool_use", "id": f"toolu_emu_{tag[:16]}{i:08d}", "name": name,
+                              "input": tool_input})
+        if not calls and choice in ("any", "tool"):
+            forced = body["tool_choice"].get("name") if choice == "tool" else \
+                next((n for n, t in tools.items() if t.get("type", "custom") in ("custom", None)), None)
+            if forced is not None:
+                schema = tools[forced].get("input_schema") or {}
+                calls = [{"type": "tool_use", "id": f"toolu_emu_{tag[:24]}", "name": forced,
+                          "input": schema_instance(schema) if schema else {}}]
+        if calls:
+            for b in calls:
+                if b["type"] == "tool_use" and b["name"] not in tools:
+                    raise _ApiError(400, f"tool {b['name']!r} is not in the request's tools "
+                                         f"({', '.join(tools) or 'none given'})")
+            names = [b["name"] for b in calls if b["type"] == "tool_use"]
+            text = script_text if isinstance(scripted, list) else \
+                (f"Calling {', '.join(names)}." if plan.preamble else "")
+            return text, calls, "tool_use" if names else "end_turn"
+        schema = _output_schema(body)
+        if schema is not None:
+            instance = schema_instance(schema)
+            if plan.invalid_output:
+                return _invalid_instance(schema, instance), [], "end_turn"
+            return json.dumps(instance, ensure_ascii=False), [], "end_turn"
+        if messages[-1]["role"] == "user" and _tool_uses(messages[-1]["content"], "tool_result"):
+            return _tool_result_echo(messages[-1]["content"]), [], "end_turn"
+        if script_text:
+            return script_text, [], "end_turn"
+        return (f"Echo: {prompt}" if prompt else "Echo:"), [], "end_turn"
 
     def _commit_cache(self, comp: _Computed) -> None:
         """The response began: the request's cache writes become readable (call with the lock held)."""
         now = self._now()
+        hit = self._cache.get(comp.hit_key) if comp.hit_key is not None else None
+        if hit is not None and hit.expires > now:
+            hit.expires = max(hit.expires, now + hit.ttl)
         for key, ttl, tokens in comp.pending_writes:
             entry = self._cache.get(key)
             if entry is not None and entry.expires > now:
@@ -1030,22 +1585,49 @@ class Emulator:
             self._cache_counts["reads"] += 1
             self._cache_counts["read_tokens"] += comp.read_tokens
 
-    def _rate_limit_check(self) -> _ApiError | None:
-        """Admission control (call with the lock held)."""
+    def _rate_limit_check(self, model: str, comp: _Computed, max_tokens: int) -> _ApiError | None:
+        """Admission control (call with the lock held): concurrency, then every bucket at once.
+
+        ITPM is charged ``input_tokens + cache_creation_input_tokens`` (cache reads are free), OTPM
+        ``max_tokens`` (refunded to the real output by :meth:`_settle`); nothing is taken unless all fit.
+        """
         max_conc = self._settings["max_concurrent"]
         if max_conc is not None and len(self._active) >= max_conc:
             self._rate_limited += 1
             return _ApiError(429, f"Number of concurrent requests has exceeded your limit of {max_conc}.",
                              headers={"retry-after": "1"})
-        bucket = self._current_bucket(self._now())
+        now = self._now()
+        minute = float(self._settings["rate_limit_minute_s"])
+        per = "minute" if minute == 60 else f"{minute:g} seconds"
+        itpm = comp.usage["input_tokens"] + comp.usage["cache_creation_input_tokens"]
+        checks: list[tuple[_Bucket, int, str]] = []
+        bucket = self._current_bucket(now)
         if bucket is not None:
-            wait = bucket.take(self._now())
-            if wait > 0:
-                self._rate_limited += 1
-                return _ApiError(429, f"This request would exceed your organization's rate limit of "
-                                      f"{bucket.capacity} requests per {self._settings['rate_limit_window_s']:g} "
-                                      f"seconds.", headers={"retry-after": str(max(1, math.ceil(wait)))})
+            checks.append((bucket, 1, f"{bucket.capacity} requests per "
+                                      f"{self._settings['rate_limit_window_s']:g} seconds"))
+        for kind, amount, what in (("rpm", 1, "requests"), ("itpm", itpm, "input tokens"),
+                                   ("otpm", max_tokens, "output tokens")):
+            mb = self._model_bucket(model, kind, now)
+            if mb is not None:
+                checks.append((mb, amount, f"{mb.capacity:,} {what} per {per} (model {model})"))
+        waits = [(b.wait(now, amount), what) for b, amount, what in checks]
+        late = [(w, what) for w, what in waits if w > 0]
+        if late:
+            self._rate_limited += 1
+            wait = max(w for w, _ in late)
+            return _ApiError(429, f"This request would exceed your organization's rate limit of {late[0][1]}.",
+                             headers={"retry-after": str(max(1, math.ceil(wait)))})
+        for b, amount, _what in checks:
+            b.take(now, amount)
+        comp.otpm = self._model_bucket(model, "otpm", now)
+        comp.otpm_charged = max_tokens if comp.otpm is not None else 0
         return None
+
+    def _settle(self, comp: _Computed, output_tokens: int) -> None:
+        """Refund the OTPM charge down to the real output (idempotent; call with the lock held)."""
+        if comp.otpm is not None and comp.otpm_charged > output_tokens:
+            comp.otpm.give(self._now(), comp.otpm_charged - output_tokens)
+        comp.otpm, comp.otpm_charged = None, 0
 
     async def _h_messages(self, request: web.Request) -> web.StreamResponse:
         rec: RequestRecord = request[_REC_KEY]
@@ -1062,6 +1644,7 @@ class Emulator:
             if self._global_groups_cache[0] != spec:
                 self._global_groups_cache = (spec, _global_groups(spec))
             plan = _build_plan(self._global_groups_cache[1] + groups, attempt, self._settings)
+            plan.invalid_output = _invalid_output(body, self._global_groups_cache[1], attempt)
             ping_every = int(self._settings["ping_every"] or 0)
         if plan.fail is not None:
             headers: dict[str, str] = {}
@@ -1075,11 +1658,11 @@ class Emulator:
                 headers["x-should-retry"] = plan.should_retry
             raise _ApiError(plan.fail, headers=headers)
         with self._lock:
-            limited = self._rate_limit_check()
+            comp = self._compute(body, prompt, plan)
+            limited = self._rate_limit_check(body["model"], comp, body["max_tokens"])
             if limited is None:
                 self._active.add(rec.seq)
                 self._peak = max(self._peak, len(self._active))
-                comp = self._compute(body, prompt, plan)
         if limited is not None:
             raise limited
         if plan.ttft_ms > 0:
@@ -1089,28 +1672,34 @@ class Emulator:
         return await self._non_stream(request, body, plan, comp)
 
     def _message_json(self, body: dict[str, Any], comp: _Computed, msg_id: str) -> dict[str, Any]:
+        text = [{"type": "text", "text": " ".join(comp.words)}] if comp.words or not comp.blocks else []
         return {
             "id": msg_id, "type": "message", "role": "assistant", "model": body["model"],
-            "content": [{"type": "text", "text": " ".join(comp.words)}],
+            "content": text + [dict(b) for b in comp.blocks],
             "stop_reason": comp.stop_reason, "stop_sequence": comp.stop_sequence, "usage": comp.usage,
         }
 
     async def _non_stream(self, request: web.Request, body: dict[str, Any], plan: _Plan,
                           comp: _Computed) -> web.StreamResponse:
         rec: RequestRecord = request[_REC_KEY]
-        if plan.stall_after is not None:
-            await asyncio.Event().wait()  # until the client leaves (the task is cancelled)
-        if plan.error_after is not None:
-            raise _ApiError(529)
-        if plan.delay_ms > 0 and comp.words:
-            await asyncio.sleep(plan.delay_ms * len(comp.words) / 1000)
-        msg = self._message_json(body, comp, _new_id("msg_emu_"))
-        with self._lock:
-            self._commit_cache(comp)
-            rec.usage = comp.usage
-            rec.emitted_text = msg["content"][0]["text"]
-            rec.status = 200
-        return web.json_response(msg, headers=self._base_headers(request))
+        try:
+            if plan.stall_after is not None:
+                await asyncio.Event().wait()  # until the client leaves (the task is cancelled)
+            if plan.error_after is not None:
+                raise _ApiError(529)
+            if plan.delay_ms > 0 and comp.words:
+                await asyncio.sleep(plan.delay_ms * len(comp.words) / 1000)
+            msg = self._message_json(body, comp, _new_id("msg_emu_"))
+            with self._lock:
+                self._commit_cache(comp)
+                self._settle(comp, comp.usage["output_tokens"])
+                rec.usage = comp.usage
+                rec.emitted_text = " ".join(comp.words)
+                rec.status = 200
+            return web.json_response(msg, headers=self._base_headers(request))
+        finally:
+            with self._lock:
+                self._settle(comp, 0)
 
     async def _stream(self, request: web.Request, body: dict[str, Any], plan: _Plan, comp: _Computed,
                       ping_every: int) -> web.StreamResponse:
@@ -1123,7 +1712,7 @@ class Emulator:
             rec.status = 200
         await resp.prepare(request)
         start_usage = dict(comp.usage)
-        start_usage["output_tokens"] = 1 if comp.words else 0
+        start_usage["output_tokens"] = 1 if comp.words or comp.blocks else 0
         start_usage["cache_creation"] = dict(comp.usage["cache_creation"])
         msg_id = _new_id("msg_emu_")
         await resp.write(_sse("message_start", {"type": "message_start", "message": {
@@ -1131,10 +1720,14 @@ class Emulator:
             "stop_reason": None, "stop_sequence": None, "usage": start_usage}}))
         with self._lock:
             self._commit_cache(comp)
-        await resp.write(
-            _sse("content_block_start", {"type": "content_block_start", "index": 0,
-                                         "content_block": {"type": "text", "text": ""}})
-            + _sse("ping", {"type": "ping"}))
+        has_text = bool(comp.words) or not comp.blocks
+        if has_text:
+            await resp.write(
+                _sse("content_block_start", {"type": "content_block_start", "index": 0,
+                                             "content_block": {"type": "text", "text": ""}})
+                + _sse("ping", {"type": "ping"}))
+        else:
+            await resp.write(_sse("ping", {"type": "ping"}))
         words = comp.words
         n = len(words)
         sent = 0
@@ -1163,26 +1756,45 @@ class Emulator:
                 await self._stream_error(resp, rec)
                 return resp
             final = dict(comp.usage)
+            tail = _sse("content_block_stop", {"type": "content_block_stop", "index": 0}) if has_text else b""
+            for index, block in enumerate(comp.blocks, start=1 if has_text else 0):
+                tail += self._block_events(index, block)
+                sent += _block_tokens(block)
             with self._lock:  # recorded before the client can see message_stop and read the log
                 rec.usage = final
+                self._settle(comp, final["output_tokens"])
             await resp.write(
-                _sse("content_block_stop", {"type": "content_block_stop", "index": 0})
+                tail
                 + _sse("message_delta", {"type": "message_delta",
                                          "delta": {"stop_reason": comp.stop_reason,
                                                    "stop_sequence": comp.stop_sequence},
                                          "usage": {"input_tokens": final["input_tokens"],
                                                    "cache_creation_input_tokens": final["cache_creation_input_tokens"],
                                                    "cache_read_input_tokens": final["cache_read_input_tokens"],
-                                                   "output_tokens": n}})
+                                                   "output_tokens": final["output_tokens"]}})
                 + _sse("message_stop", {"type": "message_stop"}))
             await resp.write_eof()
             return resp
         finally:
             with self._lock:
+                self._settle(comp, sent)
                 if rec.usage is None:
                     partial = dict(comp.usage)
                     partial["output_tokens"] = sent
                     rec.usage = partial
+
+    @staticmethod
+    def _block_events(index: int, block: dict[str, Any]) -> bytes:
+        """SSE events of one non-text block: tool inputs arrive as input_json_delta fragments."""
+        if block["type"] in ("tool_use", "server_tool_use"):
+            out = _sse("content_block_start", {"type": "content_block_start", "index": index,
+                                               "content_block": {**block, "input": {}}})
+            for piece in _json_fragments(block["input"]):
+                out += _sse("content_block_delta", {"type": "content_block_delta", "index": index,
+                                                    "delta": {"type": "input_json_delta", "partial_json": piece}})
+        else:
+            out = _sse("content_block_start", {"type": "content_block_start", "index": index, "content_block": block})
+        return out + _sse("content_block_stop", {"type": "content_block_stop", "index": index})
 
     async def _stall(self, resp: web.StreamResponse, plan: _Plan) -> None:
         """Keep the connection open without progress until the client leaves (the task is cancelled)."""
@@ -1234,6 +1846,8 @@ class Emulator:
                 raise _ApiError(400, "stream: streaming is not supported in message batches")
             prompt, groups = _prompt_and_groups(params)
             plan = _build_plan(groups, 1, {**self._settings, "ttft_ms": 0, "chunk_delay_ms": 0})
+            plan.invalid_output = _invalid_output(params, [], 1)
+            comp = self._compute(params, prompt, plan, service_tier="batch")
         except _ApiError as err:
             return {"type": "errored", "error": {"type": "error", "error": {"type": err.error_type,
                                                                            "message": err.message}}}
@@ -1243,7 +1857,6 @@ class Emulator:
             err = _ApiError(plan.fail if plan.fail is not None else 500)
             return {"type": "errored", "error": {"type": "error", "error": {"type": err.error_type,
                                                                            "message": err.message}}}
-        comp = self._compute(params, prompt, plan, service_tier="batch")
         self._commit_cache(comp)
         return {"type": "succeeded", "message": self._message_json(params, comp, _new_id("msg_emu_"))}
 
@@ -1420,7 +2033,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "ping_every": int, "rate_limit_requests": _opt_int, "rate_limit_window_s": float,
         "max_concurrent": _opt_int, "directives": str, "cache_min_tokens": _opt_int,
         "batch_seconds_per_request": float, "batch_retrieve_404_times": int,
-        "batch_create_delay_ms": float,
+        "batch_create_delay_ms": float, "rate_limit_rpm": _opt_int, "rate_limit_itpm": _opt_int,
+        "rate_limit_otpm": _opt_int, "rate_limit_minute_s": float,
     }
     for name, default in DEFAULT_SETTINGS.items():
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=types[name], default=default,

@@ -58,6 +58,7 @@ from _stall import StallDetector
 from _transport import default_policy, get_client, send
 from _validation import check_bool, check_callable, check_optional_seconds, check_positive_int
 from _conversation import DEFAULT_CONTINUATION_PROMPT, ConversationThread
+from message_batches import invoke_batch
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -428,11 +429,3 @@ def _parallel(
         specs, client=client, policy=default_policy(client), max_workers=max_workers, callbacks=callbacks,
         return_exceptions=return_exceptions, interrupt_token=interrupt_token, pilot=pilot, stall_timeout=stall,
     )
-
-
-def __getattr__(name: str) -> Any:
-    if name == "invoke_batch":
-        from message_batches import invoke_batch
-
-        return invoke_batch
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,25 +14,71 @@ replies in input order::
 With ``journal=`` the batch ids are written to a JSON file *before* any waiting, so a crashed
 script or a re-run notebook cell resumes polling the same batches instead of paying twice, and
 a re-run after completion returns the stored results without sending a single request.
+``retry_failed=True`` re-submits only the requests that failed (errored, expired or canceled,
+e.g. after an interrupt canceled the batches) as a new batch and merges their new results into
+the same slots; the requests that succeeded are never sent again.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import time
-from dataclasses import dataclass
-from datetime import datetime, timezone
-from pathlib import Path
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Union
 
 import anthropic
 import httpx2
-
-import claude_client as _cc
-from claude_client import DEFAULT_MODEL, ClaudeInvocationError, ParallelResults
+from _batch_journal import (
+    BODY_OVERHEAD as _BODY_OVERHEAD,
+)
+from _batch_journal import (
+    Journal as _Journal,
+)
+from _batch_journal import (
+    Request as _Request,
+)
+from _batch_journal import (
+    chunks as _chunks,
+)
+from _batch_journal import (
+    failed as _failed,
+)
+from _batch_journal import (
+    fingerprint as _fingerprint,
+)
+from _batch_journal import (
+    label as _label,
+)
+from _batch_journal import (
+    members as _members,
+)
+from _batch_journal import (
+    plan as _plan,
+)
+from _batch_journal import (
+    prepare as _prepare,
+)
+from _batch_journal import (
+    size as _size,
+)
+from _errors import ClaudeInvocationError
+from _errors import translate as _translate
+from _interrupt import InterruptToken
+from _interrupt import check_token as _check_token
+from _requests import DEFAULT_MODEL
+from _requests import prompt_specs as _prompt_specs
+from _results import ClaudeResponse, ParallelResults, Usage, estimate_cost
+from _results import block_dict as _block_dict
+from _results import totals as _totals
+from _retry import Retry, RetryPolicy
+from _retry import run as _retrying
+from _retry import sleep as _interruptible_sleep
+from _transport import get_client as _get_client
+from _transport import no_retry_client as _no_retry_client
+from _validation import check_bool as _check_bool
 
 __all__ = [
     "invoke_batch",
@@ -48,16 +94,22 @@ logger = logging.getLogger(__name__)
 MAX_BATCH_REQUESTS = 100_000
 MAX_BATCH_BYTES = 256 * 1024 * 1024
 
-_JOURNAL_FORMAT = "orchestrating-agents/batch-journal"
-_JOURNAL_VERSION = 1
+# Looking for a batch an interrupted create call made: batches listed per page, and a bound on
+# the pages read when the server's batches are not (as documented) listed newest first.
+_LIST_PAGE_SIZE = 100
+_LIST_MAX_PAGES = 100
 _ON_INTERRUPT = ("cancel", "leave")
-# Bytes of ``{"requests": [`` + ``]}`` plus slack; each request adds its JSON and ", ".
-_BODY_OVERHEAD = 64
-# Right after create a retrieve can answer 404 for a short while: retry with these delays.
-_NOT_FOUND_DELAYS = (0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0, 5.0)
-# Create is not idempotent: retry only answers that prove the batch was not created.
-_CREATE_DELAYS = (1.0, 2.0, 4.0, 8.0)
+# A batch may be invisible for a moment right after create: 404s are retried, 0.1 s doubling to 5 s.
+_NOT_FOUND_POLICY = RetryPolicy(max_retries=9, base_delay_ms=100, max_delay_ms=5000, jitter="none")
+_NO_RETRY_NOT_FOUND = RetryPolicy(max_retries=0, base_delay_ms=0, max_delay_ms=0)
+_RETRY_NOT_FOUND = Retry(lambda e: e.status_code == 404, "retry_if_not_found")
+# Creating a batch is not idempotent: it is retried (1 s doubling to 8 s, or the server's
+# retry-after) only when nothing can have been created: a status the API answers before doing
+# anything, or a connection that was never made.
+_CREATE_POLICY = RetryPolicy(max_retries=4, base_delay_ms=1000, max_delay_ms=8000, jitter="none")
 _CREATE_RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504, 529})
+_RETRY_CREATE = Retry(lambda e: e.status_code in _CREATE_RETRY_STATUS or getattr(e, "never_sent", False),
+                      "retry_if_nothing_created")
 
 ProgressCallback = Callable[["BatchProgress"], None]
 
@@ -71,6 +123,9 @@ class BatchStatus:
 
     ``processing_status`` is ``"pending"`` (not created yet), ``"in_progress"``,
     ``"canceling"`` or ``"ended"``; the request indexes it covers are ``range(start, end)``.
+    A batch made by ``retry_failed`` has ``indexes`` (the requests it re-sent, in order) and
+    ``retry_round`` (1 for the first retry of the job); ``start``/``end`` then only bound them.
+    The counts of an ended batch are its own outcome, even where a later retry replaced it.
     """
 
     id: Optional[str]
@@ -83,11 +138,16 @@ class BatchStatus:
     canceled: int
     expired: int
     results_fetched: bool
+    indexes: Optional[tuple[int, ...]] = None
+    retry_round: int = 0
 
 
 @dataclass(frozen=True)
 class BatchProgress:
     """What ``on_progress`` receives after every poll: counts per batch and in total.
+
+    The totals count each request once, by its latest outcome: a request being retried counts
+    as ``processing`` until its retry batch ends.
 
     >>> def show(p: BatchProgress) -> None:
     ...     print(f"{p.done}/{p.total} done, {p.succeeded} ok, {p.errored} errored")
@@ -115,232 +175,12 @@ class BatchProgress:
 # --------------------------------------------------------------------------- request preparation
 
 
-@dataclass
-class _Request:
-    index: int
-    custom_id: str
-    digest: str
-    params: Dict[str, Any]
-    size: int  # bytes of {"custom_id":..., "params":...} as JSON (an upper bound)
-
-
-def _with_long_ttl(obj: Any) -> Any:
-    """Copy of ``obj`` where every ephemeral ``cache_control`` without a TTL gets ``"1h"``.
-
-    Only containers on the way to a changed ``cache_control`` are copied; nothing is mutated.
-    """
-    if isinstance(obj, dict):
-        out: Optional[Dict[str, Any]] = None
-        for key, value in obj.items():
-            if key == "cache_control" and isinstance(value, Mapping):
-                new = value if "ttl" in value else {**value, "ttl": "1h"}
-            else:
-                new = _with_long_ttl(value)
-            if new is not value:
-                if out is None:
-                    out = dict(obj)
-                out[key] = new
-        return obj if out is None else out
-    if isinstance(obj, list):
-        items = [_with_long_ttl(v) for v in obj]
-        return obj if all(a is b for a, b in zip(items, obj)) else items
-    return obj
-
-
-def _prepare(specs: Sequence[Any]) -> List[_Request]:
-    requests: List[_Request] = []
-    for spec in specs:
-        params = {k: v for k, v in spec.params.items() if k != "stream"}
-        params = _with_long_ttl(params)
-        try:
-            canonical = json.dumps(params, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"prompts[{spec.index}]: the request is not JSON-serialisable: {exc}") from None
-        digest = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-        custom_id = f"req-{spec.index}-{digest[:10]}"
-        # ensure_ascii JSON with default separators is never shorter than what the SDK sends.
-        size = len(json.dumps({"custom_id": custom_id, "params": params})) + 2
-        requests.append(_Request(spec.index, custom_id, digest, params, size))
-    return requests
-
-
-def _fingerprint(requests: Sequence[_Request]) -> str:
-    h = hashlib.sha256(f"{_JOURNAL_FORMAT}/{len(requests)}\n".encode())
-    for r in requests:
-        h.update(r.digest.encode())
-    return h.hexdigest()
-
-
-def _plan(requests: Sequence[_Request], max_requests: int, max_bytes: int) -> List[tuple]:
-    """Split into ``(start, end)`` ranges of at most ``max_requests`` requests and ``max_bytes``."""
-    budget = max_bytes - _BODY_OVERHEAD
-    ranges: List[tuple] = []
-    start, size = 0, 0
-    for r in requests:
-        if r.size > budget:
-            raise ValueError(
-                f"prompts[{r.index}]: the request is {r.size} bytes as JSON, more than "
-                f"max_batch_bytes={max_bytes} allows for one batch"
-            )
-        if r.index - start >= max_requests or size + r.size > budget:
-            ranges.append((start, r.index))
-            start, size = r.index, 0
-        size += r.size
-    if requests:
-        ranges.append((start, len(requests)))
-    return ranges
-
-
-# --------------------------------------------------------------------------- journal
-
-
-def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-class _Journal:
-    """The job's durable state. Saved atomically (temp file + ``os.replace``) when ``path`` is set.
-
-    Layout (JSON)::
-
-        {"format": ..., "version": 1, "fingerprint": sha256 of every request, "requests": N,
-         "state": "submitting" | "running" | "ended", "created_at", "updated_at",
-         "batches": [{"id", "start", "end", "first_custom_id", "last_custom_id", "status",
-                      "request_counts", "seen", "cancel_requested", "results_fetched",
-                      "create_started_at", "adopted"}],
-         "foreign_batches": [ids of adopted batches that turned out to hold none of this job's requests],
-         "results": {custom_id: <the API's result object: succeeded / errored / canceled / expired>}}
-    """
-
-    def __init__(self, path: Optional[Path], data: Dict[str, Any]) -> None:
-        self.path = path
-        self.data = data
-
-    @property
-    def batches(self) -> List[Dict[str, Any]]:
-        return self.data["batches"]
-
-    @property
-    def results(self) -> Dict[str, Any]:
-        return self.data["results"]
-
-    @classmethod
-    def open(
-        cls,
-        path: Optional[Path],
-        fingerprint: str,
-        requests: Sequence[_Request],
-        ranges: Sequence[tuple],
-        model: str,
-    ) -> "_Journal":
-        if path is not None and path.exists() and not cls._is_empty(path):
-            data = cls._load(path)
-            if data.get("fingerprint") != fingerprint:
-                raise ValueError(
-                    f"journal: {str(path)!r} belongs to a different job (its prompts or parameters "
-                    f"differ from this call's: {data.get('requests')} requests, fingerprint "
-                    f"{str(data.get('fingerprint'))[:12]}; this call: {len(requests)} requests, "
-                    f"fingerprint {fingerprint[:12]}). Pass another journal path, or delete the file "
-                    f"if that job's batches are no longer needed."
-                )
-            cls._check_plan(path, data, len(requests))
-            logger.info("invoke_batch: resuming from journal %s (%d batches)", path, len(data["batches"]))
-            return cls(path, data)
-        data = {
-            "format": _JOURNAL_FORMAT,
-            "version": _JOURNAL_VERSION,
-            "fingerprint": fingerprint,
-            "requests": len(requests),
-            "model": model,
-            "state": "submitting",
-            "created_at": _now_iso(),
-            "updated_at": _now_iso(),
-            "batches": [
-                {
-                    "id": None,
-                    "start": start,
-                    "end": end,
-                    "first_custom_id": requests[start].custom_id,
-                    "last_custom_id": requests[end - 1].custom_id,
-                    "status": "pending",
-                    "request_counts": None,
-                    "seen": False,
-                    "cancel_requested": False,
-                    "results_fetched": False,
-                    "create_started_at": None,
-                }
-                for start, end in ranges
-            ],
-            "results": {},
-        }
-        journal = cls(path, data)
-        journal.save()  # fails here, before any request, when the path is not writable
-        return journal
-
-    @staticmethod
-    def _is_empty(path: Path) -> bool:
-        """A 0-byte file (e.g. made by ``tempfile.mkstemp``) is a new journal, not a damaged one."""
-        try:
-            return path.is_file() and path.stat().st_size == 0
-        except OSError:
-            return False
-
-    @staticmethod
-    def _load(path: Path) -> Dict[str, Any]:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"journal: {str(path)!r} exists but is not a readable batch journal ({exc})") from None
-        if not isinstance(data, dict) or data.get("format") != _JOURNAL_FORMAT:
-            raise ValueError(f"journal: {str(path)!r} exists but is not an invoke_batch journal")
-        if data.get("version") != _JOURNAL_VERSION:
-            raise ValueError(
-                f"journal: {str(path)!r} has version {data.get('version')!r}; this library reads version "
-                f"{_JOURNAL_VERSION}"
-            )
-        return data
-
-    @staticmethod
-    def _check_plan(path: Path, data: Dict[str, Any], n: int) -> None:
-        batches = data.get("batches")
-        ok = isinstance(batches, list) and isinstance(data.get("results"), dict)
-        expected = 0
-        for b in batches if ok else ():
-            if not isinstance(b, dict) or b.get("start") != expected or not isinstance(b.get("end"), int):
-                ok = False
-                break
-            expected = b["end"]
-        if not ok or expected != n:
-            raise ValueError(f"journal: {str(path)!r} is damaged (its batch ranges do not cover the job)")
-
-    def save(self) -> None:
-        if self.path is None:
-            return
-        self.data["updated_at"] = _now_iso()
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump(self.data, fh, separators=(",", ":"))
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
-            raise
-
-
-# --------------------------------------------------------------------------- the run
-
-
 class _Interrupted(Exception):
     """Internal: the interrupt token fired."""
 
 
 def _counts_of(batch: Dict[str, Any]) -> Dict[str, int]:
-    size = batch["end"] - batch["start"]
+    size = _size(batch)
     counts = batch.get("request_counts") or {}
     return {
         "processing": int(counts.get("processing", size if batch["status"] != "ended" else 0)),
@@ -356,7 +196,6 @@ class _BatchRun:
         self,
         *,
         client: anthropic.Anthropic,
-        create_client: anthropic.Anthropic,
         requests: List[_Request],
         journal: _Journal,
         poll_interval: float,
@@ -366,7 +205,6 @@ class _BatchRun:
         on_interrupt: str,
     ) -> None:
         self.client = client
-        self.create_client = create_client
         self.requests = requests
         self.journal = journal
         self.poll_interval = poll_interval
@@ -385,84 +223,57 @@ class _BatchRun:
 
     def _sleep(self, seconds: float) -> None:
         """Sleep, waking early (raising ``_Interrupted``) when the token fires."""
-        if seconds <= 0:
-            if self._interrupted():
-                raise _Interrupted()
-            return
-        if self.token is None:
-            time.sleep(seconds)
-            return
-        wait = getattr(self.token, "wait", None)
-        end = time.monotonic() + seconds
-        while True:
-            if self.token.is_interrupted():
-                raise _Interrupted()
-            left = end - time.monotonic()
-            if left <= 0:
-                return
-            if callable(wait):
-                wait(min(left, 1.0))
-            else:
-                time.sleep(min(left, 0.05))
+        if self._interrupted() or (seconds > 0 and _interruptible_sleep(seconds, self.token)):
+            raise _Interrupted()
 
     # -- API calls
 
     def _create(self, batch: Dict[str, Any]) -> None:
-        chunk = self.requests[batch["start"] : batch["end"]]
+        chunk = _members(batch, self.requests)
         body = [{"custom_id": r.custom_id, "params": r.params} for r in chunk]
-        for delay in (*_CREATE_DELAYS, None):
+
+        def attempt(_number: int) -> Any:
             if self._interrupted():
                 raise _Interrupted()
             # Journaled before sending: a crash inside the call makes the next run look for the batch.
             batch["create_started_at"] = time.time()
             self.journal.save()
             try:
-                created = self.create_client.messages.batches.create(requests=body)
-                break
-            except anthropic.APIStatusError as exc:
-                retryable = exc.status_code in _CREATE_RETRY_STATUS
-                err = exc
-            except anthropic.APIConnectionError as exc:
-                # Only a refused/failed connection proves nothing reached the server.
-                retryable = isinstance(exc.__cause__, httpx2.ConnectError) and not isinstance(
-                    exc, anthropic.APITimeoutError
+                return self.client.messages.batches.create(requests=body)
+            except (anthropic.APIError, httpx2.HTTPError, OSError) as exc:
+                error = _translate(exc)
+                # Only an answer from the server or a refused connection proves there is no batch.
+                error.never_sent = isinstance(exc, anthropic.APIConnectionError) and isinstance(
+                    exc.__cause__, httpx2.ConnectError) and not isinstance(exc, anthropic.APITimeoutError)
+                if isinstance(exc, anthropic.APIStatusError) or error.never_sent:
+                    batch["create_started_at"] = None
+                logger.warning("invoke_batch: batch create failed (%s)", error.kind)
+                raise error from exc
+
+        try:
+            created = _retrying(attempt, _CREATE_POLICY, interrupt=self.token, retry=_RETRY_CREATE,
+                                what="invoke_batch: batch create")
+        except ClaudeInvocationError as error:
+            if error.kind == "interrupted":
+                raise _Interrupted() from error
+            ambiguous = batch["create_started_at"] is not None
+            self.journal.save()
+            raise error.derive(
+                f"invoke_batch: creating the batch for {_label(batch)} failed: {error}"
+                + (
+                    " (the connection failed after the request was sent, so the batch may exist; a re-run "
+                    "with the same journal looks for it before submitting again)"
+                    if ambiguous
+                    else ""
                 )
-                err = exc
-            if isinstance(err, anthropic.APIStatusError) or retryable:
-                batch["create_started_at"] = None  # the server answered or was never reached: no batch
-            if not retryable or delay is None:
-                error = _cc._error_from(err)
-                ambiguous = batch["create_started_at"] is not None
-                self.journal.save()
-                raise ClaudeInvocationError(
-                    f"invoke_batch: creating the batch for requests {batch['start']}..{batch['end'] - 1} "
-                    f"failed: {error}"
-                    + (
-                        " (the connection failed after the request was sent, so the batch may exist; a re-run "
-                        "with the same journal looks for it before submitting again)"
-                        if ambiguous
-                        else ""
-                    )
-                    + self._running_hint(),
-                    kind=error.kind,
-                    status_code=error.status_code,
-                    details=error.details,
-                    request_id=error.request_id,
-                ) from err
-            wait = delay
-            retry_after = getattr(_cc._error_from(err), "retry_after", None)
-            if retry_after:
-                wait = max(wait, float(retry_after))
-            logger.warning("invoke_batch: batch create failed (%s); retrying in %.1fs", err.__class__.__name__, wait)
-            self._sleep(wait)
+                + self._running_hint()
+            ) from error
         batch["id"] = created.id
         batch["status"] = created.processing_status
         batch["request_counts"] = created.request_counts.model_dump()
         self.journal.data["state"] = "running"
         self.journal.save()
-        logger.info(
-            "invoke_batch: created %s for requests %d..%d", created.id, batch["start"], batch["end"] - 1
-        )
+        logger.info("invoke_batch: created %s for %s", created.id, _label(batch))
 
     def _find_created(self, batch: Dict[str, Any], slack: float) -> tuple:
         """Batches the interrupted create call for ``batch`` may have made: ``(candidates, listed)``.
@@ -471,24 +282,37 @@ class _BatchRun:
         create started (clock skew), and are neither in the journal nor known to be foreign.
         ``listed`` is False when the batches could not be listed.
         """
-        size = batch["end"] - batch["start"]
+        size = _size(batch)
         since = float(batch["create_started_at"]) - slack
-        known = {b["id"] for b in self.journal.batches if b["id"]}
+        known = {b["id"] for b in self.journal.entries if b["id"]}
         known.update(self.journal.data.get("foreign_batches") or ())
+        found = []
         try:
-            page = self.client.messages.batches.list(limit=100)
-            listed = list(page.data)
+            # Newest first: page on (after_id) until the batches are older than the window.
+            page = self.client.messages.batches.list(limit=_LIST_PAGE_SIZE)
+            pages = 1
+            while True:
+                older = False
+                for b in page.data:
+                    if b.created_at.timestamp() < since:
+                        older = True
+                        break
+                    if b.id not in known and sum(b.request_counts.model_dump().values()) == size:
+                        found.append(b)
+                if older or not page.has_next_page():
+                    break
+                if pages >= _LIST_MAX_PAGES:
+                    logger.warning(
+                        "invoke_batch: stopped listing batches after %d pages while looking for the batch of "
+                        "an interrupted create", pages,
+                    )
+                    break
+                page = page.get_next_page()
+                pages += 1
         except Exception as exc:
             logger.warning("invoke_batch: could not list batches to recover an interrupted create: %s",
-                           _cc._error_from(exc))
+                           _translate(exc))
             return [], False
-        found = [
-            b
-            for b in listed
-            if b.id not in known
-            and b.created_at.timestamp() >= since
-            and sum(b.request_counts.model_dump().values()) == size
-        ]
         return found, True
 
     def _take_over(self, batch: Dict[str, Any], info: Any) -> None:
@@ -517,20 +341,18 @@ class _BatchRun:
         found, _ = self._find_created(batch, slack=120.0)
         if len(found) != 1:
             logger.warning(
-                "invoke_batch: the previous run stopped while creating the batch for requests %d..%d and "
-                "%s; submitting them again",
-                batch["start"],
-                batch["end"] - 1,
+                "invoke_batch: the previous run stopped while creating the batch for %s and %s; submitting "
+                "them again",
+                _label(batch),
                 "no such batch exists" if not found else f"{len(found)} batches could be it",
             )
             return False
         info = found[0]
         self._take_over(batch, info)
         logger.warning(
-            "invoke_batch: the previous run stopped while creating the batch for requests %d..%d; "
-            "resuming %s (created at %s) instead of submitting again",
-            batch["start"],
-            batch["end"] - 1,
+            "invoke_batch: the previous run stopped while creating the batch for %s; resuming %s (created "
+            "at %s) instead of submitting again",
+            _label(batch),
             info.id,
             info.created_at.isoformat(),
         )
@@ -544,31 +366,31 @@ class _BatchRun:
                      results_fetched=False, create_started_at=None, adopted=False)
         self.journal.save()
         logger.warning(
-            "invoke_batch: %s, taken over after an interrupted create, holds none of requests %d..%d (it "
-            "belongs to another job); submitting them again",
+            "invoke_batch: %s, taken over after an interrupted create, holds none of %s (it belongs to "
+            "another job); submitting them again",
             foreign,
-            batch["start"],
-            batch["end"] - 1,
+            _label(batch),
         )
 
     def _retrieve(self, batch: Dict[str, Any]) -> None:
-        delays = iter(_NOT_FOUND_DELAYS if not batch.get("seen") else ())
-        while True:
+        def attempt(_number: int) -> Any:
             try:
-                info = self.client.messages.batches.retrieve(batch["id"])
-                break
+                return self.client.messages.batches.retrieve(batch["id"])
             except anthropic.NotFoundError as exc:
-                delay = next(delays, None)
-                if delay is None:
-                    raise ClaudeInvocationError(
-                        f"invoke_batch: batch {batch['id']} was not found (requests "
-                        f"{batch['start']}..{batch['end'] - 1}); it may have been deleted or belong to "
-                        f"another workspace or API key",
-                        kind="bad_request",
-                        status_code=404,
-                    ) from exc
-                logger.debug("invoke_batch: %s not visible yet (404); retrying in %.1fs", batch["id"], delay)
-                self._sleep(delay)
+                raise _translate(exc) from exc
+
+        try:
+            info = _retrying(attempt, _NOT_FOUND_POLICY if not batch.get("seen") else _NO_RETRY_NOT_FOUND,
+                             interrupt=self.token, retry=_RETRY_NOT_FOUND, what=f"invoke_batch: {batch['id']} (404)")
+        except ClaudeInvocationError as error:
+            if error.kind == "interrupted":
+                raise _Interrupted() from error
+            raise ClaudeInvocationError(
+                f"invoke_batch: batch {batch['id']} was not found ({_label(batch)}); it may have "
+                f"been deleted or belong to another workspace or API key",
+                kind="bad_request",
+                status_code=404,
+            ) from error
         changed = (not batch.get("seen")) or info.processing_status != batch["status"]
         batch["seen"] = True
         batch["status"] = info.processing_status
@@ -577,6 +399,9 @@ class _BatchRun:
             self.journal.save()
 
     def _fetch_results(self, batch: Dict[str, Any]) -> None:
+        """Store the ended batch's results (they replace earlier ones of the same requests)."""
+        members = _members(batch, self.requests)
+        wanted = {r.custom_id for r in members}
         fetched: Dict[str, Any] = {}
         unknown = 0
         # The raw JSONL lines: the journal stores the API's result objects as they came, and
@@ -588,27 +413,30 @@ class _BatchRun:
                 line = json.loads(raw)
                 custom_id = line.get("custom_id") if isinstance(line, dict) else None
                 result = line.get("result") if isinstance(line, dict) else None
-                if custom_id not in self.index_of or not isinstance(result, dict):
+                if custom_id not in wanted or not isinstance(result, dict):
                     unknown += 1
                     continue
                 fetched[custom_id] = result
-        if batch.get("adopted") and not any(
-            r.custom_id in fetched for r in self.requests[batch["start"] : batch["end"]]
-        ):
+        if batch.get("adopted") and not fetched:
             self._reset_foreign(batch)
             return
         if unknown:
             logger.warning("invoke_batch: ignored %d result lines of %s with an unknown custom_id", unknown, batch["id"])
         missing = 0
-        for r in self.requests[batch["start"] : batch["end"]]:
+        for r in members:
             if r.custom_id not in fetched:
                 missing += 1
                 fetched[r.custom_id] = {"type": "missing"}
         if missing:
             logger.warning("invoke_batch: %s returned no result for %d requests", batch["id"], missing)
+        outcome: Dict[str, int] = {}
+        for result in fetched.values():
+            kind = str(result.get("type"))
+            outcome[kind] = outcome.get(kind, 0) + 1
         self.journal.results.update(fetched)
+        batch["result_counts"] = outcome
         batch["results_fetched"] = True
-        if all(b["results_fetched"] for b in self.journal.batches):
+        if self.journal.all_fetched():
             self.journal.data["state"] = "ended"
         self.journal.save()
         logger.info("invoke_batch: fetched %d results of %s", len(fetched), batch["id"])
@@ -620,7 +448,7 @@ class _BatchRun:
         failed, so the batch is still running; ``ended``: it had already ended (nothing to cancel).
         """
         outcome: Dict[str, List[str]] = {"canceled": [], "failed": [], "ended": []}
-        for batch in self.journal.batches:
+        for batch in self.journal.entries:
             if not batch["id"] or batch["results_fetched"]:
                 continue
             if batch["status"] == "ended":
@@ -632,7 +460,7 @@ class _BatchRun:
             try:
                 info = self.client.messages.batches.cancel(batch["id"])
             except Exception as exc:  # best effort: report, keep canceling the others
-                logger.warning("invoke_batch: could not cancel %s: %s", batch["id"], _cc._error_from(exc))
+                logger.warning("invoke_batch: could not cancel %s: %s", batch["id"], _translate(exc))
                 outcome["failed"].append(batch["id"])
                 continue
             batch["status"] = info.processing_status
@@ -652,7 +480,7 @@ class _BatchRun:
         Returns the entries whose batch may exist but could not be identified.
         """
         unknown = []
-        for batch in self.journal.batches:
+        for batch in self.journal.entries:
             if batch["id"] or not batch.get("create_started_at"):
                 continue
             # The create started moments ago in this process: a short window for clock skew.
@@ -660,10 +488,8 @@ class _BatchRun:
             if len(found) == 1:
                 self._take_over(batch, found[0])
                 logger.warning(
-                    "invoke_batch: the create call for requests %d..%d was interrupted after the server "
-                    "created %s",
-                    batch["start"],
-                    batch["end"] - 1,
+                    "invoke_batch: the create call for %s was interrupted after the server created %s",
+                    _label(batch),
                     found[0].id,
                 )
             elif found or not listed:
@@ -671,7 +497,7 @@ class _BatchRun:
         return unknown
 
     def _running_hint(self) -> str:
-        running = [b["id"] for b in self.journal.batches if b["id"] and not b["results_fetched"]]
+        running = [b["id"] for b in self.journal.entries if b["id"] and not b["results_fetched"]]
         if not running:
             return ""
         return f"; batches {', '.join(running)} are running: {_resume_hint(self.journal)}"
@@ -679,18 +505,36 @@ class _BatchRun:
     # -- progress
 
     def snapshot(self) -> BatchProgress:
+        entries = self.journal.entries
+        # Each request counts once in the totals, under the latest batch that holds it.
+        latest: Dict[int, int] = {}
+        for n, b in enumerate(entries):
+            for r in _members(b, self.requests):
+                latest[r.index] = n
         rows = []
         totals = dict(processing=0, succeeded=0, errored=0, canceled=0, expired=0)
-        for b in self.journal.batches:
-            counts = _counts_of(b)
+        for n, b in enumerate(entries):
+            members = _members(b, self.requests)
             if b["results_fetched"]:
                 counts = dict(processing=0, succeeded=0, errored=0, canceled=0, expired=0)
-                for r in self.requests[b["start"] : b["end"]]:
-                    kind = self.journal.results.get(r.custom_id, {}).get("type")
-                    counts[kind if kind in counts else "errored"] += 1
-            for key in totals:
-                totals[key] += counts[key]
-            rows.append(BatchStatus(b["id"], b["start"], b["end"], b["status"], results_fetched=b["results_fetched"], **counts))
+                for kind, k in (b.get("result_counts") or {}).items():
+                    counts[kind if kind in counts else "errored"] += int(k)
+                for r in members:
+                    if latest[r.index] == n:
+                        kind = self.journal.results.get(r.custom_id, {}).get("type")
+                        totals[kind if kind in totals else "errored"] += 1
+                        if not b.get("result_counts"):  # journals written before result_counts
+                            counts[kind if kind in counts else "errored"] += 1
+            else:
+                # Unfetched: no later retry exists yet (a round starts once every batch is fetched).
+                counts = _counts_of(b)
+                for key in totals:
+                    totals[key] += counts[key]
+            indexes = b.get("indexes")
+            start, end = (indexes[0], indexes[-1] + 1) if indexes else (b["start"], b["end"])
+            rows.append(BatchStatus(b["id"], start, end, b["status"], results_fetched=b["results_fetched"],
+                                    indexes=tuple(indexes) if indexes else None,
+                                    retry_round=int(b.get("round", 1)) if indexes else 0, **counts))
         return BatchProgress(tuple(rows), len(self.requests), elapsed_s=time.monotonic() - self.started, **totals)
 
     def _report(self) -> None:
@@ -708,14 +552,14 @@ class _BatchRun:
         journal = self.journal
         while True:
             # Every pass: an entry reset after adopting another job's batch is submitted again.
-            for batch in journal.batches:
+            for batch in journal.entries:
                 if batch["id"] is None:
                     if batch.get("create_started_at") and self._adopt(batch):
                         continue
                     self._create(batch)
             if self._interrupted():
                 raise _Interrupted()
-            for batch in journal.batches:
+            for batch in journal.entries:
                 if batch["results_fetched"]:
                     continue
                 try:
@@ -724,7 +568,7 @@ class _BatchRun:
                     if batch["status"] == "ended":
                         self._fetch_results(batch)
                 except (anthropic.APIError, httpx2.TransportError) as exc:
-                    error = _cc._error_from(exc)
+                    error = _translate(exc)
                     if not error.transient:
                         raise ClaudeInvocationError(
                             f"invoke_batch: polling {batch['id']} failed: {error}{self._running_hint()}",
@@ -735,7 +579,7 @@ class _BatchRun:
                         ) from exc
                     logger.warning("invoke_batch: polling %s failed (%s); will retry", batch["id"], error)
             self._report()
-            if all(b["results_fetched"] for b in journal.batches):
+            if journal.all_fetched():
                 return
             wait = self.poll_interval
             if self.deadline is not None:
@@ -782,16 +626,16 @@ def _item_error(result: Mapping[str, Any], request: _Request, batch_id: Optional
 
 def _response(message: Mapping[str, Any], model_hint: str) -> Any:
     """A ClaudeResponse from the message of a ``succeeded`` result (a dict), batch-priced."""
-    blocks = [_cc._block_dict(b) for b in message.get("content") or () if isinstance(b, Mapping)]
-    usage = _cc.Usage.from_sdk(message.get("usage"))
+    blocks = [_block_dict(b) for b in message.get("content") or () if isinstance(b, Mapping)]
+    usage = Usage.from_sdk(message.get("usage"))
     model = message.get("model") or model_hint
-    return _cc.ClaudeResponse(
+    return ClaudeResponse(
         "".join(b.get("text", "") for b in blocks if b.get("type") == "text"),
         usage=usage,
         stop_reason=message.get("stop_reason"),
         model=model,
         id=message.get("id"),
-        cost_usd=_cc.estimate_cost(usage, model, batch=True),
+        cost_usd=estimate_cost(usage, model, batch=True),
         content=blocks,
     )
 
@@ -805,9 +649,9 @@ def _collect(
     ``ClaudeInvocationError`` carrying ``.results`` and ``.errors``, as ``invoke_parallel`` does.
     """
     batch_of: Dict[int, Optional[str]] = {}
-    for b in journal.batches:
-        for i in range(b["start"], b["end"]):
-            batch_of[i] = b["id"]
+    for b in journal.entries:  # a retry batch replaces the batch of the requests it re-sent
+        for r in _members(b, requests):
+            batch_of[r.index] = b["id"]
     values: List[Any] = [None] * len(requests)
     errors: Dict[int, BaseException] = {}
     truncated: List[int] = []
@@ -831,7 +675,7 @@ def _collect(
             ", ".join(map(str, truncated[:10])),
             ", ..." if len(truncated) > 10 else "",
         )
-    usage, cost = _cc._totals(values)
+    usage, cost = _totals(values)
     results = ParallelResults(values, usage=usage, cost_usd=cost, errors=errors)
     if errors and raise_errors and not return_exceptions:
         first = min(errors)
@@ -886,7 +730,7 @@ def _journal_path(journal: Any) -> Optional[Path]:
 
 
 def _resume_hint(journal: _Journal) -> str:
-    ids = [b["id"] for b in journal.batches if b["id"] and not b["results_fetched"]]
+    ids = [b["id"] for b in journal.entries if b["id"] and not b["results_fetched"]]
     if journal.path is not None:
         return (
             f"call invoke_batch again with the same prompts and journal={str(journal.path)!r} to resume "
@@ -910,8 +754,9 @@ def invoke_batch(
     timeout: Optional[float] = None,
     return_exceptions: bool = False,
     *,
-    interrupt_token: Optional[_cc.InterruptToken] = None,
+    interrupt_token: Optional[InterruptToken] = None,
     on_interrupt: str = "cancel",
+    retry_failed: bool = False,
     max_batch_requests: int = MAX_BATCH_REQUESTS,
     max_batch_bytes: int = MAX_BATCH_BYTES,
     api_key: Optional[str] = None,
@@ -933,10 +778,30 @@ def invoke_batch(
 
     ``on_progress(BatchProgress)`` is called after every poll (in the calling thread). ``timeout``
     (seconds) raises ``ClaudeInvocationError`` (kind ``timeout``) and leaves the batches running.
-    ``interrupt_token.interrupt()`` (from any thread) or Ctrl-C cancels the unfinished batches
-    (``on_interrupt="cancel"``) or leaves them running (``"leave"``); with the token the call then
-    returns the results fetched so far with None elsewhere (like ``invoke_parallel``), Ctrl-C
-    re-raises KeyboardInterrupt; both log how to resume.
+
+    ``interrupt_token.interrupt()`` (from any thread) or Ctrl-C stops the call. What happens to
+    the unfinished batches is ``on_interrupt``'s choice:
+
+    * ``"cancel"`` (default): they are canceled. The requests they had already finished are
+      billed and kept; the others end with the result ``canceled``. A re-run with the same
+      journal collects what they produced, but the canceled requests stay failed (kind
+      ``batch_canceled``) unless the re-run passes ``retry_failed=True``, which finishes them.
+    * ``"leave"``: they keep running (and are billed); a re-run with the same journal resumes
+      polling them and collects every reply, without ``retry_failed``.
+
+    With the token the call then returns the results fetched so far with None elsewhere (like
+    ``invoke_parallel``); Ctrl-C re-raises KeyboardInterrupt; both log how to resume.
+
+    ``retry_failed=True`` finishes a job whose requests failed: once every batch of the journal
+    has ended (those of an earlier call included, e.g. canceled ones), the requests whose result
+    is errored, expired, canceled or missing are submitted again as a new batch with the same
+    custom_ids and parameters, and their new results replace the failures in the same slots.
+    Requests that succeeded are never sent again, so nothing is paid twice. A call makes at most
+    one such retry round (a request failing again stays failed until the next call with
+    ``retry_failed=True``); the retry batch is journaled like any other, so a crash or interrupt
+    during the retry resumes it. Without ``retry_failed`` a re-run of an ended journal returns
+    the journaled results, failures included, and sends nothing. An ``errored`` request failed
+    for a reason of its own (e.g. an invalid request) and may well fail again.
 
     Failures are per request, as in ``invoke_parallel``: a failed request never discards the
     others; by default one ``ClaudeInvocationError`` carries ``.results`` (None where failed)
@@ -947,11 +812,13 @@ def invoke_batch(
     >>> replies = invoke_batch([{"prompt": "2+2?"}, {"prompt": "3+3?"}], journal="math.json", poll_interval=10)
     >>> replies[0], replies.cost_usd
     """
-    specs = _cc._normalize_prompts(
+    specs = _prompt_specs(
         prompts, shared_system=shared_system, cache_shared_system=cache_shared_system, model=model, max_tokens=max_tokens
     )
-    _cc._check_bool(return_exceptions, "return_exceptions")
-    _cc._validate_token(interrupt_token)
+    _check_bool(return_exceptions, "return_exceptions")
+    if not isinstance(retry_failed, bool):
+        raise TypeError(f"retry_failed must be a bool, got {type(retry_failed).__name__}")
+    _check_token(interrupt_token)
     poll = _check_number(poll_interval, "poll_interval")
     limit = _check_number(timeout, "timeout", allow_none=True)
     if on_progress is not None and not callable(on_progress):
@@ -963,19 +830,21 @@ def invoke_batch(
     path = _journal_path(journal)
     requests = _prepare(specs)
     if not requests:
-        return ParallelResults([], usage=_cc.Usage(), cost_usd=0.0)
+        return ParallelResults([], usage=Usage(), cost_usd=0.0)
     ranges = _plan(requests, max_batch_requests, max_batch_bytes)
     state = _Journal.open(path, _fingerprint(requests), requests, ranges, model)
 
-    if all(b["results_fetched"] for b in state.batches):
+    # A call makes at most one new retry round, so a request that keeps failing is not re-sent in a loop.
+    retry_pending = retry_failed
+    interrupted = interrupt_token is not None and interrupt_token.is_interrupted()
+    if state.all_fetched() and (interrupted or not retry_pending or not _failed(requests, state.results)):
         logger.info("invoke_batch: every result is in the journal %s; no request sent", path)
         return _collect(requests, state, return_exceptions=return_exceptions, raise_errors=True)
-    if interrupt_token is not None and interrupt_token.is_interrupted():
+    if interrupted:
         return _collect(requests, state, return_exceptions=return_exceptions, raise_errors=False)
 
     run = _BatchRun(
-        client=_cc._client_for(api_key=api_key, base_url=base_url),
-        create_client=_cc._client_for(0, api_key=api_key, base_url=base_url),
+        client=_no_retry_client(_get_client(api_key=api_key, base_url=base_url)),
         requests=requests,
         journal=state,
         poll_interval=poll,
@@ -985,7 +854,20 @@ def invoke_batch(
         on_interrupt=on_interrupt,
     )
     try:
-        run.run()
+        while True:
+            if state.all_fetched():
+                failed = _failed(requests, state.results) if retry_pending else []
+                if not failed:
+                    break
+                retry_pending = False
+                added = state.add_retry(_chunks(failed, max_batch_requests, max_batch_bytes))
+                logger.info(
+                    "invoke_batch: submitting the %d failed requests again (retry round %d, %d batches)",
+                    len(failed),
+                    added[0]["round"],
+                    len(added),
+                )
+            run.run()
     except _TimedOut:
         snap = run.snapshot()
         raise ClaudeInvocationError(
@@ -1015,15 +897,16 @@ def _after_interrupt(run: _BatchRun) -> str:
         maybe = run._find_interrupted_creates()
     except Exception as exc:  # never let the lookup hide the interrupt
         logger.warning("invoke_batch: could not look for a batch created by the interrupted call: %s", exc)
-        maybe = [b for b in state.batches if not b["id"] and b.get("create_started_at")]
-    open_batches = [b for b in state.batches if b["id"] and not b["results_fetched"]]
+        maybe = [b for b in state.entries if not b["id"] and b.get("create_started_at")]
+    open_batches = [b for b in state.entries if b["id"] and not b["results_fetched"]]
     parts: List[str] = []
     if run.on_interrupt == "cancel":
         outcome = run._cancel_all()
         if outcome["canceled"]:
             parts.append(
                 f"canceled batches {', '.join(outcome['canceled'])} (the requests they had already "
-                f"finished are billed)"
+                f"finished are billed; the canceled ones are finished only by a re-run with "
+                f"retry_failed=True)"
             )
         if outcome["failed"]:
             parts.append(f"batches {', '.join(outcome['failed'])} are still running (cancel failed) and billed")
@@ -1039,8 +922,8 @@ def _after_interrupt(run: _BatchRun) -> str:
             parts.append(f"batches {', '.join(ended)} have ended (results not fetched yet)")
     for b in maybe:
         parts.append(
-            f"the create call for requests {b['start']}..{b['end'] - 1} was interrupted, so a batch may be "
-            f"running that could not be identified (check get_client().messages.batches.list())"
+            f"the create call for {_label(b)} was interrupted, so a batch may be running that could not be "
+            f"identified (check get_client().messages.batches.list())"
         )
     if not parts:
         return "no batch was running"

@@ -14,7 +14,16 @@ Examples::
     python -m orchestrate --help
 
 Exit status: 0 every prompt succeeded, 1 some failed, 2 bad usage (arguments, unreadable
-input), 130 interrupted (Ctrl-C: requests in flight are aborted, completed results are written).
+input), 130 interrupted by Ctrl-C (SIGINT), 143 stopped by SIGTERM (``timeout``, a CI cancel,
+``docker stop``): either way requests in flight are aborted and completed results are written.
+
+``--file`` (and prompts on stdin): the input is JSONL when the file name ends in ``.jsonl`` /
+``.ndjson`` or its first non-blank line starts with ``{``, and then every non-blank line must be
+a JSON object; otherwise every non-blank line is one prompt, and a later line that is a JSON
+object is refused (exit 2, naming the line), because a mix of both is ambiguous.
+
+Output that the output stream cannot encode (e.g. ``PYTHONIOENCODING=ascii``) is escaped, never
+lost: JSONL uses ``\\uXXXX`` escapes (still valid JSON), text uses ``\\xNN``-style escapes.
 
 Each JSONL record: ``index``, ``task_id``, ``category``, ``status`` (``ok`` / ``failed`` /
 ``interrupted``), ``text``, ``usage`` (input, output, cache write and cache read tokens),
@@ -43,7 +52,10 @@ PROG = "orchestrate"
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130   # 128 + SIGINT
+EXIT_TERMINATED = 143    # 128 + SIGTERM
+#: Signals that stop a run like Ctrl-C: in-flight requests aborted, finished results written.
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 #: Keys a JSONL prompt line may carry.
 PROMPT_KEYS = frozenset(
@@ -115,14 +127,20 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Fan prompts out to parallel Claude calls; results in input order on stdout, "
                     "live progress on stderr. Without an API key it runs offline against the "
                     "bundled emulator.",
-        epilog="Exit status: 0 all ok, 1 some failed, 2 usage error, 130 interrupted.",
+        epilog="Exit status: 0 all ok, 1 some failed, 2 usage error, 130 interrupted (Ctrl-C), "
+               "143 terminated (SIGTERM); when interrupted or terminated, finished results are "
+               "still written.",
     )
     src = p.add_argument_group("input")
     src.add_argument("prompts", nargs="*", metavar="PROMPT",
                      help="prompts to run (else --file, --perspectives, or lines on stdin)")
     src.add_argument("-f", "--file", metavar="FILE",
                      help="prompts, one per line, or JSONL objects with keys prompt, system, "
-                          "task_id, category, model, max_tokens, temperature ('-' for stdin)")
+                          "task_id, category, model, max_tokens, temperature ('-' for stdin). "
+                          "The input is JSONL if FILE ends in .jsonl/.ndjson or its first non-blank "
+                          "line starts with '{' (then every non-blank line must be a JSON object); "
+                          "else each non-blank line is a prompt, and a line that is a JSON object "
+                          "is an error (a mix of text and JSON lines is refused). Same rule for stdin.")
     src.add_argument("--perspectives", metavar="LIST",
                      help="comma-separated review perspectives (e.g. security,performance); "
                           "each becomes one prompt over --input")
@@ -233,24 +251,34 @@ def _read_path(path: str, what: str, stdin: IO[str]) -> str:
 
 
 def _looks_jsonl(text: str, name: str) -> bool:
+    """The ``--file`` rule: JSONL if ``name`` ends in .jsonl/.ndjson or the first non-blank line
+    starts with ``{``; else plain text (one prompt per non-blank line)."""
     if name.endswith((".jsonl", ".ndjson")):
         return True
     for line in text.splitlines():
         if line.strip():
-            stripped = line.strip()
-            if not stripped.startswith("{"):
-                return False
-            try:
-                return isinstance(json.loads(stripped), dict)
-            except ValueError:
-                return False
+            return line.strip().startswith("{")
     return False
+
+
+def _json_object(line: str) -> bool:
+    """True when ``line`` is a JSON object (a JSONL prompt line)."""
+    stripped = line.strip()
+    if not stripped.startswith("{"):
+        return False
+    try:
+        return isinstance(json.loads(stripped), dict)
+    except ValueError:
+        return False
 
 
 def _parse_prompt_text(text: str, name: str = "<stdin>") -> list[dict]:
     """Prompts from file text: JSONL objects (one per line) or plain lines (blank lines skipped).
 
-    Each dict carries ``_where`` (``name:line``) for error messages.
+    JSONL when ``name`` ends in .jsonl/.ndjson or the first non-blank line starts with ``{``;
+    then every non-blank line must be a JSON object. Otherwise plain text, and a line that is a
+    JSON object is refused (a mix of text and JSONL is ambiguous). Each dict carries ``_where``
+    (``name:line``) for error messages.
 
     >>> _parse_prompt_text('{"prompt": "hi", "task_id": "a"}\\n', "p.jsonl")
     [{'prompt': 'hi', 'task_id': 'a', '_where': 'p.jsonl:1'}]
@@ -260,8 +288,13 @@ def _parse_prompt_text(text: str, name: str = "<stdin>") -> list[dict]:
     items: list[dict] = []
     if not _looks_jsonl(text, name):
         for lineno, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                items.append({"prompt": line.strip(), "_where": f"{name}:{lineno}"})
+            if not line.strip():
+                continue
+            if _json_object(line):
+                raise _UsageError(
+                    f"{name}:{lineno}: a JSON object line in a plain-text prompt file (the first line "
+                    f"is text, so every line is a prompt); use JSON objects on every line or on none")
+            items.append({"prompt": line.strip(), "_where": f"{name}:{lineno}"})
         return items
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -269,9 +302,11 @@ def _parse_prompt_text(text: str, name: str = "<stdin>") -> list[dict]:
         try:
             obj = json.loads(line)
         except ValueError as exc:
-            raise _UsageError(f"{name}:{lineno}: not valid JSON ({exc.msg})") from None
+            raise _UsageError(f"{name}:{lineno}: not valid JSON ({exc.msg}); this input is read as JSONL "
+                              f"because its first line starts with '{{'") from None
         if not isinstance(obj, dict):
-            raise _UsageError(f"{name}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            raise _UsageError(f"{name}:{lineno}: expected a JSON object, got {type(obj).__name__} "
+                              f"(this input is read as JSONL: every line must be a JSON object)")
         unknown = sorted(set(obj) - PROMPT_KEYS)
         if unknown:
             raise _UsageError(
@@ -444,7 +479,8 @@ class _Agent:
     attempts: int = 0
     started: Optional[float] = None
     ended: Optional[float] = None
-    cost_usd: float = 0.0
+    cost_usd: Optional[float] = 0.0   # None: the price of the model is unknown
+    usage: Optional[dict] = None
     error: str = ""
 
     @property
@@ -490,22 +526,30 @@ class _Board:
             new_attempt = attempt if attempt is not None else a.attempts + 1
             if a.state in ("running", "streaming") and new_attempt == a.attempts:
                 return
-            if a.started is None:
+            first = a.started is None
+            if first:
                 a.started = time.monotonic()
             a.state = "running"
             a.chars = 0
             a.attempts = new_attempt
+            snap = a
+        if first:
+            self._emit("start", snap)
 
     def text(self, index: int, chunk: str) -> None:
         with self._lock:
             a = self.agents[index]
             if a.state in self.TERMINAL:
                 return
-            if a.started is None:
+            first = a.started is None
+            if first:
                 a.started = time.monotonic()
                 a.attempts = max(a.attempts, 1)
             a.state = "streaming"
             a.chars += len(chunk)
+            snap = a
+        if first:
+            self._emit("start", snap)
 
     def retrying(self, index: int, error: str = "") -> None:
         with self._lock:
@@ -518,7 +562,7 @@ class _Board:
         self._emit("retry", snap)
 
     def finish(self, index: int, status: str, *, output_tokens: Optional[int] = None,
-               cost_usd: float = 0.0, error: str = "") -> None:
+               cost_usd: Optional[float] = 0.0, usage: Optional[dict] = None, error: str = "") -> None:
         with self._lock:
             a = self.agents[index]
             if a.state in self.TERMINAL:
@@ -530,7 +574,8 @@ class _Board:
                 a.started = a.ended
             if output_tokens is not None:
                 a.output_tokens = output_tokens
-            a.cost_usd = cost_usd or 0.0
+            a.cost_usd = cost_usd
+            a.usage = usage
             a.error = error
             snap = a
         self._emit(status, snap)
@@ -549,189 +594,120 @@ class _Board:
             return self.agents[index].state in self.TERMINAL
 
 
-def _totals(agents: Sequence[_Agent]) -> dict:
-    counts = {"ok": 0, "failed": 0, "interrupted": 0, "running": 0, "queued": 0}
-    cost = 0.0
-    tokens = 0
-    for a in agents:
-        if a.state in ("running", "streaming", "retrying"):
-            counts["running"] += 1
-        else:
-            counts[a.state] = counts.get(a.state, 0) + 1
-        cost += a.cost_usd
-        tokens += a.tokens
-    counts["cost"] = cost
-    counts["tokens"] = tokens
-    counts["total"] = len(agents)
-    return counts
+# ----------------------------------------------------------------------------- progress display
 
 
-# ----------------------------------------------------------------------------- progress displays
+@dataclasses.dataclass(frozen=True)
+class _Settled:
+    """What :meth:`_progress.Progress.settled` reads from a successful prompt."""
+
+    usage: Optional[dict]
+    cost_usd: Optional[float]
 
 
-class _Progress:
-    """No progress at all (``--quiet`` / ``--no-progress``)."""
+_STATE_STYLE = {"queued": "dim", "running": "cyan", "streaming": "bold cyan", "retrying": "yellow",
+                "ok": "green", "failed": "bold red", "interrupted": "magenta"}
+_STATE_ORDER = {"streaming": 0, "running": 0, "retrying": 0, "failed": 1, "interrupted": 1, "ok": 2,
+                "queued": 3}
 
-    def event(self, kind: str, agent: _Agent) -> None:
-        pass
+
+class _Display:
+    """The CLI's progress on stderr, drawn by :class:`_progress.Progress`.
+
+    On a terminal (or in a notebook) a live bar with a line per agent; otherwise plain lines:
+    one per finished (or retried) agent, plus the periodic totals of ``_progress``. Nothing
+    with ``--quiet`` / ``--no-progress``.
+    """
+
+    def __init__(self, args: argparse.Namespace, stream: IO[str]):
+        self.enabled = not (args.quiet or args.no_progress)
+        self._stream = stream
+        self._board: Optional[_Board] = None
+        self.progress: Any = None  # a _progress.Progress between start() and stop()
 
     def start(self, board: _Board) -> None:
-        pass
+        from _progress import Progress
 
-    def tick(self) -> None:
-        pass
+        self._board = board
+        self.progress = Progress(len(board.agents), progress=self.enabled, label=PROG, stream=self._stream,
+                                 detail=self._detail, summary=False)
 
     def stop(self) -> None:
-        pass
+        progress, self.progress = self.progress, None
+        if progress is not None:
+            progress.close()
 
     def notice(self, text: str) -> None:
-        pass
-
-
-class _PlainProgress(_Progress):
-    """Log-like lines on stderr: one per finished (or retried) agent, and a summary."""
-
-    def __init__(self, stream: IO[str]):
-        self._stream = stream
-        self._lock = threading.Lock()
-        self._board: Optional[_Board] = None
-
-    def start(self, board: _Board) -> None:
-        self._board = board
-
-    def _write(self, line: str) -> None:
-        with self._lock:
-            try:
-                self._stream.write(f"{PROG}: {line}\n")
-                self._stream.flush()
-            except (OSError, ValueError):
-                pass
-
-    def notice(self, text: str) -> None:
-        self._write(text)
+        """A line on stderr that leaves a live display intact."""
+        line = f"{PROG}: {text}"
+        progress = self.progress
+        if progress is not None:
+            progress.write(line)
+            return
+        try:
+            self._stream.write(line + "\n")
+            self._stream.flush()
+        except (OSError, ValueError):
+            pass
 
     def event(self, kind: str, agent: _Agent) -> None:
-        board = self._board
-        done = ""
-        if board is not None:
-            done = f"[{board.ended_count()}/{len(board.agents)}] "
-        now = time.monotonic()
-        if kind == "retry":
-            self._write(f"{done}{agent.task_id} retrying after: {agent.error}")
+        """Called by the board (from any thread) when an agent starts, retries or finishes."""
+        progress = self.progress
+        if progress is None:
             return
-        detail = f"{agent.tokens} tokens, {agent.elapsed(now):.1f}s"
+        if kind == "start":
+            progress.started()
+            return
+        if kind in _Board.TERMINAL:
+            progress.settled(_Settled(agent.usage, agent.cost_usd) if kind == "ok"
+                             else KeyboardInterrupt() if kind == "interrupted" else None)
+        if not self.enabled or progress.live:
+            return
+        board = self._board
+        done = f"[{board.ended_count()}/{len(board.agents)}] " if board is not None else ""
+        if kind == "retry":
+            progress.write(f"{PROG}: {done}{agent.task_id} retrying after: {agent.error}")
+            return
+        detail = f"{agent.tokens} tokens, {agent.elapsed(time.monotonic()):.1f}s"
         if agent.cost_usd:
             detail += f", {_fmt_cost(agent.cost_usd)}"
         if kind == "failed" and agent.error:
             detail += f": {agent.error}"
-        self._write(f"{done}{agent.task_id} {kind} ({detail})")
+        progress.write(f"{PROG}: {done}{agent.task_id} {kind} ({detail})")
 
-
-class _RichProgress(_Progress):
-    """A live table on a terminal: a line per agent (state, tokens, elapsed) and totals."""
-
-    _STYLE = {"queued": "dim", "running": "cyan", "streaming": "bold cyan", "retrying": "yellow",
-              "ok": "green", "failed": "bold red", "interrupted": "magenta"}
-
-    def __init__(self, stream: IO[str]):
-        from rich.console import Console
-        from rich.live import Live
-
-        self._console = Console(file=stream, stderr=True)
-        self._board: Optional[_Board] = None
-        self._live: Any = None
-        self._live_cls = Live
-
-    def start(self, board: _Board) -> None:
-        self._board = board
-        # Each frame copies every agent's state: draw less often for very large runs.
-        rate = 8 if len(board.agents) <= 500 else 2
-        self._live = self._live_cls(console=self._console, refresh_per_second=rate, transient=False,
-                                    get_renderable=self._render, redirect_stdout=False,
-                                    redirect_stderr=False)
-        self._live.start()
-
-    def notice(self, text: str) -> None:
-        self._console.print(f"{PROG}: {text}", highlight=False, markup=False)
-
-    def stop(self) -> None:
-        if self._live is None:
-            return
-        try:
-            self._live.refresh()
-        finally:
-            self._live.stop()
-
-    def _render(self) -> Any:
-        from rich.console import Group
-        from rich.table import Table
-        from rich.text import Text
+    def _detail(self, room: int) -> Any:
+        """The per-agent table of the live display (called by the render thread)."""
+        from _progress import ProgressTable
 
         board = self._board
-        table = Table(box=None, pad_edge=False, expand=False, header_style="bold")
-        table.add_column("#", justify="right")
-        table.add_column("task")
-        table.add_column("prompt", no_wrap=True, overflow="ellipsis", max_width=40)
-        table.add_column("state")
-        table.add_column("tokens", justify="right")
-        table.add_column("elapsed", justify="right")
         if board is None:
-            return table
+            return None
         agents = board.snapshot()
         now = time.monotonic()
-        room = max(3, self._console.size.height - 4)
-        order = {"streaming": 0, "running": 0, "retrying": 0, "failed": 1, "interrupted": 1, "ok": 2,
-                 "queued": 3}
         shown = agents
         if len(agents) > room:
-            ended = sorted((a for a in agents if a.state in _Board.TERMINAL),
-                           key=lambda a: -(a.ended or 0))
+            ended = sorted((a for a in agents if a.state in _Board.TERMINAL), key=lambda a: -(a.ended or 0))
             active = [a for a in agents if a.state in ("running", "streaming", "retrying")]
             queued = [a for a in agents if a.state == "queued"]
-            shown = sorted((active + ended + queued)[:room],
-                           key=lambda a: (order.get(a.state, 3), a.index))
-        for a in shown:
-            table.add_row(str(a.index), Text(a.task_id[:30]), Text(a.label), Text(a.state, style=self._STYLE.get(a.state, "")),
-                          str(a.tokens), f"{a.elapsed(now):.1f}s" if a.started is not None else "")
-        t = _totals(agents)
-        summary = (f"done {t['ok']}/{t['total']}  failed {t['failed']}  running {t['running']}  "
-                   f"queued {t['queued']}  tokens {t['tokens']}  cost {_fmt_cost(t['cost'])}  "
-                   f"{now - board.started:.1f}s")
-        if t["interrupted"] or board.interrupted:
-            summary += f"  interrupted {t['interrupted']}"
-        if len(agents) > len(shown):
-            summary += f"  ({len(agents) - len(shown)} rows hidden)"
-        return Group(table, Text(summary, style="bold"))
+            shown = sorted((active + ended + queued)[:room], key=lambda a: (_STATE_ORDER.get(a.state, 3), a.index))
+        rows = [(str(a.index), a.task_id[:30], a.label, (a.state, _STATE_STYLE.get(a.state, "")), str(a.tokens),
+                 f"{a.elapsed(now):.1f}s" if a.started is not None else "") for a in shown]
+        return ProgressTable(columns=("#", "task", "prompt", "state", "tokens", "elapsed"), rows=rows,
+                             right=frozenset({"#", "tokens", "elapsed"}), hidden=len(agents) - len(shown))
 
 
 class _NoticeHandler(logging.Handler):
-    """Routes the library's warnings through the progress display (so a live table stays intact)."""
+    """Routes the library's warnings through the progress display (so a live display stays intact)."""
 
-    def __init__(self, progress: _Progress, stream: IO[str]):
+    def __init__(self, display: _Display):
         super().__init__(logging.WARNING)
-        self._progress = progress
-        self._stream = stream
+        self._display = display
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            text = f"{record.levelname.lower()}: {_one_line(record.getMessage())}"
-            if isinstance(self._progress, (_PlainProgress, _RichProgress)):
-                self._progress.notice(text)
-            else:
-                self._stream.write(f"{PROG}: {text}\n")
+            self._display.notice(f"{record.levelname.lower()}: {_one_line(record.getMessage())}")
         except Exception:
             self.handleError(record)
-
-
-def _make_progress(args: argparse.Namespace, stream: IO[str]) -> _Progress:
-    if args.quiet or args.no_progress:
-        return _Progress()
-    if _isatty(stream) and os.environ.get("TERM") != "dumb":
-        try:
-            return _RichProgress(stream)
-        except ImportError:
-            pass
-    return _PlainProgress(stream)
 
 
 # ----------------------------------------------------------------------------- output
@@ -798,12 +774,49 @@ def _make_record(index: int, item: dict, outcome: _Outcome) -> dict:
     }
 
 
+def _encodes_all_text(out: IO[str]) -> bool:
+    """True when ``out`` can take any text (a UTF codec, or an in-memory stream)."""
+    encoding = getattr(out, "encoding", None)
+    if not encoding:
+        return True
+    try:
+        "\u00e9\u4e2d\U0001f600".encode(encoding)
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True
+
+
+class _EscapingWriter:
+    """Writes text to ``out``, escaping what its encoding cannot represent (``\\xe9``,
+    ``\\u4e2d``) instead of failing: a paid-for result is never lost to an encoding error."""
+
+    def __init__(self, out: IO[str]):
+        self._out = out
+        self._encoding = getattr(out, "encoding", None) or "utf-8"
+
+    def write(self, text: str) -> None:
+        try:
+            self._out.write(text)
+        except UnicodeEncodeError:
+            # TextIOWrapper encodes the whole string before writing any of it: nothing was written.
+            self._out.write(text.encode(self._encoding, "backslashreplace").decode(self._encoding))
+
+    def flush(self) -> None:
+        self._out.flush()
+
+
 def _write_records(records: Sequence[dict], fmt: str, out: IO[str]) -> None:
-    """Write every record in order, as JSONL or as readable text."""
+    """Write every record in order, as JSONL or as readable text.
+
+    Text the stream cannot encode is escaped: JSONL switches to ``\\uXXXX`` escapes (the same
+    JSON values), text gets backslash escapes.
+    """
+    w = _EscapingWriter(out)
     if fmt == "jsonl":
+        ensure_ascii = not _encodes_all_text(out)
         for r in records:
-            out.write(json.dumps(r, ensure_ascii=False) + "\n")
-        out.flush()
+            w.write(json.dumps(r, ensure_ascii=ensure_ascii) + "\n")
+        w.flush()
         return
     single = len(records) == 1
     for r in records:
@@ -813,16 +826,16 @@ def _write_records(records: Sequence[dict], fmt: str, out: IO[str]) -> None:
                 head += f", {r['usage'].get('output_tokens', 0)} output tokens"
             if r["cost_usd"]:
                 head += f", {_fmt_cost(r['cost_usd'])}"
-            out.write(head + " ===\n")
+            w.write(head + " ===\n")
         if r["status"] == "ok":
             text = r["text"] or ""
-            out.write(text + ("" if text.endswith("\n") else "\n"))
+            w.write(text + ("" if text.endswith("\n") else "\n"))
         else:
-            out.write(f"[{r['status']}{': ' + r['error_kind'] if r['error_kind'] else ''}]"
-                      f"{' ' + r['error'] if r['error'] else ''}\n")
+            w.write(f"[{r['status']}{': ' + r['error_kind'] if r['error_kind'] else ''}]"
+                    f"{' ' + r['error'] if r['error'] else ''}\n")
         if not single:
-            out.write("\n")
-    out.flush()
+            w.write("\n")
+    w.flush()
 
 
 # ----------------------------------------------------------------------------- credentials / offline
@@ -1026,19 +1039,19 @@ def _library_items(items: list[dict]) -> list[dict]:
 
 def _validate_with_library(items: list[dict], args: argparse.Namespace, shared_system: Optional[str]) -> None:
     """Let the library validate every prompt before any request is sent (ValueError -> usage)."""
-    import claude_client
+    from _requests import DEFAULT_MODEL, prompt_specs  # the library's one request builder
 
     try:
-        claude_client._normalize_prompts(
+        prompt_specs(
             _library_items(items), shared_system=shared_system, cache_shared_system=args.cache,
-            model=args.model or claude_client.DEFAULT_MODEL, max_tokens=args.max_tokens)
+            model=args.model or DEFAULT_MODEL, max_tokens=args.max_tokens)
     except (ValueError, TypeError) as exc:
         raise _UsageError(_one_line(str(exc))) from None
 
 
 def _finish_on_board(board: _Board, i: int, oc: _Outcome) -> None:
     board.finish(i, oc.status, output_tokens=(oc.usage or {}).get("output_tokens"),
-                 cost_usd=oc.cost_usd or 0.0, error=oc.error or "")
+                 cost_usd=oc.cost_usd if oc.status == "ok" else 0.0, usage=oc.usage, error=oc.error or "")
 
 
 # ----------------------------------------------------------------------------- main
@@ -1054,7 +1067,7 @@ def _open_output(path: Optional[str], stdout: IO[str]) -> IO[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the command line; returns the exit status (0 ok, 1 failures, 2 usage, 130 interrupted).
+    """Run the command line; returns the exit status (0 ok, 1 failures, 2 usage, 130 SIGINT, 143 SIGTERM).
 
     >>> import orchestrate
     >>> orchestrate.main(["--help"])  # doctest: +SKIP
@@ -1098,25 +1111,22 @@ def _main(args: argparse.Namespace, stdin: IO[str], stdout: IO[str], stderr: IO[
 
     import claude_client
 
-    progress = _make_progress(args, stderr)
+    display = _Display(args, stderr)
     root = logging.getLogger()
     handler: Optional[logging.Handler] = None
     if not root.handlers and not args.quiet:
-        handler = _NoticeHandler(progress, stderr)
+        handler = _NoticeHandler(display)
         root.addHandler(handler)
     try:
-        return _run_main(args, items, shared_system, fmt, progress, stdout, stderr)
+        return _run_main(args, items, shared_system, fmt, display, stdout, stderr)
     finally:
         if handler is not None:
             root.removeHandler(handler)
 
 
 def _run_main(args: argparse.Namespace, items: list[dict], shared_system: Optional[str], fmt: str,
-              progress: _Progress, stdout: IO[str], stderr: IO[str]) -> int:
-    import claude_client
-
-    notice = (lambda text: None) if args.quiet else (
-        lambda text: (stderr.write(f"{PROG}: {text}\n"), stderr.flush()))
+              display: _Display, stdout: IO[str], stderr: IO[str]) -> int:
+    notice = (lambda text: None) if args.quiet else display.notice
 
     emulator = None
     connection: dict[str, str] = {}  # api_key / base_url passed to the library for this run only
@@ -1135,7 +1145,7 @@ def _run_main(args: argparse.Namespace, items: list[dict], shared_system: Option
         _validate_with_library(items, args, shared_system)
         out = _open_output(args.output, stdout)
         try:
-            return _execute(items, args, shared_system, progress, fmt, out, stderr, connection)
+            return _execute(items, args, shared_system, display, fmt, out, stderr, connection)
         finally:
             if out is not stdout:
                 out.close()
@@ -1145,39 +1155,48 @@ def _run_main(args: argparse.Namespace, items: list[dict], shared_system: Option
 
 
 def _execute(items: list[dict], args: argparse.Namespace, shared_system: Optional[str],
-             progress: _Progress, fmt: str, out: IO[str], stderr: IO[str],
+             display: _Display, fmt: str, out: IO[str], stderr: IO[str],
              connection: Optional[dict] = None) -> int:
     import claude_client
 
     token = claude_client.InterruptToken()
-    board = _Board(items, on_event=progress.event)
+    board = _Board(items, on_event=display.event)
     run = _Execution(items, args, shared_system, board, token, connection)
     interrupted_at: list[float] = []
+    # Appended to by the signal handler and nothing else: list.append takes no lock a worker
+    # thread may hold. The wait loop below notices it within ~0.05 s and does the interrupting.
+    signals_seen: list[int] = []
 
-    def on_sigint(signum: int, frame: Any) -> None:
-        if interrupted_at:
-            interrupted_at.append(-1.0)  # a second Ctrl-C: stop waiting for the library at all
-            return
-        interrupted_at.append(time.monotonic())
-        board.interrupted = True
-        token.interrupt()
+    def on_signal(signum: int, frame: Any) -> None:
+        signals_seen.append(signum)
 
     in_main_thread = threading.current_thread() is threading.main_thread()
-    old_handler = signal.signal(signal.SIGINT, on_sigint) if in_main_thread else None
-    poll = 0.05 if len(items) <= 200 else 0.25
-    progress.start(board)
+    old_handlers = {sig: signal.signal(sig, on_signal) for sig in _STOP_SIGNALS} if in_main_thread else {}
+    sync_every = 0.05 if len(items) <= 200 else 0.25
+    display.start(board)
     try:
         run.start()
-        while not run.done.wait(poll):
-            run.sync()
-            if interrupted_at and (interrupted_at[-1] < 0
+        last_sync = 0.0
+        while not run.done.wait(0.05):
+            if signals_seen and not interrupted_at:
+                interrupted_at.append(time.monotonic())
+                board.interrupted = True
+                token.interrupt()
+            now = time.monotonic()
+            if now - last_sync >= sync_every:
+                run.sync()
+                last_sync = now
+            if interrupted_at and (len(signals_seen) > 1  # a second signal: stop waiting for the library
                                    or time.monotonic() - interrupted_at[0] > _INTERRUPT_GRACE_S):
                 break
         run.sync()
     finally:
-        progress.stop()
-        if in_main_thread:
-            signal.signal(signal.SIGINT, old_handler)
+        display.stop()
+        for sig, old in old_handlers.items():
+            signal.signal(sig, old)
+    exit_interrupted = 128 + signals_seen[0] if signals_seen else EXIT_INTERRUPTED
+    if signals_seen and not interrupted_at:  # the signal came as the run finished
+        interrupted_at.append(time.monotonic())
 
     if run.crash is not None and run.outcomes is None and not interrupted_at:
         exc = run.crash
@@ -1209,8 +1228,8 @@ def _execute(items: list[dict], args: argparse.Namespace, shared_system: Optiona
                 out.flush()
                 stderr.flush()
             finally:
-                os._exit(EXIT_INTERRUPTED)
-        return EXIT_INTERRUPTED
+                os._exit(exit_interrupted)
+        return exit_interrupted
     return EXIT_OK if failed == 0 and interrupted == 0 else EXIT_FAILED
 
 

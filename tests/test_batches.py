@@ -14,6 +14,7 @@ import pytest
 
 import claude_client
 from claude_client import ClaudeInvocationError, InterruptToken
+import _batch_journal
 from message_batches import BatchProgress, invoke_batch
 
 pytestmark = pytest.mark.timeout(60)
@@ -465,6 +466,7 @@ def test_failing_progress_callback_does_not_stop_the_job(client_env):
         ([{"prompt": "x" * 5000}], {"max_batch_bytes": 2000}, r"prompts\[0\]"),
         ([{"prompt": "x"}], {"journal": "/nonexistent-dir/j.json"}, "journal"),
         ([{"prompt": "x"}], {"interrupt_token": object()}, "interrupt_token"),
+        ([{"prompt": "x"}], {"retry_failed": 1}, "retry_failed"),
     ],
 )
 def test_validation_sends_nothing(client_env, prompts, kwargs, match):
@@ -623,3 +625,314 @@ def test_ctrl_c_during_create_finds_the_created_batch(client_env, tmp_path, on_i
         results = invoke_batch(prompts_of(3), journal=journal, poll_interval=0.05)
         assert list(results) == ["Echo: item 0", "Echo: item 1", "Echo: item 2"]
         assert len(creates(client_env)) == 1  # resumed, not submitted again
+
+
+# --------------------------------------------------------------------------- retry_failed
+
+
+def custom_ids(record):
+    return [r["custom_id"] for r in record.body["requests"]]
+
+
+def _job_with_expired(client_env, journal, n=6):
+    """Run a job where requests 0 and 1 succeed and the others expire (journaled, ended).
+
+    At 30,000 emulator seconds per request the batch reaches two requests within its 24 hours;
+    the clock is moved past the expiry at the first poll. The next batches are fast again.
+    """
+    client_env.configure(batch_seconds_per_request=30_000.0)
+    moved = []
+
+    def day_passes(progress):
+        if not moved:
+            moved.append(True)
+            client_env.advance_clock(90_000)
+
+    results = invoke_batch(prompts_of(n), journal=journal, poll_interval=0.05, on_progress=day_passes,
+                           return_exceptions=True)
+    client_env.configure(batch_seconds_per_request=FAST)
+    return results
+
+
+def test_retry_failed_finishes_canceled_requests_without_resending_the_others(client_env, tmp_path, caplog):
+    client_env.configure(batch_seconds_per_request=5.0)
+    journal = tmp_path / "job.json"
+    token = InterruptToken()
+
+    def stop(progress):
+        client_env.advance_clock(12)  # requests 0 and 1 are done (due at 5 s and 10 s)
+        token.interrupt()
+
+    with caplog.at_level("WARNING", logger="message_batches"):
+        first = invoke_batch(prompts_of(6), journal=journal, poll_interval=0.05, on_progress=stop,
+                             interrupt_token=token, on_interrupt="cancel")
+    assert list(first) == [None] * 6
+    assert "retry_failed=True" in caplog.text
+    # The cancel lets the request in flight finish (due at 15 s); the rest end canceled.
+    client_env.advance_clock(10)
+    client_env.configure(batch_seconds_per_request=FAST)
+    # A plain re-run collects the canceled batch: the canceled requests stay failed.
+    collected = invoke_batch(prompts_of(6), journal=journal, poll_interval=0.05, return_exceptions=True)
+    kinds = [getattr(r, "kind", "ok") for r in collected]
+    assert kinds == ["ok"] * 3 + ["batch_canceled"] * 3
+    assert len(creates(client_env)) == 1
+    before = len(client_env.requests)
+    again = invoke_batch(prompts_of(6), journal=journal, poll_interval=0.05, return_exceptions=True)
+    assert [getattr(r, "kind", "ok") for r in again] == kinds and len(client_env.requests) == before
+
+    results = invoke_batch(prompts_of(6), journal=journal, poll_interval=0.05, retry_failed=True)
+    assert list(results) == [f"Echo: item {i}" for i in range(6)] and results.errors == {}
+    original, retry = creates(client_env)
+    assert custom_ids(retry) == custom_ids(original)[3:]  # the succeeded requests were not re-sent
+    assert retry.body["requests"] == original.body["requests"][3:]  # same custom_ids and params
+    assert len(client_env.batches()) == 2
+    # Usage and cost: each request paid once, exactly like a run that was never interrupted.
+    assert results.usage.output_tokens == sum(r.usage.output_tokens for r in results)
+    assert results.cost_usd == pytest.approx(sum(r.cost_usd for r in results))
+    clean = invoke_batch(prompts_of(6), poll_interval=0.05)
+    assert results.usage == clean.usage and results.cost_usd == pytest.approx(clean.cost_usd)
+    # Nothing left to retry: a further retry_failed re-run sends nothing.
+    before = len(client_env.requests)
+    assert list(invoke_batch(prompts_of(6), journal=journal, poll_interval=0.05, retry_failed=True)) == list(results)
+    assert len(client_env.requests) == before
+
+
+def test_retry_failed_resubmits_expired_requests_and_journals_the_retry(client_env, tmp_path):
+    journal = tmp_path / "job.json"
+    first = _job_with_expired(client_env, journal)
+    assert [getattr(r, "kind", "ok") for r in first] == ["ok", "ok"] + ["batch_expired"] * 4
+    ok_ids = [r.id for r in first[:2]]
+    data = json.loads(journal.read_text())
+    assert data["version"] == 1 and "retries" not in data
+
+    results = invoke_batch(prompts_of(6), journal=journal, poll_interval=0.05, retry_failed=True)
+    assert list(results) == [f"Echo: item {i}" for i in range(6)]
+    assert [r.id for r in results[:2]] == ok_ids  # the journaled replies, not new ones
+    original, retry = creates(client_env)
+    assert custom_ids(retry) == custom_ids(original)[2:]
+    data = json.loads(journal.read_text())
+    assert data["version"] == 2 and data["state"] == "ended"
+    (entry,) = data["retries"]
+    assert entry["indexes"] == [2, 3, 4, 5] and entry["round"] == 1
+    assert entry["id"] == client_env.batches()[1]["id"] and entry["results_fetched"] is True
+    assert entry["first_custom_id"] == custom_ids(original)[2] and entry["last_custom_id"] == custom_ids(original)[5]
+    assert entry["result_counts"] == {"succeeded": 4}
+    assert data["batches"][0]["result_counts"] == {"succeeded": 2, "expired": 4}
+    assert all(data["results"][cid]["type"] == "succeeded" for cid in custom_ids(original))
+    assert results.usage.output_tokens == 6 * 3 and results.cost_usd == pytest.approx(sum(r.cost_usd for r in results))
+    # A re-run reads the version-2 journal and sends nothing.
+    before = len(client_env.requests)
+    assert list(invoke_batch(prompts_of(6), journal=journal, poll_interval=0.05)) == list(results)
+    assert len(client_env.requests) == before
+
+
+def test_retry_failed_splits_the_retry_like_the_job(client_env, tmp_path):
+    journal = tmp_path / "job.json"
+    _job_with_expired(client_env, journal, n=7)
+    results = invoke_batch(prompts_of(7), journal=journal, poll_interval=0.05, retry_failed=True,
+                           max_batch_requests=2)
+    assert list(results) == [f"Echo: item {i}" for i in range(7)]
+    assert [custom_ids(r) for r in creates(client_env)[1:]] == [
+        custom_ids(creates(client_env)[0])[a:b] for a, b in ((2, 4), (4, 6), (6, 7))
+    ]
+    retries = json.loads(journal.read_text())["retries"]
+    assert [e["indexes"] for e in retries] == [[2, 3], [4, 5], [6]] and {e["round"] for e in retries} == {1}
+
+
+def test_retry_failed_resends_errored_requests_once_per_call(client_env, tmp_path):
+    # The emulator's [[batch=errored]] fails on every attempt (``times=`` does not apply to batch
+    # requests), so the retried request fails again: this shows what is re-sent, and how often.
+    client_env.configure(batch_seconds_per_request=FAST)
+    journal = tmp_path / "job.json"
+    prompts = prompts_of(4)
+    prompts[2] = {"prompt": "bad [[batch=errored]]"}
+    results = invoke_batch(prompts, journal=journal, poll_interval=0.05, retry_failed=True, return_exceptions=True)
+    assert [getattr(r, "kind", "ok") for r in results] == ["ok", "ok", "batch_errored", "ok"]
+    original, retry = creates(client_env)  # one retry round in this call, not a loop
+    assert retry.body["requests"] == [original.body["requests"][2]]
+    assert client_env.batches()[1]["id"] in str(results[2])  # the error names the retry batch
+    invoke_batch(prompts, journal=journal, poll_interval=0.05, retry_failed=True, return_exceptions=True)
+    assert len(creates(client_env)) == 3 and creates(client_env)[2].body == retry.body
+    assert [e["round"] for e in json.loads(journal.read_text())["retries"]] == [1, 2]
+    before = len(client_env.requests)
+    with pytest.raises(ClaudeInvocationError) as info:
+        invoke_batch(prompts, journal=journal, poll_interval=0.05)
+    assert set(info.value.errors) == {2} and len(client_env.requests) == before
+
+
+def test_retry_failed_refuses_the_journal_of_another_job(client_env, tmp_path):
+    journal = tmp_path / "job.json"
+    _job_with_expired(client_env, journal)
+    before = len(client_env.requests)
+    with pytest.raises(ValueError, match="journal.*different job"):
+        invoke_batch(prompts_of(6, prefix="other"), journal=journal, poll_interval=0.05, retry_failed=True)
+    assert len(client_env.requests) == before
+
+
+def test_retry_progress_counts_each_request_once(client_env, tmp_path):
+    journal = tmp_path / "job.json"
+    _job_with_expired(client_env, journal)
+    client_env.configure(batch_seconds_per_request=5.0)
+    seen = []
+
+    def look(progress):
+        seen.append(progress)
+        client_env.advance_clock(60)  # the retry batch ends before the next poll
+
+    results = invoke_batch(prompts_of(6), journal=journal, poll_interval=0.05, retry_failed=True, on_progress=look)
+    assert list(results) == [f"Echo: item {i}" for i in range(6)]
+    first, last = seen[0], seen[-1]
+    for p in seen:
+        assert p.total == 6 and p.processing + p.succeeded + p.errored + p.canceled + p.expired == 6
+    assert (first.processing, first.succeeded, first.expired) == (4, 2, 0)
+    planned, retry = first.batches
+    assert (planned.start, planned.end, planned.indexes, planned.retry_round) == (0, 6, None, 0)
+    assert (planned.succeeded, planned.expired) == (2, 4)  # its own outcome
+    assert retry.indexes == (2, 3, 4, 5) and retry.retry_round == 1 and retry.processing == 4
+    assert (retry.start, retry.end) == (2, 6)
+    assert (last.done, last.succeeded) == (6, 6)
+    assert last.batches[1].succeeded == 4 and last.batches[0].expired == 4
+    assert last.batch_ids == [b["id"] for b in client_env.batches()]
+
+
+_CHILD_RETRY = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {scripts!r})
+    from message_batches import invoke_batch
+    prompts = [{{"prompt": f"item {{i}}"}} for i in range({n})]
+    invoke_batch(prompts, journal={journal!r}, poll_interval=0.05, retry_failed=True)
+    """
+)
+
+
+def test_crash_during_the_retry_resumes_it(client_env, tmp_path):
+    journal = tmp_path / "job.json"
+    _job_with_expired(client_env, journal)
+    client_env.configure(batch_seconds_per_request=0.3)
+    code = _CHILD_RETRY.format(scripts=str(SCRIPTS), n=6, journal=str(journal))
+    child = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ))
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                data = json.loads(journal.read_text())
+                if data.get("retries") and all(e["id"] for e in data["retries"]):
+                    break
+            except (OSError, ValueError):
+                pass
+            assert child.poll() is None, "the child ended before it was killed"
+            time.sleep(0.01)
+        else:
+            pytest.fail("the child never journaled its retry batch")
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert data["state"] == "running" and not data["retries"][0]["results_fetched"]
+    assert len(creates(client_env)) == 2
+    # The journaled retry batch is finished even without retry_failed: it is part of the job now.
+    results = invoke_batch(prompts_of(6), journal=journal, poll_interval=0.05)
+    assert list(results) == [f"Echo: item {i}" for i in range(6)]
+    assert len(creates(client_env)) == 2  # resumed, not submitted again
+
+
+def test_crash_during_the_retry_create_adopts_the_retry_batch(client_env, tmp_path):
+    journal = tmp_path / "job.json"
+    _job_with_expired(client_env, journal)
+    invoke_batch(prompts_of(6), journal=journal, poll_interval=0.05, retry_failed=True)
+    retry_id = client_env.batches()[1]["id"]
+    # Rewrite the journal as a run killed inside the retry's create call leaves it.
+    data = json.loads(journal.read_text())
+    entry = data["retries"][0]
+    entry.update(id=None, status="pending", seen=False, request_counts=None, results_fetched=False,
+                 create_started_at=time.time() - 1)
+    del entry["result_counts"]
+    for cid in custom_ids(creates(client_env)[1]):
+        data["results"][cid] = {"type": "expired"}
+    data["state"] = "submitting"
+    journal.write_text(json.dumps(data))
+    results = invoke_batch(prompts_of(6), journal=journal, poll_interval=0.05)
+    assert list(results) == [f"Echo: item {i}" for i in range(6)]
+    assert len(creates(client_env)) == 2
+    assert json.loads(journal.read_text())["retries"][0]["id"] == retry_id
+
+
+# --------------------------------------------------------------------------- durability and recovery
+
+
+def test_journal_directory_is_fsynced_after_each_replace(client_env, tmp_path, monkeypatch):
+    import stat
+
+    if os.name == "nt":
+        pytest.skip("directories cannot be fsynced on Windows")
+    client_env.configure(batch_seconds_per_request=FAST)
+    journal = tmp_path / "job.json"
+    real_fsync = os.fsync
+    events = []
+
+    def recording_fsync(fd):  # the real fsync, noting what was synced and when
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            events.append(("dir", st.st_ino, journal.exists()))
+        else:
+            events.append(("file", st.st_ino, journal.exists()))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    invoke_batch(prompts_of(3), journal=journal, poll_interval=0.05)
+    monkeypatch.undo()
+    saves = len(events) // 2
+    assert saves >= 3
+    assert [e[0] for e in events] == ["file", "dir"] * saves
+    assert {e[1] for e in events if e[0] == "dir"} == {tmp_path.stat().st_ino}
+    # The first journal file does not exist until the replace: the directory is synced after it.
+    assert events[0][2] is False and all(e[2] for e in events if e[0] == "dir")
+
+
+def test_journal_directory_fsync_is_best_effort(tmp_path):
+    import message_batches
+
+    _batch_journal.fsync_dir(tmp_path / "no-such-dir")  # cannot be opened: no error
+    _batch_journal.fsync_dir(tmp_path)
+
+
+def _crash_during_create_at(journal: Path, started_at: float) -> None:
+    _crash_during_create(journal)
+    data = json.loads(journal.read_text())
+    for b in data["batches"]:
+        b["create_started_at"] = started_at
+    journal.write_text(json.dumps(data))
+
+
+def test_crash_during_create_finds_the_batch_past_the_first_page(client_env, tmp_path):
+    import anthropic
+
+    client_env.configure(batch_seconds_per_request=0.05)
+    sdk = anthropic.Anthropic(base_url=client_env.base_url, max_retries=0)
+    one = [{"custom_id": "filler", "params": {"model": "claude-sonnet-4-6", "max_tokens": 5,
+                                               "messages": [{"role": "user", "content": "x"}]}}]
+    for _ in range(150):  # batches of other jobs, older than the create that crashed
+        sdk.messages.batches.create(requests=one)
+    client_env.advance_clock(1000)
+    journal = tmp_path / "job.json"
+    token = InterruptToken()
+    invoke_batch(prompts_of(4), journal=journal, poll_interval=0.05, interrupt_token=token,
+                 on_progress=lambda p: token.interrupt(), on_interrupt="leave")
+    original = json.loads(journal.read_text())["batches"][0]["id"]
+    for _ in range(110):  # newer batches push the job's batch to the second page (100 per page)
+        sdk.messages.batches.create(requests=one)
+    # The create started (on the server's clock) just before the batch it made.
+    _crash_during_create_at(journal, time.time() + 1000 - 1)
+    made = len(creates(client_env))
+    lists_before = len(on_path(client_env, "/v1/messages/batches", "GET"))
+    results = invoke_batch(prompts_of(4), journal=journal, poll_interval=0.05)
+    assert list(results) == [f"Echo: item {i}" for i in range(4)]
+    assert len(creates(client_env)) == made  # found on page 2, not submitted again
+    assert json.loads(journal.read_text())["batches"][0]["id"] == original
+    # Page 1, then page 2 where the batches become older than the window: the 150 old ones
+    # (a third page) are not read.
+    lists = on_path(client_env, "/v1/messages/batches", "GET")[lists_before:]
+    assert len(lists) == 2

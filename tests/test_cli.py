@@ -462,6 +462,9 @@ def test_terminal_without_rich_falls_back_to_plain_lines(tmp_path, emulator):
     shadow = tmp_path / "shadow" / "rich"
     shadow.mkdir(parents=True)
     (shadow / "__init__.py").write_text("raise ImportError('rich is not installed here')\n")
+    tqdm_shadow = tmp_path / "shadow" / "tqdm"  # nor tqdm, the other optional bar library
+    tqdm_shadow.mkdir()
+    (tqdm_shadow / "__init__.py").write_text("raise ImportError('tqdm is not installed here')\n")
     env = _env(tmp_path, emulator.base_url)
     env["PYTHONPATH"] = os.pathsep.join([str(shadow.parent), env["PYTHONPATH"]])
     env["TERM"] = "xterm"
@@ -592,3 +595,153 @@ def test_main_in_process_leaves_the_environment_alone(tmp_path):
     report = json.loads(proc.stderr.strip().splitlines()[-1])
     assert report == {"codes": [0, 0], "same": True, "leaked": []}
     assert [r["text"] for r in records(proc.stdout)] == ["Echo: run 0", "Echo: run 1"]
+
+
+# ----------------------------------------------------------------------------- SIGTERM
+
+
+@pytest.mark.timeout(90)
+def test_sigterm_is_like_ctrl_c_results_written_exit_143(tmp_path, emulator):
+    """``timeout``, a CI cancel or ``docker stop`` send SIGTERM: finished results are kept."""
+    prompts = ["[[delay_ms=1]] quick one", "[[delay_ms=1]] quick two"] + \
+        [f"[[ttft_ms=5000 id={i}]] slow" for i in range(3)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrate", "--format", "jsonl", "--workers", "5", *prompts],
+        env=_env(tmp_path, emulator.base_url), cwd=tmp_path, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    both_done = threading.Event()
+    err_lines: list[str] = []
+
+    def read_stderr() -> None:
+        finished = set()
+        for line in proc.stderr:
+            err_lines.append(line)
+            m = re.search(r"\] ([01]) ok", line)
+            if m:
+                finished.add(m.group(1))
+                if finished == {"0", "1"}:
+                    both_done.set()
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    assert both_done.wait(30), "".join(err_lines)
+    assert emulator.wait_for(lambda e: e.active_requests >= 3, timeout=10)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out = proc.stdout.read()
+    proc.wait(timeout=30)
+    elapsed = time.monotonic() - sent
+    reader.join(timeout=5)
+    assert proc.returncode == 143, "".join(err_lines)
+    assert elapsed < 4.0, f"took {elapsed:.2f}s after SIGTERM"
+    recs = records(out)
+    assert [r["index"] for r in recs] == [0, 1, 2, 3, 4]
+    assert [r["text"] for r in recs[:2]] == ["Echo: quick one", "Echo: quick two"]
+    assert [r["status"] for r in recs] == ["ok", "ok", "interrupted", "interrupted", "interrupted"]
+    assert emulator.wait_for(lambda e: e.stats()["aborted"] >= 3, timeout=10)
+    assert "Traceback" not in "".join(err_lines)
+    assert re.search(r"orchestrate: 2 ok, 0 failed, 3 interrupted", "".join(err_lines))
+
+
+# ----------------------------------------------------------------------------- output encoding
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["text", "jsonl", "output-file"])
+def test_non_ascii_reply_on_an_ascii_stdout_is_escaped_not_lost(tmp_path, emulator, how):
+    prompt = "café 中文 😀 naïve"
+    env = _env(tmp_path, emulator.base_url)
+    env["PYTHONIOENCODING"] = "ascii"
+    args = ["--retries", "0", prompt, "plain ascii"]
+    out_file = tmp_path / "out.jsonl"
+    if how == "output-file":
+        args = ["--output", str(out_file), *args]
+    else:
+        args = ["--format", how, *args]
+    proc = subprocess.run([sys.executable, "-m", "orchestrate", *args], env=env, cwd=tmp_path,
+                          stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+    stderr = proc.stderr.decode("ascii")  # stderr stays ASCII too (backslash escapes)
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert len(emulator.message_requests()) == 2  # each prompt paid for exactly once
+    if how == "output-file":
+        assert proc.stdout == b""
+        recs = records(out_file.read_text(encoding="utf-8"))  # a file is UTF-8 whatever stdout is
+        assert [r["text"] for r in recs] == [f"Echo: {prompt}", "Echo: plain ascii"]
+        return
+    stdout = proc.stdout.decode("ascii")  # nothing but ASCII was written
+    if how == "jsonl":
+        recs = records(stdout)  # \uXXXX escapes: the same JSON values
+        assert [r["text"] for r in recs] == [f"Echo: {prompt}", "Echo: plain ascii"]
+        assert "\\u00e9" in stdout
+    else:
+        assert "Echo: caf\\xe9 \\u4e2d\\u6587 \\U0001f600 na\\xefve" in stdout, stdout
+        assert "Echo: plain ascii" in stdout
+        assert stdout.index("=== [0] 0: ok") < stdout.index("caf\\xe9") < stdout.index("=== [1] 1: ok")
+
+
+# ----------------------------------------------------------------------------- text or JSONL input
+
+
+@pytest.mark.timeout(60)
+def test_file_mixing_text_and_json_lines_is_refused(tmp_path, emulator):
+    f = tmp_path / "prompts.txt"
+    f.write_text('first a plain prompt\n\n{"prompt": "then json", "task_id": "x"}\nplain again\n')
+    proc = run_cli(tmp_path, emulator, "--file", str(f))
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"orchestrate: error: {f}:3: a JSON object line"), proc.stderr
+    assert proc.stdout == ""
+
+    # JSON first: every line must be a JSON object; the plain line is named.
+    f.write_text('{"prompt": "json first"}\nthen plain text\n')
+    proc = run_cli(tmp_path, emulator, "--file", str(f))
+    assert proc.returncode == 2
+    assert f"{f}:2: not valid JSON" in proc.stderr and "read as JSONL" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+    # The same rule for stdin.
+    proc = run_cli(tmp_path, emulator, stdin='plain\n{"prompt": "json"}\n')
+    assert proc.returncode == 2 and "<stdin>:2: a JSON object line" in proc.stderr
+    assert emulator.message_requests() == []
+
+    # Text lines that merely contain braces, or are JSON but not objects, stay prompts.
+    f.write_text('explain {x | x > 0}\n[1, 2]\n{not json either}\n')
+    proc = run_cli(tmp_path, emulator, "--file", str(f), "--format", "jsonl")
+    assert proc.returncode == 0, proc.stderr
+    assert [r["text"] for r in records(proc.stdout)] == [
+        "Echo: explain {x | x > 0}", "Echo: [1, 2]", "Echo: {not json either}"]
+
+    help_text = run_cli(tmp_path, emulator, "--help").stdout
+    assert "first non-blank line starts with '{'" in " ".join(help_text.split())
+    assert "143" in help_text
+
+
+# ----------------------------------------------------------------------------- running the file directly
+
+
+@pytest.mark.timeout(60)
+def test_running_the_script_file_directly(tmp_path, emulator):
+    """``python scripts/orchestrate.py`` works without an install: the scripts directory is
+    sys.path[0]. ``-S`` skips site (so the editable install's .pth cannot help); the
+    third-party libraries come from PYTHONPATH."""
+    import sysconfig
+
+    env = _env(tmp_path, emulator.base_url)
+    env["PYTHONPATH"] = os.pathsep.join({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    proc = subprocess.run([sys.executable, "-S", str(SCRIPTS / "orchestrate.py"), "--format", "jsonl",
+                           "direct one", "direct two"],
+                          env=env, cwd=tmp_path, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert [r["text"] for r in records(proc.stdout)] == ["Echo: direct one", "Echo: direct two"]
+    assert "Traceback" not in proc.stderr
+
+    # And plainly, as a user would type it.
+    env = _env(tmp_path, emulator.base_url)
+    env.pop("PYTHONPATH")
+    proc = subprocess.run([sys.executable, "scripts/orchestrate.py", "--quiet", "--format", "jsonl", "plain run"],
+                          env=env, cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert records(proc.stdout)[0]["text"] == "Echo: plain run"

@@ -84,7 +84,7 @@ def test_max_tokens_truncation_is_visible_and_logged(client_env, caplog):
     caplog.set_level(logging.WARNING, logger="claude_client")
     reply = cc.invoke_claude("a b c [[words=20]]", max_tokens=5)
     assert reply.stop_reason == "max_tokens" and reply.usage.output_tokens == 5
-    assert any("max_tokens" in r.getMessage() for r in caplog.records if r.name == "claude_client")
+    assert any("max_tokens" in r.getMessage() for r in caplog.records if r.name.startswith("claude_client"))
 
 
 def test_cache_flags_and_no_caller_mutation(client_env):
@@ -367,8 +367,8 @@ def test_one_shared_client_and_pooled_connections(client_env):
     for t in threads:
         t.join()
     assert all(c is first for c in seen)
-    assert _transport._sending_view(first) is _transport._sending_view(first)
-    assert _transport._sending_view(first)._client is first._client  # same connection pool
+    assert _transport.no_retry_client(first) is _transport.no_retry_client(first)
+    assert _transport.no_retry_client(first)._client is first._client  # same connection pool
     for i in range(200):
         assert cc.invoke_claude(f"n{i}") == f"Echo: n{i}"
     assert client_env.connection_count <= 3
