@@ -8,7 +8,8 @@
 (b) Cache-aware admission: prompts over a cached 5k-token shared system (the cache pilot on), at
     the same limits. Baseline: the same run with a controller that counts cache reads toward ITPM
     (``count_cache_reads = True``), as a limiter that ignores the rule would; the figure is the
-    throughput gain (baseline wall / wall).
+    throughput gain (baseline wall / wall). Both are told the scaled minute (the baseline could not
+    learn it: the server's ITPM bucket hardly moves when reads are free).
 
 Run: ``python bench/bench_admission.py [--quick]``.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from typing import Optional
 
 import _common
 from _common import row
@@ -27,13 +29,13 @@ RPM, ITPM, OTPM = 50, 30_000, 8_000
 WORKERS = 16
 
 
-def _client_and_controller(base_url: str, count_cache_reads: bool = False):  # type: ignore[no-untyped-def]
+def _client_and_controller(base_url: str, count_cache_reads: bool = False, minute_s: Optional[float] = None):  # type: ignore[no-untyped-def]
     import claude_client
-    from _admission import controller_for
+    from _admission import RateLimits, controller_for
 
     _common.point_library_at(base_url)
     client = claude_client.get_client()
-    controller = controller_for(client, claude_client.DEFAULT_MODEL)
+    controller = controller_for(client, claude_client.DEFAULT_MODEL, RateLimits(minute_s=minute_s))
     controller.count_cache_reads = count_cache_reads
     return client, controller
 
@@ -73,7 +75,7 @@ def _cached(n: int, minute_s: float, count_cache_reads: bool) -> tuple[float, in
     prompts = [{"prompt": f"question {i}"} for i in range(n)]
     with Emulator(rate_limit_rpm=RPM, rate_limit_itpm=ITPM, rate_limit_otpm=OTPM,
                   rate_limit_minute_s=minute_s) as emu:
-        _client_and_controller(emu.base_url, count_cache_reads)
+        _client_and_controller(emu.base_url, count_cache_reads, minute_s)
         started = time.perf_counter()
         results = claude_client.invoke_parallel(prompts, shared_system=shared, cache_shared_system=True,
                                                 max_workers=WORKERS, max_tokens=100, return_exceptions=True)

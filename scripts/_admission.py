@@ -15,11 +15,13 @@ lower than the local level (beyond the API's rounding) replaces it, so processes
 which all see the organisation's remaining budget, slow down together. Explicit
 :class:`RateLimits` cap what the headers say (a known tier, or headroom for other users of the key).
 
-Until the first headers arrive (and without explicit limits) one request is in flight at a time.
+Until the first headers arrive (and without explicit limits) one request goes first and the
+others wait for its headers, up to ``AdmissionController.probe_wait_s`` (0.25 s; a stream's headers
+come at its start when the transport calls ``Ticket.started``).
 A server that sends no rate-limit headers (a proxy, a gateway) puts the controller on its fast
 path: ``admit`` then costs a few attribute reads. An admitted request that still gets a 429 gives
-its charges back, and the controller learns from the 429's headers; when the buckets do not
-explain the 429 (e.g. a concurrency limit) every request waits its ``retry-after``.
+its charges back, and the controller learns from the 429's headers; a 429 from a server that
+sends no rate-limit headers makes every request wait its ``retry-after``.
 
 Waiting is first come, first served, interruptible (``InterruptToken``: kind ``interrupted``) and
 holds no lock: a waiter sleeps on its own event until the head of the queue fits.
@@ -219,7 +221,7 @@ class Ticket:
     __slots__ = ("_controller", "_params", "_estimate", "_charges", "_probe", "_done", "_learned", "_mark",
                  "_sent")
 
-    def __init__(self, controller: "AdmissionController", params: Mapping[str, Any],
+    def __init__(self, controller: AdmissionController, params: Mapping[str, Any],
                  estimate: Optional[RequestEstimate], charges: Optional[tuple[float, float, float]],
                  probe: bool = False) -> None:
         self._controller = controller
@@ -265,6 +267,9 @@ class AdmissionController:
     """Admission under the rate limits of one (API key, base URL, model); get it from
     :func:`controller_for`. Thread-safe: one lock guards the buckets and the queue.
 
+    ``probe_wait_s``: before anything is known, one request goes first and the others wait for its
+    headers, at most this long (then they go too, and the first headers install the buckets).
+
     ``count_cache_reads = True`` makes it count cache reads toward ITPM and never raise a level
     from the headers, like a limiter that does not know the rule (a baseline for benchmarks).
 
@@ -273,6 +278,9 @@ class AdmissionController:
     >>> c.snapshot()["limits"]
     {'rpm': 50.0, 'itpm': 30000.0, 'otpm': 8000.0}
     """
+
+    #: Longest wait for the first request's headers before the others go anyway (seconds).
+    probe_wait_s = 0.25
 
     def __init__(self, model: str, limits: Optional[RateLimits] = None, *, count_cache_reads: bool = False) -> None:
         if limits is not None and not isinstance(limits, RateLimits):
@@ -296,7 +304,8 @@ class AdmissionController:
         self._ratio = 1.0
         self._pause_until = 0.0
         self._probe_in_flight = False
-        self._stats = {"admitted": 0, "waited": 0, "wait_s": 0.0, "rate_limited": 0, "unexplained_429": 0}
+        self._probe_deadline = 0.0
+        self._stats = {"admitted": 0, "waited": 0, "wait_s": 0.0, "rate_limited": 0, "paused_429": 0}
         # "probe": nothing known yet, one request at a time; "limited": buckets; "free": no limits.
         self._mode = "probe"
         if self._limits.any:
@@ -384,6 +393,8 @@ class AdmissionController:
                             return ticket
                         delay = self._delay(estimate, now)
                     waiter.event.clear()
+                if interrupt is not None and interrupt.is_interrupted():
+                    continue  # it fired before the clear above: do not sleep through it
                 # No lock held from here: sleep until the head may fit, or a finish wakes us.
                 waiter.event.wait(None if delay is None else max(delay, 0.001))
         except BaseException:
@@ -406,7 +417,9 @@ class AdmissionController:
     def _delay(self, estimate: RequestEstimate, now: float) -> Optional[float]:
         """Seconds until the request fits (lock held); None: wait to be woken (the probe)."""
         if self._mode == "probe":
-            return None if self._probe_in_flight else max(0.0, self._pause_until - now)
+            if self._probe_in_flight:
+                return max(self._probe_deadline - now, self._pause_until - now, 0.0)
+            return max(0.0, self._pause_until - now)
         delay = self._pause_until - now
         if self._mode == "limited":
             itpm, otpm = self._need(estimate)
@@ -424,9 +437,13 @@ class AdmissionController:
         if now < self._pause_until:
             return None
         if mode == "probe":
-            if self._probe_in_flight:
+            probe = not self._probe_in_flight
+            if not probe and now < self._probe_deadline:
                 return None
+            # The probe is out; past its deadline the others go too, uncharged, until headers come.
             self._probe_in_flight = True
+            if probe:
+                self._probe_deadline = now + self.probe_wait_s
             self._in_flight += 1
             self._stats["admitted"] += 1
             ticket = Ticket(self, params, estimate, None, probe=True)
@@ -617,18 +634,19 @@ class AdmissionController:
             self._roomy = self._mode == "limited" and all(
                 b.level >= 0.5 * b.capacity for b in self._buckets.values())
             if ticket._probe:
-                self._probe_in_flight = False
+                if self._probe_deadline > now or self._in_flight == 0:
+                    self._probe_in_flight = False  # the next request may be the probe
                 if self._mode == "probe" and headers is not None and not carried:
                     self._mode = "free"
                     logger.debug("no rate-limit headers from the server: admission control for %s is off",
                                   self.model)
             if rate_limited:
                 self._stats["rate_limited"] += 1
-                if self._mode != "limited" or (estimate is not None and self._delay(estimate, now) == 0.0):
-                    # Nothing we know explains it (e.g. a concurrency limit): everyone waits.
+                if self._mode != "limited":
+                    # No rate-limit headers to learn from: everyone waits what the server asked.
                     pause = getattr(error, "retry_after", None) or 1.0
                     self._pause_until = max(self._pause_until, now + min(float(pause), _MAX_PAUSE_S))
-                    self._stats["unexplained_429"] += 1
+                    self._stats["paused_429"] += 1
             self._wake_head_locked()
 
     # -------------------------------------------------------------- diagnostics
@@ -726,7 +744,7 @@ class Reservation:
 
     __slots__ = ("_chain", "cost_usd", "_settled")
 
-    def __init__(self, chain: tuple["Budget", ...], cost_usd: float) -> None:
+    def __init__(self, chain: tuple[Budget, ...], cost_usd: float) -> None:
         self._chain = chain
         self.cost_usd = cost_usd
         self._settled = False
@@ -772,7 +790,7 @@ class Budget:
     >>> budget.spent, budget.reserved, budget.remaining
     """
 
-    def __init__(self, max_cost_usd: float, *, parent: Optional["Budget"] = None) -> None:
+    def __init__(self, max_cost_usd: float, *, parent: Optional[Budget] = None) -> None:
         if isinstance(max_cost_usd, bool) or not isinstance(max_cost_usd, (int, float)):
             raise TypeError(f"max_cost_usd must be a number >= 0, got {type(max_cost_usd).__name__}")
         if not (max_cost_usd >= 0 and math.isfinite(max_cost_usd)):
@@ -791,7 +809,7 @@ class Budget:
             chain.append(chain[-1].parent)  # type: ignore[arg-type]
         self._chain = tuple(chain)
 
-    def child(self, max_cost_usd: Optional[float] = None) -> "Budget":
+    def child(self, max_cost_usd: Optional[float] = None) -> Budget:
         """A budget for a delegated run: its own cap (default: no more than this one's), and every
         reservation also counts here."""
         return Budget(self.max_cost_usd if max_cost_usd is None else max_cost_usd, parent=self)

@@ -235,7 +235,7 @@ class Journal:
         requests: Sequence[Request],
         ranges: Sequence[tuple],
         model: str,
-    ) -> "Journal":
+    ) -> Journal:
         if path is not None and path.exists() and not cls._is_empty(path):
             data = cls._load(path)
             if data.get("fingerprint") != fingerprint:
@@ -308,7 +308,7 @@ class Journal:
         batches = data.get("batches")
         ok = isinstance(batches, list) and isinstance(data.get("results"), dict)
         expected = 0
-        for b in batches if ok else ():
+        for b in batches if ok and isinstance(batches, list) else []:
             if not isinstance(b, dict) or b.get("start") != expected or not isinstance(b.get("end"), int):
                 ok = False
                 break

@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
+from _agent import Agent, ToolOptions
 from _interrupt import InterruptToken, check_token
 from _requests import (
     DEFAULT_MODEL,
@@ -25,7 +26,9 @@ from _requests import (
     system_blocks,
 )
 from _results import ClaudeResponse, Usage
-from _transport import default_policy, get_client, send
+from _structured import OutputSpec
+from _tools import ToolSet
+from _transport import default_policy, get_client
 from _validation import (
     check_bool,
     check_callable,
@@ -78,7 +81,14 @@ class ConversationThread:
         *,
         api_key: Optional[str] = None,
         base_url: Optional[str] = None,
+        tools: Optional[list] = None,
+        max_tool_turns: int = 10,
+        tool_timeout: Optional[float] = None,
+        parallel_tools: bool = False,
+        on_tool_call: Optional[Callable[[Any], Any]] = None,
     ) -> None:
+        self._tools = ToolSet.from_user(tools)
+        self._tool_options = ToolOptions.checked(max_tool_turns, tool_timeout, parallel_tools, on_tool_call)
         if max_turns is not None:
             check_positive_int(max_turns, "max_turns")
         if continuation_prompt is not None:
@@ -161,10 +171,12 @@ class ConversationThread:
         stream: bool = False,
         interrupt_token: Optional[InterruptToken] = None,
         stall_timeout: Optional[float] = None,
+        output_schema: Any = None,
     ) -> ClaudeResponse:
         check_bool(cache_history, "cache_history")
         check_token(interrupt_token)
         stall = check_optional_seconds(stall_timeout, "stall_timeout")
+        output = OutputSpec.from_user(output_schema)
         check_callable(callback, "callback")
         if isinstance(user_message, str):
             if not user_message.strip():
@@ -182,23 +194,34 @@ class ConversationThread:
                 )
             params = self._params(content, cache_history)
             client = get_client(api_key=self._api_key, base_url=self._base_url)
-            reply = send(params, client=client, policy=default_policy(client), stream=stream, on_text=callback,
-                         interrupt=interrupt_token, stall_timeout=stall)
+            agent = Agent(client, policy=default_policy(client), interrupt=interrupt_token, stall_timeout=stall,
+                          tools=self._tools, output=output, tool_options=self._tool_options)
+            reply = agent.run(params, stream=stream, on_text=callback)
             self.usage = self.usage + reply.usage
             self.cost_usd = None if self.cost_usd is None or reply.cost_usd is None else self.cost_usd + reply.cost_usd
-            # Only a successful reply changes the history; the API rejects empty text blocks, so
-            # they are not kept, and a reply with no content leaves the history as it was.
-            kept = [b for b in reply.content if not (b.get("type") == "text" and not b.get("text"))]
+            # Only a successful reply changes the history (a failed tool loop leaves it as it was).
+            # The API rejects empty text blocks, so they are not kept, and a reply with no content
+            # leaves the history as it was.
+            kept = _clean(reply.content)
             if not kept:
                 logger.warning("The reply was empty; the message was not added to the history (send it again)")
                 return reply
-            self._messages.append({"role": "user", "content": content_blocks(content, "user_message")})
-            self._messages.append({"role": "assistant", "content": copy.deepcopy(kept)})
+            if reply.messages is not None:  # a tool loop: its whole transcript joins the history
+                turns = [{"role": m["role"], "content": _clean(content_blocks(m["content"], "message"))}
+                         for m in reply.messages[len(self._messages):]]
+                self._messages.extend(t for t in turns if t["content"])
+            else:
+                self._messages.append({"role": "user", "content": content_blocks(content, "user_message")})
+                self._messages.append({"role": "assistant", "content": copy.deepcopy(kept)})
             return reply
 
-    def send(self, user_message: Union[str, list], cache_history: bool = True) -> ClaudeResponse:
-        """Send a user message and return the reply (the history grows by two messages)."""
-        return self._send(user_message, cache_history)
+    def send(
+        self, user_message: Union[str, list], cache_history: bool = True, *, output_schema: Any = None
+    ) -> ClaudeResponse:
+        """Send a user message and return the reply (the history grows by two messages, or by the
+        whole transcript of a tool loop). ``output_schema`` (a Pydantic model or a JSON schema)
+        asks for a validated reply in ``reply.parsed``."""
+        return self._send(user_message, cache_history, output_schema=output_schema)
 
     def send_streaming(
         self,
@@ -232,7 +255,7 @@ class ConversationThread:
         text = self.continuation_prompt if not guidance else f"{self.continuation_prompt}\n\n{guidance}"
         return self._send(text, cache_history)
 
-    def save(self, path: Union[str, "os.PathLike[str]"]) -> None:
+    def save(self, path: Union[str, os.PathLike[str]]) -> None:
         """Write the transcript, settings, usage and cost to ``path`` (JSON, replaced atomically).
 
         >>> chat.save("chat.json"); again = ConversationThread.load("chat.json")
@@ -257,8 +280,8 @@ class ConversationThread:
 
     @classmethod
     def load(
-        cls, path: Union[str, "os.PathLike[str]"], *, api_key: Optional[str] = None, base_url: Optional[str] = None
-    ) -> "ConversationThread":
+        cls, path: Union[str, os.PathLike[str]], *, api_key: Optional[str] = None, base_url: Optional[str] = None
+    ) -> ConversationThread:
         """A thread saved by :meth:`save`, ready to continue (the key is never saved)."""
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -278,3 +301,16 @@ class ConversationThread:
 
 
 ConversationThread.__module__ = "claude_client"
+
+
+def _clean(blocks: list) -> list:
+    """Content blocks to keep in the history: no cache marks (each request sets its own) and no
+    empty text blocks (the API rejects them)."""
+    kept = []
+    for block in blocks:
+        if block.get("type") == "text" and not block.get("text"):
+            continue
+        if "cache_control" in block:
+            block = {k: v for k, v in block.items() if k != "cache_control"}
+        kept.append(copy.deepcopy(block))
+    return kept

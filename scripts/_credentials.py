@@ -192,9 +192,10 @@ def resolve_api_key(explicit: Optional[str] = None) -> str:
         if env:
             env = _check_key(env, "the ANTHROPIC_API_KEY environment variable")
         directory = _project_dir()
-        key = env or _key_from_files(directory)
-        if not key:
+        found = env or _key_from_files(directory)
+        if not found:
             raise _missing_key_error(directory)
+        key = found
         _resolved_key = key
         register_secret(key)
         return key

@@ -105,6 +105,8 @@ class ClaudeInvocationError(Exception):
         # the HTTP response headers of the failed request, when there was a response.
         self.mid_response = False
         self.headers: Any = None
+        # Set by batch create: the request certainly never reached the server (safe to resend).
+        self.never_sent = False
 
     @property
     def transient(self) -> bool:
@@ -114,7 +116,7 @@ class ClaudeInvocationError(Exception):
             return self.should_retry
         return self.kind in TRANSIENT_KINDS
 
-    def derive(self, message: Optional[str] = None, **changes: Any) -> "ClaudeInvocationError":
+    def derive(self, message: Optional[str] = None, **changes: Any) -> ClaudeInvocationError:
         """A new error of the same type with every field kept (``kind``, ``status_code``,
         ``details``, ``request_id``, ``retry_after``, ``attempts``, the ``x-should-retry`` verdict
         ...) except those given; the caller chains this one as its cause.

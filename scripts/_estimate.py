@@ -349,7 +349,10 @@ def estimate_run_cost(
       for every other request (as the cache pilot arranges; reads everywhere when that prefix is
       already known warm in this process), high = a cache write in every request; without it,
       every input token at the list price. Prompts with their own ``cache_system`` /
-      ``cache_prompt`` are bracketed the same way (low: reads, high: writes).
+      ``cache_prompt`` are bracketed the same way (low: reads, high: writes);
+    * with the local rule, whose count may stray from the API's, low counts
+      :data:`LOCAL_LOW_FACTOR` of the local input estimate and high :data:`LOCAL_HIGH_FACTOR`
+      (``input_tokens`` reports the local estimate itself).
 
     A cache warmed by another process can make the real cost a little lower than ``low``; a model
     missing from ``PRICES`` raises ``ValueError``.

@@ -4,7 +4,8 @@ input order.
 Each slot settles itself when its work ends (the pattern of ``concurrent.futures``' work items):
 a reply, an error, or nothing (interrupted or never started). The run only reads the settled
 slots, at the end or at the moment it is interrupted, so an interrupt or a Ctrl-C keeps every
-finished result. Requests go through :func:`_transport.send`, one at a time per worker.
+finished result. Each request goes through its :class:`_agent.Agent` (the one send path, with
+its tool loop and output schema when asked), one at a time per worker.
 """
 from __future__ import annotations
 
@@ -13,14 +14,11 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional, Sequence
 
-import anthropic
-
+from _agent import Agent
 from _errors import ClaudeInvocationError
 from _interrupt import InterruptToken, subscribe, unsubscribe
 from _requests import PromptSpec
 from _results import ClaudeResponse, ParallelResults, totals
-from _retry import RetryPolicy
-from _transport import send
 
 logger = logging.getLogger("claude_client" + __name__)  # claude_client._<module>: under the public logger
 
@@ -78,13 +76,13 @@ class _Run:
         if n == 0:
             self.wake.set()
 
-    def settle(self, index: int, outcome: Any) -> None:
+    def settle(self, index: int, outcome: Any, hook: bool = True) -> None:
         """Record slot ``index``: a reply, an exception, or None (interrupted / not started)."""
         if isinstance(outcome, BaseException):
             self.errors[index] = outcome
         elif outcome is not None:
             self.results[index] = outcome
-        if outcome is not None and self.on_settle is not None:
+        if hook and outcome is not None and self.on_settle is not None:
             try:
                 self.on_settle(index, outcome)
             except Exception:
@@ -108,37 +106,45 @@ class _Run:
 def run_parallel(
     specs: list[PromptSpec],
     *,
-    client: anthropic.Anthropic,
-    policy: RetryPolicy,
+    agent: Agent,
     max_workers: int,
     callbacks: Optional[Sequence[Optional[Callable[[str], Any]]]],
     return_exceptions: bool,
     interrupt_token: Optional[InterruptToken],
     pilot: bool,
-    stall_timeout: Optional[float],
     on_settle: Optional[SettleHook] = None,
+    on_begin: Optional[Callable[[int], Any]] = None,
+    seed: Optional[dict[int, Any]] = None,
 ) -> ParallelResults:
-    """Send every spec (``specs[i].index`` is its slot) and return the settled slots.
+    """Send every spec through ``agent`` and return the settled slots (``specs[i].index`` is its
+    slot; ``seed`` holds slots settled before the run, e.g. from a journal, that are not sent).
+    ``on_begin(index)`` runs when a request starts, ``on_settle(index, outcome)`` when it settles.
 
     With ``pilot``, spec 0 goes first and the rest start when its response begins (prompt-cache
     reads instead of writes). Raises one ``ClaudeInvocationError`` carrying ``.results`` and
     ``.errors`` when something failed, unless ``return_exceptions``. A ``KeyboardInterrupt`` while
     waiting aborts what is in flight and is raised as :class:`RunInterrupted`.
     """
-    n = len(specs)
+    seed = seed or {}
     token = InterruptToken()  # the run's own: the caller's token and a Ctrl-C both feed it
-    run = _Run(n, token, on_settle)
+    run = _Run(len(specs), token, on_settle)
+    for index, outcome in seed.items():
+        run.settle(index, outcome, hook=False)
+    specs = [spec for spec in specs if spec.index not in seed]
+    n = len(specs)
+    agent = agent.with_token(token)
     if n == 0 or (interrupt_token is not None and interrupt_token.is_interrupted()):
-        return run.snapshot(return_exceptions)
+        return _finish(run, return_exceptions)
     link = subscribe(interrupt_token, token.interrupt) if interrupt_token is not None else None
 
     def work(spec: PromptSpec, on_start: Optional[Callable[[], Any]]) -> None:
         outcome: Any = None
         try:
             if not token.is_interrupted():
+                if on_begin is not None:
+                    on_begin(spec.index)
                 on_text = callbacks[spec.index] if callbacks is not None else None
-                outcome = send(spec.params, client=client, policy=policy, on_text=on_text, on_start=on_start,
-                               interrupt=token, stall_timeout=stall_timeout)
+                outcome = agent.run(spec.params, on_text=on_text, on_start=on_start, tools=spec.extra.get("toolset"))
         except ClaudeInvocationError as error:
             outcome = None if error.kind == "interrupted" else error
         except BaseException as error:  # a programming error: it fails its own slot only
@@ -180,9 +186,13 @@ def run_parallel(
         # do not wait for them here (queued ones are cancelled).
         executor.shutdown(wait=not stopped, cancel_futures=True)
 
+    return _finish(run, return_exceptions)
+
+
+def _finish(run: _Run, return_exceptions: bool) -> ParallelResults:
     results = run.snapshot(return_exceptions)
     if results.errors and not return_exceptions:
-        raise failure_of(results, n)
+        raise failure_of(results, len(results))
     return results
 
 

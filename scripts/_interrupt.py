@@ -110,7 +110,7 @@ class _Dispatcher:
     """One daemon thread that fires interrupted tokens (started with the first token)."""
 
     def __init__(self) -> None:
-        self._queue: "queue.SimpleQueue[InterruptToken]" = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[InterruptToken] = queue.SimpleQueue()
         self._thread: Optional[threading.Thread] = None
         self._start_lock = threading.Lock()
 

@@ -5,6 +5,7 @@ import json
 import re
 from typing import Optional, Union
 
+
 def _fence_body(text: str) -> Optional[str]:
     """The body of the first ```-fenced block of ``text`` (None if there is none).
 

@@ -15,15 +15,18 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from _agent import Agent
 from _errors import ClaudeInvocationError, translate
 from _fanout import RunInterrupted, check_callbacks
-from _interrupt import InterruptToken, check_token, subscribe, unsubscribe
+from _interrupt import InterruptToken, subscribe, unsubscribe
 from _limits import ConcurrencyLimiter, RateLimitGate, add_listener, remove_listener, wait_for_slot
 from _requests import DEFAULT_MODEL, prompt_specs
 from _results import ParallelResults, totals
 from _retry import NO_RETRY, RetryPolicy
-from _transport import get_client, send
-from _validation import check_bool, check_callable, check_optional_seconds, check_positive_int
+from _runs import AGENT_KEYS, AgentOptions, RunHooks, attach_prompt_tools, common_checks, run_hooks
+from _tools import ToolSet
+from _transport import get_client
+from _validation import check_callable, check_positive_int
 from task_state import TaskState, TaskTracker, TerminalReason
 
 logger = logging.getLogger("orchestration" + __name__)  # under the public logger
@@ -39,6 +42,7 @@ class _Task:
     category: Optional[str]
     params: dict
     on_text: Optional[Callable[[str], Any]] = None
+    toolset: Optional[ToolSet] = None
 
 
 def _validate_managed_prompts(prompts: Any, where: str = "prompts") -> List[Dict[str, Any]]:
@@ -80,15 +84,16 @@ class _ManagedRun:
     """
 
     def __init__(self, tasks: List[_Task], *, tracker: TaskTracker, limiter: ConcurrencyLimiter,
-                 policy: RetryPolicy, gate: RateLimitGate, client: Any, token: Any,
+                 policy: RetryPolicy, gate: RateLimitGate, agent: Agent, token: Any,
                  stall_timeout: Optional[float], on_stall: Optional[Callable[[str, float], Any]],
-                 pilot: Optional[int], rng: random.Random) -> None:
+                 pilot: Optional[int], rng: random.Random, hooks: RunHooks) -> None:
         self.tasks = tasks
         self.tracker = tracker
         self.limiter = limiter
         self.policy = policy
         self.gate = gate
-        self.client = client
+        self.agent = agent.with_token(token)
+        self.hooks = hooks
         self.token = token
         self.stall_timeout = stall_timeout
         self.on_stall = on_stall
@@ -210,9 +215,9 @@ class _ManagedRun:
         try:
             self.tracker.claim(task.task_id)
             self.tracker.start(task.task_id)
+            self.hooks.begin(task.index)
             try:
-                response = send(task.params, client=self.client, policy=NO_RETRY, on_start=on_start,
-                                on_text=task.on_text, interrupt=self.token, stall_timeout=self.stall_timeout)
+                response = self.agent.run(task.params, on_start=on_start, on_text=task.on_text, tools=task.toolset)
             except Exception as exc:
                 error = translate(exc)
                 if error is not exc:
@@ -231,21 +236,23 @@ class _ManagedRun:
                 logger.exception("on_stall callback raised for task %r", task.task_id)
         with self._cond:
             self._running.discard(pos)
-            self._settle(pos, response, error)
+            settled = self._settle(pos, response, error)
             self._cond.notify_all()
+        if settled is not None:  # outside the run's lock: the journal writes, the display draws
+            self.hooks.settle(task.index, settled)
 
-    def _settle(self, pos: int, response: Any, error: Optional[ClaudeInvocationError]) -> None:
-        # Lock held.
+    def _settle(self, pos: int, response: Any, error: Optional[ClaudeInvocationError]) -> Any:
+        """Record an attempt's outcome (lock held); the task's final outcome, if it ended so."""
         task = self.tasks[pos]
         if error is None:
             self.tracker.complete(task.task_id, result=response)
             self.results[task.index] = response
             self._pending -= 1
-            return
+            return response
         if error.kind == "interrupted":
             self.tracker.cancel(task.task_id, TerminalReason.INTERRUPTED)
             self._pending -= 1
-            return
+            return None
         reason = None
         if error.kind == "stalled":  # a stall on the last attempt ends the task as STALLED
             current = self.tracker.get(task.task_id)
@@ -258,13 +265,15 @@ class _ManagedRun:
             logger.info("task %r: attempt %d of %d failed (%s); retry in %.3f s", task.task_id, info.attempts,
                         info.max_attempts, error.kind, delay)
             heapq.heappush(self._delayed, (time.monotonic() + delay, pos))
-            return
+            return None
+        final = None
         if info.can_retry:  # interrupted while it could still retry
             self.tracker.cancel(task.task_id, TerminalReason.INTERRUPTED)
         else:
             final = _final_error(error, info.attempts, f"task {task.task_id!r}")
             self.errors[task.index] = final
         self._pending -= 1
+        return final
 
     # ------------------------------------------------------------------ after the run
     def cancel_leftovers(self) -> None:
@@ -302,6 +311,16 @@ def invoke_parallel_managed(
     api_key: Optional[str] = None,
     base_url: Optional[str] = None,
     callbacks: Optional[Sequence[Optional[Callable[[str], Any]]]] = None,
+    tools: Optional[list] = None,
+    output_schema: Any = None,
+    max_tool_turns: int = 10,
+    tool_timeout: Optional[float] = None,
+    parallel_tools: bool = False,
+    on_tool_call: Optional[Callable[[Any], Any]] = None,
+    max_cost_usd: Optional[float] = None,
+    journal: Any = None,
+    retry_failed: bool = False,
+    progress: Any = False,
 ) -> ParallelResults:
     """Run many prompts with retries, concurrency limits, a shared rate-limit pause and a task tracker.
 
@@ -353,10 +372,11 @@ def invoke_parallel_managed(
     >>> tracker.reason_counts()["succeeded"], results.errors
     """
     check_positive_int(max_workers, "max_workers")
-    check_bool(return_exceptions, "return_exceptions")
-    check_bool(cache_pilot, "cache_pilot")
-    check_token(interrupt_token)
-    stall = check_optional_seconds(stall_timeout, "stall_timeout")
+    stall = common_checks(interrupt_token=interrupt_token, stall_timeout=stall_timeout,
+                          return_exceptions=return_exceptions, cache_pilot=cache_pilot)
+    options = AgentOptions.checked(tools=tools, output_schema=output_schema, max_tool_turns=max_tool_turns,
+                                   tool_timeout=tool_timeout, parallel_tools=parallel_tools,
+                                   on_tool_call=on_tool_call, max_cost_usd=max_cost_usd)
     policy = resolve_policy(policy, max_retries=max_retries, base_delay_ms=base_delay_ms, max_delay_ms=max_delay_ms)
     if concurrency_limiter is not None and not isinstance(concurrency_limiter, ConcurrencyLimiter):
         raise TypeError(
@@ -369,17 +389,39 @@ def invoke_parallel_managed(
 
     def normalize(items: Sequence[Mapping[str, Any]]) -> list:
         return prompt_specs(items, shared_system=shared_system, cache_shared_system=cache_shared_system,
-                            model=model, max_tokens=max_tokens, extra_keys=_MANAGED_KEYS)
+                            model=model, max_tokens=max_tokens, extra_keys=_MANAGED_KEYS | AGENT_KEYS)
 
     originals = _validate_managed_prompts(prompts)
-    normalize(originals)  # every prompt is valid before reconcile or any request
+    all_specs = normalize(originals)  # every prompt is valid before reconcile or any request
+    attach_prompt_tools(all_specs)
     check_callbacks(callbacks, len(originals))
+    with run_hooks([spec.params for spec in all_specs], journal=journal, retry_failed=retry_failed,
+                   progress=progress, label="invoke_parallel_managed") as hooks:
+        return _run_managed(
+            originals, hooks, options=options, policy=policy, normalize=normalize, reconcile=reconcile,
+            tracker=tracker, callbacks=callbacks, interrupt_token=interrupt_token, stall=stall,
+            max_workers=max_workers, cache_pilot=cache_pilot, cache_shared_system=cache_shared_system,
+            shared_system=shared_system, concurrency_limiter=concurrency_limiter, on_stall=on_stall,
+            api_key=api_key, base_url=base_url, return_exceptions=return_exceptions,
+        )
+
+
+def _run_managed(originals: List[Dict[str, Any]], hooks: RunHooks, *, options: AgentOptions, policy: RetryPolicy,
+                 normalize: Callable[[Sequence[Mapping[str, Any]]], list], reconcile: Any, tracker: Any,
+                 callbacks: Any, interrupt_token: Any, stall: Optional[float], max_workers: int, cache_pilot: bool,
+                 cache_shared_system: bool, shared_system: Any, concurrency_limiter: Any, on_stall: Any,
+                 api_key: Optional[str], base_url: Optional[str], return_exceptions: bool) -> ParallelResults:
+    restored = hooks.restored  # settled in an earlier run (journal): not run again
+    if restored:
+        originals_to_consider = [p for i, p in enumerate(originals) if i not in restored]
+    else:
+        originals_to_consider = originals
     index_of = {p["task_id"]: i for i, p in enumerate(originals)}
     tracker = tracker if tracker is not None else TaskTracker(max_retries=policy.max_retries)
 
-    to_run = originals
+    to_run = originals_to_consider
     if reconcile is not None:
-        returned = reconcile([dict(p) for p in originals], tracker)
+        returned = reconcile([dict(p) for p in originals_to_consider], tracker)
         to_run = _validate_managed_prompts(returned, "reconcile(...) result")
         for j, p in enumerate(to_run):
             if "task_id" not in returned[j]:
@@ -387,6 +429,7 @@ def invoke_parallel_managed(
             if p["task_id"] not in index_of:
                 raise ValueError(f"reconcile(...) result[{j}] has task_id {p['task_id']!r}, which is not in prompts")
     specs = normalize(to_run)
+    attach_prompt_tools(specs)
     for p in to_run:
         info = tracker.get(p["task_id"]) if p["task_id"] in tracker else None
         if info is not None and not info.is_terminal:
@@ -395,9 +438,16 @@ def invoke_parallel_managed(
     n = len(originals)
     slots: List[Any] = [None] * n
     run_ids = {p["task_id"] for p in to_run}
-    for p in originals:  # reconciled away
+    errors: Dict[int, BaseException] = {}
+    for index, outcome in restored.items():
+        _restore(tracker, originals[index], outcome, policy.max_retries)
+        if isinstance(outcome, BaseException):
+            errors[index] = outcome
+        else:
+            slots[index] = outcome
+    for i, p in enumerate(originals):  # reconciled away
         tid = p["task_id"]
-        if tid in run_ids:
+        if tid in run_ids or i in restored:
             continue
         if tid not in tracker:
             tracker.add(tid, p.get("category"), max_retries=policy.max_retries)
@@ -411,7 +461,8 @@ def invoke_parallel_managed(
         tracker.add(p["task_id"], p.get("category"), max_retries=policy.max_retries, replace=True)
         index = index_of[p["task_id"]]
         on_text = callbacks[index] if callbacks is not None else None
-        tasks.append(_Task(index, p["task_id"], p.get("category"), spec.params, on_text))
+        tasks.append(_Task(index, p["task_id"], p.get("category"), spec.params, on_text,
+                           spec.extra.get("toolset")))
     tasks.sort(key=lambda t: t.index)
 
     # The run's own token: the caller's token feeds it, and so does an exception (Ctrl-C) in the
@@ -428,24 +479,26 @@ def invoke_parallel_managed(
         limiter=concurrency_limiter or ConcurrencyLimiter(max_workers),
         policy=policy,
         gate=RateLimitGate(),
-        client=get_client(api_key=api_key, base_url=base_url) if tasks else None,
+        agent=options.agent(get_client(api_key=api_key, base_url=base_url), policy=NO_RETRY, stall_timeout=stall),
         token=token,
         stall_timeout=stall,
         on_stall=on_stall,
         pilot=pilot,
         rng=random.Random(),
+        hooks=hooks,
     )
 
     def settled() -> ParallelResults:
         out = list(slots)
         for index, response in list(run.results.items()):
             out[index] = response
-        usage, cost = totals(list(run.results.values()))  # not results taken over by reconcile
-        errors = dict(run.errors)
+        # not results taken over by reconcile; journaled ones count (the list's own results)
+        usage, cost = totals(list(run.results.values()) + [restored[i] for i in restored])
+        all_errors = {**errors, **run.errors}
         if return_exceptions:
-            for index, err in errors.items():
+            for index, err in all_errors.items():
                 out[index] = err
-        return ParallelResults(out, usage=usage, cost_usd=cost, errors=errors)
+        return ParallelResults(out, usage=usage, cost_usd=cost, errors=all_errors)
 
     try:
         if tasks:
@@ -516,6 +569,21 @@ def resolve_policy(policy: Optional[RetryPolicy], **settings: Any) -> RetryPolic
             raise ValueError(f"give either policy= or {', '.join(n + '=' for n in given)}, not both "
                              "(the policy already sets them)")
         return policy
-    values = {name: (_DEFAULTS[name] if settings.get(name) is None else settings[name]) for name in _DEFAULTS}
-    extra = {k: v for k, v in settings.items() if k not in _DEFAULTS and v is not None}
-    return RetryPolicy(**values, **extra)
+    values: Dict[str, Any] = {name: (default if settings.get(name) is None else settings[name])
+                              for name, default in _DEFAULTS.items()}
+    values.update((k, v) for k, v in settings.items() if k not in _DEFAULTS and v is not None)
+    return RetryPolicy(**values)
+
+
+def _restore(tracker: TaskTracker, prompt: Mapping[str, Any], outcome: Any, max_retries: int) -> None:
+    """Record a slot restored from the journal in the tracker: COMPLETED, or FAILED for good."""
+    tid = prompt["task_id"]
+    if tid in tracker and tracker.get(tid).is_terminal:
+        return
+    tracker.add(tid, prompt.get("category"), max_retries=max_retries, replace=True)
+    tracker.claim(tid)
+    tracker.start(tid)
+    if isinstance(outcome, BaseException):
+        tracker.fail(tid, error=outcome, transient=False)
+    else:
+        tracker.complete(tid, result=outcome)

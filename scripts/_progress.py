@@ -580,7 +580,7 @@ class Progress:
         except Exception:
             _log.debug("progress: closing the %s display failed", self._renderer.name, exc_info=True)
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc: Any) -> None:

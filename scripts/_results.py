@@ -60,7 +60,7 @@ class Usage:
     def total_input_tokens(self) -> int:
         return self.input_tokens + self.cache_creation_input_tokens + self.cache_read_input_tokens
 
-    def __add__(self, other: "Usage") -> "Usage":
+    def __add__(self, other: Usage) -> Usage:
         if not isinstance(other, Usage):
             return NotImplemented
         return Usage(
@@ -72,13 +72,13 @@ class Usage:
             _merge_tier(self.service_tier, other.service_tier),
         )
 
-    def __radd__(self, other: Any) -> "Usage":
+    def __radd__(self, other: Any) -> Usage:
         if other == 0:  # sum()
             return self
         return NotImplemented
 
     @classmethod
-    def from_sdk(cls, u: Any) -> "Usage":
+    def from_sdk(cls, u: Any) -> Usage:
         """Build from an SDK ``Usage`` object or a usage dict (None gives zeros)."""
         if u is None:
             return cls()
@@ -197,7 +197,7 @@ class ClaudeResponse(str):
         request_id: Optional[str] = None,
         cost_usd: Optional[float] = None,
         content: Optional[list[dict]] = None,
-    ) -> "ClaudeResponse":
+    ) -> ClaudeResponse:
         obj = super().__new__(cls, text)
         obj.usage = usage if usage is not None else Usage()
         obj.stop_reason = stop_reason

@@ -146,10 +146,10 @@ class _Part:
     def __call__(self, arg: Any) -> bool:
         return self._fn(arg)
 
-    def __and__(self, other: "_Part") -> "_Part":
+    def __and__(self, other: _Part) -> _Part:
         return type(self)(lambda a: self(a) and other(a), f"({self._name} & {other._name})")
 
-    def __or__(self, other: "_Part") -> "_Part":
+    def __or__(self, other: _Part) -> _Part:
         return type(self)(lambda a: self(a) or other(a), f"({self._name} | {other._name})")
 
     def __repr__(self) -> str:
@@ -173,7 +173,7 @@ class Wait:
     def __call__(self, state: RetryState) -> float:
         return self._fn(state)
 
-    def __or__(self, other: "Wait") -> "Wait":
+    def __or__(self, other: Wait) -> Wait:
         return Wait(lambda s: max(self(s), other(s)), f"({self._name} | {other._name})")
 
     def __repr__(self) -> str:
@@ -357,6 +357,6 @@ def run(
         logger.info("%s: attempt %d of %d failed (%s); retrying in %.3f s", what, attempt, policy.max_attempts,
                     last.kind, delay)
         if sleep(delay, interrupt):
-            error = interrupted_error(f"while waiting to retry after {attempt} failed attempt(s): {last}", last)
-            error.attempts = attempt
-            raise error from last
+            stopped = interrupted_error(f"while waiting to retry after {attempt} failed attempt(s): {last}", last)
+            stopped.attempts = attempt
+            raise stopped from last

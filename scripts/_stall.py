@@ -6,6 +6,7 @@ through its abort handle (``handle.abort("stalled")``).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -120,7 +121,7 @@ class StallDetector:
             except Exception:  # pragma: no cover - check_stalled already guards on_stall
                 logger.exception("stall check failed")
 
-    def __enter__(self) -> "StallDetector":
+    def __enter__(self) -> StallDetector:
         self.start_monitoring(poll_interval=min(5.0, self.timeout / 4))
         return self
 
@@ -145,7 +146,7 @@ class _StallWatch:
         with self._lock:
             detector = self._detectors.get(timeout)
             if detector is None:
-                detector = StallDetector(timeout, on_stall=lambda tid, idle, t=timeout: self._on_stall(t, tid, idle))
+                detector = StallDetector(timeout, on_stall=functools.partial(self._on_stall, timeout))
                 detector.start_monitoring(poll_interval=min(1.0, timeout / 4))
                 self._detectors[timeout] = detector
                 self._calls[timeout] = {}

@@ -75,7 +75,7 @@ class OutputSpec:
             self.format = {"schema": self.schema, "type": "json_schema"}
 
     @classmethod
-    def from_user(cls, output_schema: Any, name: str = "output_schema") -> Optional["OutputSpec"]:
+    def from_user(cls, output_schema: Any, name: str = "output_schema") -> Optional[OutputSpec]:
         """An OutputSpec from a Pydantic model class (or a type pydantic can build a schema for) or a
         JSON-schema dict; None for None, an OutputSpec as is. ``TypeError`` for anything else,
         ``ValueError`` for a dict that is not a schema or a type with no JSON schema.

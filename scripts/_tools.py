@@ -121,7 +121,7 @@ class AgentContext:
     limiter: Any = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
-    def child(self) -> "AgentContext":
+    def child(self) -> AgentContext:
         """The context of this agent's sub-agents (same token, budget and limiter; depth + 1)."""
         return replace(self, depth=self.depth + 1)
 
@@ -141,7 +141,7 @@ class _Tool:
     name: str
     schema: dict
     run: Optional[Callable[[Any], Any]] = None  # None: a server tool, run by the API
-    delegate: Optional["DelegateTool"] = None
+    delegate: Optional[DelegateTool] = None
 
 
 class DelegateTool:
@@ -165,7 +165,7 @@ class DelegateTool:
         self.max_depth = max_depth
         self.schema = _delegate_schema()
 
-    def run(self, tool_input: Any, context: AgentContext) -> "_Delegation":
+    def run(self, tool_input: Any, context: AgentContext) -> _Delegation:
         """Run the tasks of ``tool_input`` as sub-agents one level below ``context``."""
         tasks = tool_input.get("tasks") if is_mapping(tool_input) else None
         if (not isinstance(tasks, list) or not tasks
@@ -280,7 +280,7 @@ def _without_token(fn: Callable) -> Callable:
 
 
 # Built tools by function: schema generation (pydantic) is done once per function.
-_built: "weakref.WeakKeyDictionary[Any, _Tool]" = weakref.WeakKeyDictionary()
+_built: weakref.WeakKeyDictionary[Any, _Tool] = weakref.WeakKeyDictionary()
 _built_lock = threading.Lock()
 
 
@@ -369,7 +369,7 @@ class ToolSet:
         self._schemas = [t.schema for t in self._tools]
 
     @classmethod
-    def from_user(cls, tools: Any, name: str = "tools") -> Optional["ToolSet"]:
+    def from_user(cls, tools: Any, name: str = "tools") -> Optional[ToolSet]:
         """A ToolSet from a list of tools (None for None or an empty list); checked before anything is sent.
 
         Entries: a plain function (schema from its signature and docstring by the SDK's
@@ -420,13 +420,13 @@ class ToolSet:
                 return tool.delegate
         return None
 
-    def without_delegate(self) -> "ToolSet":
+    def without_delegate(self) -> ToolSet:
         """The same tools without the ``delegate`` tool."""
         if self.delegate is None:
             return self
         return ToolSet([t for t in self._tools if t.delegate is None])
 
-    def for_depth(self, depth: int) -> "ToolSet":
+    def for_depth(self, depth: int) -> ToolSet:
         """The tools of an agent at ``depth``: no ``delegate`` tool at or below its ``max_depth``.
 
         >>> ToolSet.from_user([make_delegate_tool(run_tasks, max_depth=1)]).for_depth(1).names

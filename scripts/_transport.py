@@ -35,6 +35,7 @@ from _results import ClaudeResponse, response_from_message
 from _retry import RetryPolicy, run, sdk_policy
 from _stall import stall_watch
 
+_SyncStream: Any
 try:  # the SDK's own socket stream class, to wrap sockets this module connects itself
     from httpcore2._backends.sync import SyncStream as _SyncStream
 except ImportError:  # pragma: no cover - another httpcore2 layout: connect through the default backend
@@ -158,7 +159,7 @@ class _AbortableStream(httpcore2.NetworkStream):
                 call.attach_socket(tls)
             tls.settimeout(timeout)
             tls.do_handshake()
-        except socket.timeout as exc:
+        except TimeoutError as exc:
             self._sock.close()
             raise httpcore2.ConnectTimeout(str(exc)) from exc
         except OSError as exc:
@@ -206,7 +207,7 @@ class _AbortableBackend(httpcore2.NetworkBackend):
                 sock.connect(address)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 return _AbortableStream(_SyncStream(sock), sock)
-            except socket.timeout as exc:
+            except TimeoutError as exc:
                 sock.close()
                 raise httpcore2.ConnectTimeout(str(exc)) from exc
             except _RequestAborted:
@@ -252,7 +253,7 @@ class _HttpClient(anthropic.DefaultHttpxClient):
 _clients_lock = threading.Lock()
 _clients: dict[tuple, anthropic.Anthropic] = {}
 _views: dict[int, tuple[anthropic.Anthropic, anthropic.Anthropic]] = {}
-_abortable: "weakref.WeakSet[anthropic.Anthropic]" = weakref.WeakSet()
+_abortable: weakref.WeakSet[anthropic.Anthropic] = weakref.WeakSet()
 
 
 def get_client(*, api_key: Optional[str] = None, base_url: Optional[str] = None) -> anthropic.Anthropic:
@@ -453,7 +454,7 @@ def _stream(
                 etype = event.type
                 if etype == "text":
                     if on_text is not None:
-                        _run_user_callback(call, on_text, event.text, "on_text")
+                        _run_user_callback(call, on_text, event.text, "on_text")  # type: ignore[union-attr]
                 elif etype == "message_start":
                     if on_start is not None:
                         _run_user_callback(call, on_start, None, "on_start")

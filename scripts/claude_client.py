@@ -34,8 +34,10 @@ This module is the public face; the pipeline behind it lives in the private ``_*
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Callable, Optional, Union
 
+from _conversation import DEFAULT_CONTINUATION_PROMPT, ConversationThread
 from _credentials import (
     CREDENTIALS_FIELD,
     CREDENTIALS_FILE_NAME,
@@ -48,16 +50,19 @@ from _credentials import (
     get_anthropic_api_key,
     reset_client,
 )
+from _admission import RateLimits
 from _errors import ERROR_KINDS, TRANSIENT_KINDS, ClaudeInvocationError, MissingAPIKeyError
+from _estimate import CostEstimate, estimate_run_cost
 from _fanout import RunInterrupted, check_callbacks, run_parallel
 from _interrupt import InterruptToken, check_token
 from _json_reply import parse_json_response
 from _requests import AVAILABLE_MODELS, DEFAULT_MODEL, MAX_CACHE_BREAKPOINTS, prompt_specs, single_request
 from _results import PRICES, ClaudeResponse, ParallelResults, Usage, estimate_cost
+from _runs import AGENT_KEYS, AgentOptions, attach_prompt_tools, common_checks, run_hooks
 from _stall import StallDetector
-from _transport import default_policy, get_client, send
+from _tools import make_delegate_tool
+from _transport import default_policy, get_client
 from _validation import check_bool, check_callable, check_optional_seconds, check_positive_int
-from _conversation import DEFAULT_CONTINUATION_PROMPT, ConversationThread
 from message_batches import invoke_batch
 
 __all__ = [
@@ -68,14 +73,18 @@ __all__ = [
     "ClaudeInvocationError",
     "ClaudeResponse",
     "ConversationThread",
+    "CostEstimate",
     "InterruptToken",
     "MissingAPIKeyError",
     "ParallelResults",
+    "RateLimits",
     "RunInterrupted",
     "StallDetector",
     "Usage",
     "configure",
+    "delegate_tool",
     "estimate_cost",
+    "estimate_run_cost",
     "get_anthropic_api_key",
     "get_available_models",
     "get_client",
@@ -110,6 +119,13 @@ def invoke_claude(
     base_url: Optional[str] = None,
     interrupt_token: Optional[InterruptToken] = None,
     stall_timeout: Optional[float] = None,
+    tools: Optional[list] = None,
+    output_schema: Any = None,
+    max_tool_turns: int = 10,
+    tool_timeout: Optional[float] = None,
+    parallel_tools: bool = False,
+    on_tool_call: Optional[Callable[[Any], Any]] = None,
+    max_cost_usd: Optional[float] = None,
     **kwargs: Any,
 ) -> ClaudeResponse:
     """Send one request and return the reply text as a :class:`ClaudeResponse` (a ``str``).
@@ -129,7 +145,8 @@ def invoke_claude(
         prompt, model=model, system=system, max_tokens=max_tokens, temperature=temperature,
         cache_system=cache_system, cache_prompt=cache_prompt, messages=messages, api_key=api_key,
         base_url=base_url, interrupt_token=interrupt_token, stall_timeout=stall_timeout, extra=kwargs,
-        stream=streaming,
+        stream=streaming, tools=tools, output_schema=output_schema, max_tool_turns=max_tool_turns, tool_timeout=tool_timeout,
+        parallel_tools=parallel_tools, on_tool_call=on_tool_call, max_cost_usd=max_cost_usd,
     )
 
 
@@ -148,6 +165,13 @@ def invoke_claude_streaming(
     base_url: Optional[str] = None,
     interrupt_token: Optional[InterruptToken] = None,
     stall_timeout: Optional[float] = None,
+    tools: Optional[list] = None,
+    output_schema: Any = None,
+    max_tool_turns: int = 10,
+    tool_timeout: Optional[float] = None,
+    parallel_tools: bool = False,
+    on_tool_call: Optional[Callable[[Any], Any]] = None,
+    max_cost_usd: Optional[float] = None,
     **kwargs: Any,
 ) -> ClaudeResponse:
     """Stream a reply; ``callback(chunk)`` gets each text chunk in order, on this thread.
@@ -167,7 +191,8 @@ def invoke_claude_streaming(
         prompt, model=model, system=system, max_tokens=max_tokens, temperature=temperature,
         cache_system=cache_system, cache_prompt=cache_prompt, messages=messages, api_key=api_key,
         base_url=base_url, interrupt_token=interrupt_token, stall_timeout=stall_timeout, extra=kwargs,
-        stream=True, on_text=callback,
+        stream=True, on_text=callback, tools=tools, output_schema=output_schema, max_tool_turns=max_tool_turns, tool_timeout=tool_timeout,
+        parallel_tools=parallel_tools, on_tool_call=on_tool_call, max_cost_usd=max_cost_usd,
     )
 
 
@@ -250,16 +275,18 @@ def _single(
     extra: dict,
     stream: bool = False,
     on_text: Optional[Callable[[str], Any]] = None,
+    **agent_options: Any,
 ) -> ClaudeResponse:
     check_token(interrupt_token)
     stall = check_optional_seconds(stall_timeout, "stall_timeout")
+    options = AgentOptions.checked(**agent_options)
     params = single_request(
         prompt, model=model, system=system, max_tokens=max_tokens, temperature=temperature,
         cache_system=cache_system, cache_prompt=cache_prompt, messages=messages, extra=extra,
     )
     client = get_client(api_key=api_key, base_url=base_url)
-    return send(params, client=client, policy=default_policy(client), stream=stream, on_text=on_text,
-                interrupt=interrupt_token, stall_timeout=stall)
+    agent = options.agent(client, policy=default_policy(client), interrupt=interrupt_token, stall_timeout=stall)
+    return agent.run(params, stream=stream, on_text=on_text)
 
 
 def invoke_parallel(
@@ -276,6 +303,16 @@ def invoke_parallel(
     stall_timeout: Optional[float] = None,
     api_key: Optional[str] = None,
     base_url: Optional[str] = None,
+    tools: Optional[list] = None,
+    output_schema: Any = None,
+    max_tool_turns: int = 10,
+    tool_timeout: Optional[float] = None,
+    parallel_tools: bool = False,
+    on_tool_call: Optional[Callable[[Any], Any]] = None,
+    max_cost_usd: Optional[float] = None,
+    journal: Any = None,
+    retry_failed: bool = False,
+    progress: Any = False,
 ) -> ParallelResults:
     """Run many prompts concurrently; results in input order as a :class:`ParallelResults`.
 
@@ -309,6 +346,16 @@ def invoke_parallel(
         stall_timeout=stall_timeout,
         api_key=api_key,
         base_url=base_url,
+        tools=tools,
+        output_schema=output_schema,
+        max_tool_turns=max_tool_turns,
+        tool_timeout=tool_timeout,
+        parallel_tools=parallel_tools,
+        on_tool_call=on_tool_call,
+        max_cost_usd=max_cost_usd,
+        journal=journal,
+        retry_failed=retry_failed,
+        progress=progress,
     )
 
 
@@ -327,6 +374,16 @@ def invoke_parallel_streaming(
     stall_timeout: Optional[float] = None,
     api_key: Optional[str] = None,
     base_url: Optional[str] = None,
+    tools: Optional[list] = None,
+    output_schema: Any = None,
+    max_tool_turns: int = 10,
+    tool_timeout: Optional[float] = None,
+    parallel_tools: bool = False,
+    on_tool_call: Optional[Callable[[Any], Any]] = None,
+    max_cost_usd: Optional[float] = None,
+    journal: Any = None,
+    retry_failed: bool = False,
+    progress: Any = False,
 ) -> ParallelResults:
     """:func:`invoke_parallel` with one streaming callback per prompt (``callbacks[i](chunk)``).
 
@@ -351,6 +408,16 @@ def invoke_parallel_streaming(
         stall_timeout=stall_timeout,
         api_key=api_key,
         base_url=base_url,
+        tools=tools,
+        output_schema=output_schema,
+        max_tool_turns=max_tool_turns,
+        tool_timeout=tool_timeout,
+        parallel_tools=parallel_tools,
+        on_tool_call=on_tool_call,
+        max_cost_usd=max_cost_usd,
+        journal=journal,
+        retry_failed=retry_failed,
+        progress=progress,
     )
 
 
@@ -368,6 +435,16 @@ def invoke_parallel_interruptible(
     stall_timeout: Optional[float] = None,
     api_key: Optional[str] = None,
     base_url: Optional[str] = None,
+    tools: Optional[list] = None,
+    output_schema: Any = None,
+    max_tool_turns: int = 10,
+    tool_timeout: Optional[float] = None,
+    parallel_tools: bool = False,
+    on_tool_call: Optional[Callable[[Any], Any]] = None,
+    max_cost_usd: Optional[float] = None,
+    journal: Any = None,
+    retry_failed: bool = False,
+    progress: Any = False,
 ) -> ParallelResults:
     """:func:`invoke_parallel` that can be stopped: ``interrupt_token.interrupt()`` from any thread.
 
@@ -393,6 +470,16 @@ def invoke_parallel_interruptible(
         stall_timeout=stall_timeout,
         api_key=api_key,
         base_url=base_url,
+        tools=tools,
+        output_schema=output_schema,
+        max_tool_turns=max_tool_turns,
+        tool_timeout=tool_timeout,
+        parallel_tools=parallel_tools,
+        on_tool_call=on_tool_call,
+        max_cost_usd=max_cost_usd,
+        journal=journal,
+        retry_failed=retry_failed,
+        progress=progress,
     )
 
 
@@ -413,19 +500,61 @@ def _parallel(
     stall_timeout: Optional[float],
     api_key: Optional[str],
     base_url: Optional[str],
+    journal: Any,
+    retry_failed: bool,
+    progress: Any,
+    **agent_options: Any,
 ) -> ParallelResults:
     check_positive_int(max_workers, "max_workers")
-    check_bool(return_exceptions, "return_exceptions")
-    check_bool(cache_pilot, "cache_pilot")
-    check_token(interrupt_token)
-    stall = check_optional_seconds(stall_timeout, "stall_timeout")
-    specs = prompt_specs(
-        prompts, shared_system=shared_system, cache_shared_system=cache_shared_system, model=model, max_tokens=max_tokens
-    )
+    stall = common_checks(interrupt_token=interrupt_token, stall_timeout=stall_timeout,
+                          return_exceptions=return_exceptions, cache_pilot=cache_pilot)
+    options = AgentOptions.checked(**agent_options)
+    specs = prompt_specs(prompts, shared_system=shared_system, cache_shared_system=cache_shared_system, model=model,
+                         max_tokens=max_tokens, extra_keys=AGENT_KEYS)
+    attach_prompt_tools(specs)
     check_callbacks(callbacks, len(specs))
     client = get_client(api_key=api_key, base_url=base_url)
+    agent = options.agent(client, policy=default_policy(client), stall_timeout=stall)
     pilot = cache_pilot and cache_shared_system and shared_system is not None and len(specs) > 1 and "system" in specs[0].params
-    return run_parallel(
-        specs, client=client, policy=default_policy(client), max_workers=max_workers, callbacks=callbacks,
-        return_exceptions=return_exceptions, interrupt_token=interrupt_token, pilot=pilot, stall_timeout=stall,
-    )
+    with run_hooks([spec.params for spec in specs], journal=journal, retry_failed=retry_failed, progress=progress,
+                   label="invoke_parallel") as hooks:
+        return run_parallel(
+            specs, agent=agent, max_workers=max_workers, callbacks=callbacks, return_exceptions=return_exceptions,
+            interrupt_token=interrupt_token, pilot=pilot, seed=hooks.restored, on_begin=hooks.begin,
+            on_settle=hooks.settle if (hooks.journal or hooks.progress) else None,
+        )
+
+
+def delegate_tool(max_depth: int = 1, **invoke_parallel_options: Any) -> Any:
+    """A tool named ``delegate`` (input ``{"tasks": [str, ...]}``) that fans the tasks out to
+    sub-agents with :func:`invoke_parallel` and returns their answers in order.
+
+    Sub-agents share the parent's interrupt token, spend cap and tools; one at ``max_depth`` gets
+    no ``delegate`` tool. The parent reply's ``usage`` / ``cost_usd`` include every sub-agent, and
+    ``reply.children`` breaks them down. ``invoke_parallel_options``: ``model``, ``max_tokens``,
+    ``max_workers``, ``shared_system``, ``cache_shared_system``.
+
+    >>> reply = invoke_claude("Research A and B in parallel.", tools=[delegate_tool(max_depth=1), search])
+    >>> reply.children[0].task, reply.cost_usd
+    """
+    check_positive_int(max_depth, "max_depth")
+    allowed = {"model", "max_tokens", "max_workers", "shared_system", "cache_shared_system"}
+    unknown = sorted(set(invoke_parallel_options) - allowed)
+    if unknown:
+        raise TypeError(f"delegate_tool() got unexpected option(s) {unknown}; allowed: {sorted(allowed)}")
+    options = dict(invoke_parallel_options)
+    prompt_specs([{"prompt": "check"}], shared_system=options.get("shared_system"),
+                 cache_shared_system=options.get("cache_shared_system", False),
+                 model=options.get("model", DEFAULT_MODEL), max_tokens=options.get("max_tokens", 4096))
+    check_positive_int(options.get("max_workers", 5), "max_workers")
+
+    def run_tasks(tasks: list, context: Any) -> ParallelResults:
+        parent = context.extra["agent"]
+        child = replace(parent, depth=context.depth, tools=context.extra["toolset"], output=None)
+        specs = prompt_specs([{"prompt": task} for task in tasks], shared_system=options.get("shared_system"),
+                             cache_shared_system=options.get("cache_shared_system", False),
+                             model=options.get("model", DEFAULT_MODEL), max_tokens=options.get("max_tokens", 4096))
+        return run_parallel(specs, agent=child, max_workers=options.get("max_workers", 5), callbacks=None,
+                            return_exceptions=True, interrupt_token=context.interrupt, pilot=False)
+
+    return make_delegate_tool(run_tasks, max_depth)

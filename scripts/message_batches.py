@@ -31,6 +31,7 @@ from typing import Any, Callable, Dict, List, Optional, Union
 
 import anthropic
 import httpx2
+
 from _batch_journal import (
     BODY_OVERHEAD as _BODY_OVERHEAD,
 )
@@ -67,6 +68,9 @@ from _batch_journal import (
 from _errors import ClaudeInvocationError
 from _errors import translate as _translate
 from _interrupt import InterruptToken
+from _progress import Progress
+from _runs import check_progress
+from _structured import OutputSpec
 from _interrupt import check_token as _check_token
 from _requests import DEFAULT_MODEL
 from _requests import prompt_specs as _prompt_specs
@@ -230,7 +234,7 @@ class _BatchRun:
 
     def _create(self, batch: Dict[str, Any]) -> None:
         chunk = _members(batch, self.requests)
-        body = [{"custom_id": r.custom_id, "params": r.params} for r in chunk]
+        body: List[Any] = [{"custom_id": r.custom_id, "params": r.params} for r in chunk]
 
         def attempt(_number: int) -> Any:
             if self._interrupted():
@@ -641,7 +645,8 @@ def _response(message: Mapping[str, Any], model_hint: str) -> Any:
 
 
 def _collect(
-    requests: Sequence[_Request], journal: _Journal, *, return_exceptions: bool, raise_errors: bool
+    requests: Sequence[_Request], journal: _Journal, *, return_exceptions: bool, raise_errors: bool,
+    output: Optional[OutputSpec] = None,
 ) -> ParallelResults:
     """Results in input order from the journal; None where there is no result yet.
 
@@ -664,6 +669,12 @@ def _collect(
             if response.stop_reason == "max_tokens":
                 truncated.append(r.index)
             values[r.index] = response
+            if output is not None:  # validated; a batch has no repair round
+                try:
+                    response.parsed = output.parse(response)
+                except ClaudeInvocationError as error:
+                    errors[r.index] = error
+                    values[r.index] = error if return_exceptions else None
         else:
             errors[r.index] = _item_error(result, r, batch_of.get(r.index))
             if return_exceptions:
@@ -748,7 +759,7 @@ def invoke_batch(
     max_tokens: int = 4096,
     shared_system: Union[str, Sequence[Mapping[str, Any]], None] = None,
     cache_shared_system: bool = False,
-    journal: Union[str, "os.PathLike[str]", None] = None,
+    journal: Union[str, os.PathLike[str], None] = None,
     poll_interval: float = 30.0,
     on_progress: Optional[ProgressCallback] = None,
     timeout: Optional[float] = None,
@@ -757,6 +768,8 @@ def invoke_batch(
     interrupt_token: Optional[InterruptToken] = None,
     on_interrupt: str = "cancel",
     retry_failed: bool = False,
+    output_schema: Any = None,
+    progress: Any = False,
     max_batch_requests: int = MAX_BATCH_REQUESTS,
     max_batch_bytes: int = MAX_BATCH_BYTES,
     api_key: Optional[str] = None,
@@ -815,11 +828,16 @@ def invoke_batch(
     specs = _prompt_specs(
         prompts, shared_system=shared_system, cache_shared_system=cache_shared_system, model=model, max_tokens=max_tokens
     )
+    output = OutputSpec.from_user(output_schema)
+    if output is not None:
+        for spec in specs:
+            spec.params = output.apply(spec.params)
+    check_progress(progress)
     _check_bool(return_exceptions, "return_exceptions")
     if not isinstance(retry_failed, bool):
         raise TypeError(f"retry_failed must be a bool, got {type(retry_failed).__name__}")
     _check_token(interrupt_token)
-    poll = _check_number(poll_interval, "poll_interval")
+    _check_number(poll_interval, "poll_interval")
     limit = _check_number(timeout, "timeout", allow_none=True)
     if on_progress is not None and not callable(on_progress):
         raise TypeError(f"on_progress must be a callable taking a BatchProgress, got {type(on_progress).__name__}")
@@ -831,6 +849,46 @@ def invoke_batch(
     requests = _prepare(specs)
     if not requests:
         return ParallelResults([], usage=Usage(), cost_usd=0.0)
+    if progress is not False:
+        display = Progress(len(requests), progress, "invoke_batch")
+        try:
+            return _invoke(requests, path, model, state_args=(max_batch_requests, max_batch_bytes),
+                           on_progress=_feeding(display, on_progress), output=output, retry_failed=retry_failed,
+                           interrupt_token=interrupt_token, return_exceptions=return_exceptions, timeout=timeout,
+                           limit=limit, poll_interval=poll_interval, on_interrupt=on_interrupt, api_key=api_key,
+                           base_url=base_url)
+        finally:
+            display.close()
+    return _invoke(requests, path, model, state_args=(max_batch_requests, max_batch_bytes), on_progress=on_progress,
+                   output=output, retry_failed=retry_failed, interrupt_token=interrupt_token,
+                   return_exceptions=return_exceptions, timeout=timeout, limit=limit, poll_interval=poll_interval,
+                   on_interrupt=on_interrupt, api_key=api_key, base_url=base_url)
+
+
+def _feeding(display: Progress, on_progress: Optional[ProgressCallback]) -> ProgressCallback:
+    """An ``on_progress`` that moves ``display`` on by the requests that ended since the last poll
+    (counts only: tokens and cost are known when the results are fetched)."""
+    seen = {"ok": 0, "failed": 0}
+
+    def feed(snapshot: BatchProgress) -> None:
+        failed = snapshot.errored + snapshot.canceled + snapshot.expired
+        for _ in range(max(0, snapshot.succeeded - seen["ok"])):
+            display.settled(ClaudeResponse("", cost_usd=0.0))
+        for _ in range(max(0, failed - seen["failed"])):
+            display.settled(ClaudeInvocationError("a batch request failed", kind="batch_errored"))
+        seen["ok"], seen["failed"] = max(seen["ok"], snapshot.succeeded), max(seen["failed"], failed)
+        if on_progress is not None:
+            on_progress(snapshot)
+
+    return feed
+
+
+def _invoke(requests: List[Any], path: Optional[Path], model: str, *, state_args: tuple,
+            on_progress: Optional[ProgressCallback], output: Optional[OutputSpec], retry_failed: bool,
+            interrupt_token: Optional[InterruptToken], return_exceptions: bool, timeout: Optional[float],
+            limit: Optional[float], poll_interval: float, on_interrupt: str, api_key: Optional[str],
+            base_url: Optional[str]) -> ParallelResults:
+    max_batch_requests, max_batch_bytes = state_args
     ranges = _plan(requests, max_batch_requests, max_batch_bytes)
     state = _Journal.open(path, _fingerprint(requests), requests, ranges, model)
 
@@ -839,15 +897,15 @@ def invoke_batch(
     interrupted = interrupt_token is not None and interrupt_token.is_interrupted()
     if state.all_fetched() and (interrupted or not retry_pending or not _failed(requests, state.results)):
         logger.info("invoke_batch: every result is in the journal %s; no request sent", path)
-        return _collect(requests, state, return_exceptions=return_exceptions, raise_errors=True)
+        return _collect(requests, state, return_exceptions=return_exceptions, raise_errors=True, output=output)
     if interrupted:
-        return _collect(requests, state, return_exceptions=return_exceptions, raise_errors=False)
+        return _collect(requests, state, return_exceptions=return_exceptions, raise_errors=False, output=output)
 
     run = _BatchRun(
         client=_no_retry_client(_get_client(api_key=api_key, base_url=base_url)),
         requests=requests,
         journal=state,
-        poll_interval=poll,
+        poll_interval=float(poll_interval),
         on_progress=on_progress,
         timeout=limit,
         interrupt_token=interrupt_token,
@@ -874,16 +932,16 @@ def invoke_batch(
             f"invoke_batch: timed out after {timeout}s with {snap.done} of {snap.total} requests done; the "
             f"batches keep running (and are billed){run._running_hint()}",
             kind="timeout",
-            results=_collect(requests, state, return_exceptions=return_exceptions, raise_errors=False),
+            results=_collect(requests, state, return_exceptions=return_exceptions, raise_errors=False, output=output),
             errors={},
         ) from None
     except _Interrupted:
         logger.warning("invoke_batch: interrupted; %s", _after_interrupt(run))
-        return _collect(requests, state, return_exceptions=return_exceptions, raise_errors=True)
+        return _collect(requests, state, return_exceptions=return_exceptions, raise_errors=True, output=output)
     except KeyboardInterrupt:
         logger.warning("invoke_batch: KeyboardInterrupt; %s", _after_interrupt(run))
         raise
-    return _collect(requests, state, return_exceptions=return_exceptions, raise_errors=True)
+    return _collect(requests, state, return_exceptions=return_exceptions, raise_errors=True, output=output)
 
 
 def _after_interrupt(run: _BatchRun) -> str:

@@ -22,7 +22,7 @@ off for these calls so attempts never multiply.
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 from _errors import ClaudeInvocationError
 from _interrupt import check_token
@@ -40,7 +40,8 @@ from _retry import (
     is_transient,
     retry_after_of,
 )
-from _transport import get_client, send
+from _runs import AgentOptions
+from _transport import get_client
 from _validation import check_bool, check_optional_seconds
 from task_state import TaskTracker
 
@@ -63,6 +64,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _RE_EXPORTED = (DEFAULT_MAX_RETRY_AFTER_S, TaskTracker)
+_AGENT_OPTIONS = ("tools", "output_schema", "max_tool_turns", "tool_timeout", "parallel_tools", "on_tool_call",
+                  "max_cost_usd")
 
 
 def invoke_with_retry(
@@ -75,7 +78,7 @@ def invoke_with_retry(
     is_continuation: bool = False,
     policy: Optional[RetryPolicy] = None,
     **invoke_claude_kwargs: Any,
-) -> "ClaudeResponse":
+) -> ClaudeResponse:
     """:func:`claude_client.invoke_claude` with retries of transient failures.
 
     Takes the same keyword arguments as ``invoke_claude`` (``model``, ``system``, ``max_tokens``,
@@ -111,6 +114,7 @@ def invoke_with_retry(
     streaming = check_bool(kw.pop("streaming", False), "streaming")
     api_key = kw.pop("api_key", None)
     base_url = kw.pop("base_url", None)
+    options = AgentOptions.checked(**{name: kw.pop(name) for name in _AGENT_OPTIONS if name in kw})
     params = single_request(
         prompt,
         model=kw.pop("model", DEFAULT_MODEL),
@@ -122,9 +126,10 @@ def invoke_with_retry(
         messages=kw.pop("messages", None),
         extra=kw,
     )
-    client = get_client(api_key=api_key, base_url=base_url)
+    agent = options.agent(get_client(api_key=api_key, base_url=base_url), policy=policy, interrupt=token,
+                          stall_timeout=stall)
     try:
-        return send(params, client=client, policy=policy, stream=streaming, interrupt=token, stall_timeout=stall)
+        return agent.run(params, stream=streaming)
     except ClaudeInvocationError as error:
         raise _final_error(error, error.attempts or 1) from error
 

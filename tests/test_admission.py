@@ -93,6 +93,7 @@ def test_rate_limit_fields_reads_httpx_and_plain_headers() -> None:
 # ------------------------------------------------------------------------------ controller unit behaviour
 def test_one_request_in_flight_until_the_first_headers() -> None:
     controller = AdmissionController(MODEL)
+    controller.probe_wait_s = 30.0
     first = controller.admit(_params("a"))
     admitted = threading.Event()
 
@@ -108,6 +109,20 @@ def test_one_request_in_flight_until_the_first_headers() -> None:
     assert admitted.wait(5)
     t.join()
     assert controller.snapshot()["mode"] == "limited"
+
+
+def test_the_others_go_when_the_first_headers_are_late() -> None:
+    controller = AdmissionController(MODEL)
+    controller.probe_wait_s = 0.2
+    first = controller.admit(_params("slow first reply"))
+    started = time.monotonic()
+    others = [controller.admit(_params(f"next {i}")) for i in range(5)]  # not held for the whole reply
+    assert time.monotonic() - started < 5
+    headers = {"anthropic-ratelimit-requests-limit": "100", "anthropic-ratelimit-requests-remaining": "94"}
+    for ticket in [first, *others]:
+        ticket.finish(headers, Usage(1, 1), None)
+    snapshot = controller.snapshot()
+    assert snapshot["mode"] == "limited" and snapshot["limits"]["rpm"] == 100
 
 
 def test_no_rate_limit_headers_is_the_fast_path() -> None:
@@ -200,6 +215,7 @@ def test_otpm_binds_through_max_tokens(client_env: Emulator) -> None:
     client_env.configure(rate_limit_otpm=20_000, rate_limit_minute_s=600.0, ttft_ms=300)
     client = claude_client.get_client()
     controller_for(client, MODEL, RateLimits(minute_s=600.0))
+    send(_params("first: learn the limits"), client=client)
     # 4,000 charged per request at admission: 5 fit; the replies use a few tokens and give the
     # rest back, so the next ones are admitted when those end (not when the minute refills).
     results = claude_client.invoke_parallel([{"prompt": f"o{i}"} for i in range(15)], max_workers=15,

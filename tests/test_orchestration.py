@@ -404,7 +404,7 @@ def test_ctrl_c_in_the_caller_aborts_the_run(client_env) -> None:
     watcher.start()
     t0 = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
-        invoke_parallel_managed(prompts, max_workers=4, tracker=tracker, max_tokens=100, **FAST)
+        invoke_parallel_managed(prompts, max_workers=4, tracker=tracker, max_tokens=5000, **FAST)
     assert time.monotonic() - t0 < 10
     watcher.join()
     assert client_env.wait_for(lambda e: e.stats()["aborted"] == 4, timeout=5)

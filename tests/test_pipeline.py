@@ -389,3 +389,14 @@ def test_public_classes_name_their_public_module() -> None:
     for name in ("RetryPolicy", "ConcurrencyLimiter", "RateLimitGate", "LimiterTimeoutError"):
         assert getattr(orchestration, name).__module__ == "orchestration", name
     assert "invoke_batch" in dir(cc) and cc.invoke_batch.__module__ == "message_batches"
+
+
+def test_every_module_is_packaged() -> None:
+    """A regular ``pip install`` ships every module of scripts/ (pyproject's py-modules)."""
+    import re
+
+    text = (SCRIPTS.parent / "pyproject.toml").read_text(encoding="utf-8")
+    block = re.search(r"py-modules = \[(.*?)\]", text, re.S)
+    assert block
+    listed = set(re.findall(r'"(\w+)"', block.group(1)))
+    assert {p.stem for p in SCRIPTS.glob("*.py")} == listed

@@ -1,0 +1,126 @@
+"""What the run-level options of the public functions become: an :class:`_agent.Agent`, a journal,
+a progress display and the settle hooks that feed them (shared by ``invoke_parallel*`` and
+``invoke_parallel_managed``)."""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import anthropic
+
+from _admission import Budget
+from _agent import Agent, ToolOptions
+from _interrupt import InterruptToken, check_token
+from _journal import RunJournal, check_path
+from _progress import Progress
+from _requests import PromptSpec
+from _retry import RetryPolicy
+from _structured import OutputSpec
+from _tools import ToolSet
+from _transport import get_client
+from _validation import check_bool, check_number, check_optional_seconds
+
+#: Prompt-dict keys every parallel function accepts besides the request keys.
+AGENT_KEYS = frozenset({"tools"})
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    """The agent options of a call, validated before anything is sent."""
+
+    tools: Optional[ToolSet]
+    output: Optional[OutputSpec]
+    tool_options: ToolOptions
+    max_cost_usd: Optional[float]
+
+    @classmethod
+    def checked(cls, *, tools: Any = None, output_schema: Any = None, max_tool_turns: Any = 10,
+                tool_timeout: Any = None, parallel_tools: Any = False, on_tool_call: Any = None,
+                max_cost_usd: Any = None) -> AgentOptions:
+        if max_cost_usd is not None:
+            check_number(max_cost_usd, "max_cost_usd")
+        return cls(ToolSet.from_user(tools), OutputSpec.from_user(output_schema),
+                   ToolOptions.checked(max_tool_turns, tool_timeout, parallel_tools, on_tool_call),
+                   None if max_cost_usd is None else float(max_cost_usd))
+
+    def agent(self, client: anthropic.Anthropic, *, policy: Optional[RetryPolicy] = None,
+              interrupt: Optional[InterruptToken] = None, stall_timeout: Optional[float] = None,
+              budget: Optional[Budget] = None) -> Agent:
+        if budget is None and self.max_cost_usd is not None:
+            budget = Budget(self.max_cost_usd)
+        return Agent(client, policy=policy, interrupt=interrupt, stall_timeout=stall_timeout, budget=budget,
+                     tools=self.tools, output=self.output, tool_options=self.tool_options)
+
+
+def attach_prompt_tools(specs: Sequence[PromptSpec]) -> None:
+    """A prompt's own ``"tools"`` key becomes its toolset (validated now, before any request)."""
+    for spec in specs:
+        if "tools" in spec.extra:
+            spec.extra["toolset"] = ToolSet.from_user(spec.extra["tools"], f"prompts[{spec.index}]['tools']")
+
+
+def check_progress(progress: Any) -> Any:
+    if progress is True or progress is False or callable(progress):
+        return progress
+    raise TypeError(f"progress must be a bool or a callable taking a snapshot, got {type(progress).__name__}")
+
+
+@dataclass
+class RunHooks:
+    """The journal and progress display of one run, fed by the slots as they begin and settle."""
+
+    journal: Optional[RunJournal] = None
+    progress: Optional[Progress] = None
+
+    def begin(self, index: int) -> None:
+        if self.progress is not None:
+            self.progress.started()
+
+    def settle(self, index: int, outcome: Any) -> None:
+        if self.journal is not None:
+            self.journal.append(index, outcome)
+        if self.progress is not None:
+            self.progress.settled(outcome)
+
+    @property
+    def restored(self) -> dict[int, Any]:
+        return dict(self.journal.restored) if self.journal is not None else {}
+
+
+@contextlib.contextmanager
+def run_hooks(bodies: Sequence[dict], *, journal: Any, retry_failed: Any, progress: Any,
+              label: str) -> Iterator[RunHooks]:
+    """Open the run's journal (restoring what it holds) and progress display; close both after."""
+    path = check_path(journal)
+    check_bool(retry_failed, "retry_failed")
+    check_progress(progress)
+    hooks = RunHooks()
+    try:
+        if path is not None:
+            hooks.journal = RunJournal.open(path, bodies, retry_failed=retry_failed)
+        if progress is not False:
+            hooks.progress = Progress(len(bodies), progress, label)
+            for outcome in hooks.restored.values():
+                hooks.progress.settled(outcome)
+        yield hooks
+    finally:
+        if hooks.progress is not None:
+            hooks.progress.close()
+        if hooks.journal is not None:
+            hooks.journal.close()
+
+
+def common_checks(*, interrupt_token: Any, stall_timeout: Any, return_exceptions: Any,
+                  cache_pilot: Any) -> Optional[float]:
+    check_token(interrupt_token)
+    check_bool(return_exceptions, "return_exceptions")
+    check_bool(cache_pilot, "cache_pilot")
+    return check_optional_seconds(stall_timeout, "stall_timeout")
+
+
+def client_for(api_key: Optional[str], base_url: Optional[str]) -> anthropic.Anthropic:
+    return get_client(api_key=api_key, base_url=base_url)
+
+
+RunnerOfTasks = Callable[[list, Any], Any]
