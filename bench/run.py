@@ -39,6 +39,9 @@ EXPECTED = {
     "parallel": "overhead, fan-out efficiency, interrupt latency, cache pilot, RSS for 10k prompts",
     "ratelimit": "managed run against the emulator's rate limiter: failures, 429s, throughput",
     "batches": "message batches: submission and polling against the emulator's batch endpoints",
+    "tools": "a 3-turn tool loop: the library vs a hand-written SDK loop, client CPU",
+    "admission": "token-aware admission at a tier-1-like shape: 429s per request, throughput vs the limit",
+    "journal": "run journal: overhead per result, and resuming from a complete journal",
 }
 
 

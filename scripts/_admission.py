@@ -12,7 +12,9 @@ tokens (ITPM: uncached input + cache writes; cache reads do not count) and outpu
 learns them from the ``anthropic-ratelimit-{requests,input-tokens,output-tokens}-{limit,remaining}``
 headers of every response, success or 429: ``limit`` sets a bucket's size, and a ``remaining``
 lower than the local level (beyond the API's rounding) replaces it, so processes sharing a key,
-which all see the organisation's remaining budget, slow down together. Explicit
+which all see the organisation's remaining budget, slow down together: when such a drop is large
+(another user of the key) or a 429 comes, the controller assumes half the refill rate (down to a
+tenth), and takes it back step by step (x1.25 per quarter minute) while no contention shows. Explicit
 :class:`RateLimits` cap what the headers say (a known tier, or headroom for other users of the key).
 
 Until the first headers arrive (and without explicit limits) one request goes first and the
@@ -299,13 +301,18 @@ class AdmissionController:
         # figures after its own, so its reply's headers can be corrected for later admissions.
         self._cum = [0.0, 0.0, 0.0]
         self._in_flight = 0  # admitted attempts not yet finished
+        # Share of the refill this process assumes (< 1 after other users of the key showed up).
+        self._share = 1.0
+        self._contended_at = -1e9
+        self._recovered_at = -1e9
         self._roomy = False  # every bucket at least half full after the last settle
         self._queue: collections.deque[_Waiter] = collections.deque()
         self._ratio = 1.0
         self._pause_until = 0.0
         self._probe_in_flight = False
         self._probe_deadline = 0.0
-        self._stats = {"admitted": 0, "waited": 0, "wait_s": 0.0, "rate_limited": 0, "paused_429": 0}
+        self._stats = {"admitted": 0, "waited": 0, "wait_s": 0.0, "rate_limited": 0, "paused_429": 0,
+                       "contention": 0}
         # "probe": nothing known yet, one request at a time; "limited": buckets; "free": no limits.
         self._mode = "probe"
         if self._limits.any:
@@ -329,10 +336,36 @@ class AdmissionController:
             return header
         return float(explicit) if header is None else min(float(explicit), header)
 
-    def _minute_of(self, kind: str) -> float:
-        """The refill minute of a bucket: explicit, else 60 s or what the headers implied."""
+    def _base_minute(self, kind: str) -> float:
+        """The limits' minute for a bucket: explicit, else 60 s or what the headers implied."""
         explicit = self._limits.minute_s
         return float(explicit) if explicit is not None else self._implied_minute.get(kind, 60.0)
+
+    def _minute_of(self, kind: str) -> float:
+        """The refill minute this controller assumes: the limits' minute over its ``share``."""
+        return self._base_minute(kind) / self._share
+
+    def _contention(self, now: float) -> None:
+        """Another user of the key showed up (a 429, or a ``remaining`` well below the local
+        level): assume half the refill from now on (lock held; at most once per 1/20 minute)."""
+        if now - self._contended_at < self._base_minute("rpm") / 20:
+            return
+        self._contended_at = now
+        if self._share > 0.1:
+            self._share = max(0.1, self._share * 0.5)
+            self._rerate()
+            self._stats["contention"] += 1
+
+    def _recover(self, now: float) -> None:
+        """Take back the refill step by step (x1.25 per quarter minute without contention)."""
+        if self._share < 1.0 and now - max(self._contended_at, self._recovered_at) > self._base_minute("rpm") / 4:
+            self._recovered_at = now
+            self._share = min(1.0, self._share * 1.25)
+            self._rerate()
+
+    def _rerate(self) -> None:
+        for kind, bucket in self._buckets.items():
+            bucket.rate = bucket.capacity / self._minute_of(kind)
 
     def _apply_explicit(self, now: float) -> None:  # lock held (or in __init__)
         for kind, _prefix, _tol in _KINDS:
@@ -540,6 +573,8 @@ class AdmissionController:
             bucket.resize(cap, minute)
             before = bucket.level - (otpm_refund if kind == "otpm" else 0.0)
             if remaining + tolerance < before:
+                if remaining + max(tolerance, 0.05 * cap) < before:
+                    self._contention(now)
                 bucket.level = min(bucket.level, floor)
             elif floor > bucket.level + tolerance and mark is not None and self._alone(ticket):
                 # Only when nothing else is in flight: an attempt admitted earlier may reach the
@@ -631,6 +666,7 @@ class AdmissionController:
             carried = fields is not None and self._learn(fields, now, refund_out, ticket)
             if parsed and not carried:
                 self._headerless = True
+            self._recover(now)
             self._roomy = self._mode == "limited" and all(
                 b.level >= 0.5 * b.capacity for b in self._buckets.values())
             if ticket._probe:
@@ -642,6 +678,8 @@ class AdmissionController:
                                   self.model)
             if rate_limited:
                 self._stats["rate_limited"] += 1
+                if self._mode == "limited":
+                    self._contention(now)
                 if self._mode != "limited":
                     # No rate-limit headers to learn from: everyone waits what the server asked.
                     pause = getattr(error, "retry_after", None) or 1.0
@@ -666,6 +704,7 @@ class AdmissionController:
                 "limits": {k: b.capacity for k, b in self._buckets.items()},
                 "levels": {k: b.level for k, b in self._buckets.items()},
                 "input_ratio": self._ratio,
+                "share": self._share,
                 "waiting": len(self._queue),
                 "paused_s": max(0.0, self._pause_until - now),
                 **self._stats,
@@ -683,10 +722,19 @@ _registry_lock = threading.Lock()
 _registry: dict[tuple[str, str, str], AdmissionController] = {}
 
 
+_client_keys: dict[int, tuple[Any, tuple[str, str]]] = {}  # id(client) -> (client, (key digest, URL))
+
+
 def _key_of(client: Any, model: str) -> tuple[str, str, str]:
-    api_key = getattr(client, "api_key", None) or getattr(client, "auth_token", None) or ""
-    digest = hashlib.sha256(str(api_key).encode("utf-8", "backslashreplace")).hexdigest()[:32]
-    return digest, str(getattr(client, "base_url", "")), model
+    known = _client_keys.get(id(client))
+    if known is None or known[0] is not client:  # hashed once per client object (the hot path)
+        api_key = getattr(client, "api_key", None) or getattr(client, "auth_token", None) or ""
+        digest = hashlib.sha256(str(api_key).encode("utf-8", "backslashreplace")).hexdigest()[:32]
+        known = (client, (digest, str(getattr(client, "base_url", ""))))
+        if len(_client_keys) > 256:
+            _client_keys.clear()
+        _client_keys[id(client)] = known
+    return known[1][0], known[1][1], model
 
 
 def controller_for(client: Any, model: str, limits: Optional[RateLimits] = None) -> AdmissionController:
@@ -718,6 +766,7 @@ def reset_controllers() -> None:
     ``configure()`` / ``reset_client()``."""
     with _registry_lock:
         _registry.clear()
+        _client_keys.clear()  # (it holds the clients: dropped ones must be collectable)
     warm_prefixes.clear()
 
 

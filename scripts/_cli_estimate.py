@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import IO, Callable, Optional
 
-from _cli_common import EXIT_OK, UsageError, isatty, one_line
+from _cli_common import EXIT_OK, UsageError, fmt_cost, isatty, one_line
 from _cli_output import write_estimate
 from _cli_run import library_items, run_options
 
@@ -32,6 +32,10 @@ def dry_run(items: list[dict], args: argparse.Namespace, shared_system: Optional
         raise UsageError(f"--dry-run: {one_line(str(exc))}") from None
     fmt = args.format or ("text" if isatty(stdout) else "jsonl")
     write_estimate(estimate, prompts=len(items), model=model, fmt=fmt, out=stdout)
+    cap = getattr(args, "max_cost", None)
+    if cap is not None and estimate.high_usd > cap:
+        notice(f"--max-cost ${cap:g} is below the worst case {fmt_cost(estimate.high_usd)}: prompts whose "
+               f"worst case no longer fits will not start")
     if "tools" in run_options(args):
         notice("--dry-run: the estimate is one request per prompt; each tool turn adds a request "
                "(and the tool definitions add input tokens)")

@@ -280,16 +280,22 @@ class ConversationThread:
 
     @classmethod
     def load(
-        cls, path: Union[str, os.PathLike[str]], *, api_key: Optional[str] = None, base_url: Optional[str] = None
+        cls,
+        path: Union[str, os.PathLike[str]],
+        *,
+        api_key: Optional[str] = None,
+        base_url: Optional[str] = None,
+        tools: Optional[list] = None,
     ) -> ConversationThread:
-        """A thread saved by :meth:`save`, ready to continue (the key is never saved)."""
+        """A thread saved by :meth:`save`, ready to continue (the key is never saved; nor are
+        tools, which are functions: pass them again)."""
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise ValueError(f"could not read a saved ConversationThread from {path}: {exc}") from None
         if not isinstance(data, dict) or data.get("format") != _SAVE_FORMAT:
             raise ValueError(f"{path} is not a file written by ConversationThread.save()")
-        thread = cls(**data["settings"], api_key=api_key, base_url=base_url)
+        thread = cls(**data["settings"], api_key=api_key, base_url=base_url, tools=tools)
         thread._messages = data["messages"]
         thread.usage = Usage(**data["usage"])
         thread.cost_usd = data.get("cost_usd")

@@ -300,6 +300,31 @@ class CostEstimate:
     requests: int = 0
 
 
+def _default_injected() -> Any:
+    from _credentials import settings
+
+    return settings()[1].get("client")
+
+
+def _default_client() -> Any:
+    """The client ``configure()`` injected, else one for the resolved key and base URL (None when
+    there is no key: the local rule is used). Built here, not taken from the transport, which
+    imports this module through admission."""
+    import anthropic
+
+    from _credentials import resolve_api_key, resolve_base_url, settings
+    from _errors import ClaudeInvocationError
+
+    injected = settings()[1].get("client")
+    if injected is not None:
+        return injected
+    try:
+        return anthropic.Anthropic(api_key=resolve_api_key(None), base_url=resolve_base_url(None), max_retries=0)
+    except (ClaudeInvocationError, ValueError) as exc:
+        logger.info("no client for count_tokens (%s); using the local estimate", exc)
+        return None
+
+
 def _count_body(params: Mapping[str, Any]) -> dict:
     return {k: params[k] for k in ("model", "messages", "system", "tools", "tool_choice") if k in params}
 
@@ -340,7 +365,7 @@ def estimate_run_cost(
     """Estimate what ``invoke_parallel(prompts, ...)`` with the same arguments would cost.
 
     Generates nothing. Input tokens come from the API's ``count_tokens`` endpoint when it answers
-    (``client``, default: the shared client), else from the local rule of this module (``method``
+    (``client``, default: one for the configured key and base URL), else from the local rule of this module (``method``
     says which). The bracket:
 
     * output: low = 1 token per request, high = ``max_tokens`` per request (a prompt's own
@@ -374,16 +399,19 @@ def estimate_run_cost(
     prefixes = [e.cached_prefix_tokens for e in estimates]
     method = "local"
     if use_count_tokens:
-        if client is None:
-            from _transport import get_client  # lazy: the transport imports this module's users
-
-            client = get_client()
-        counted = _count_with_api(client, [_count_body(s.params) for s in specs])
+        owned = client is None
+        if owned:
+            client = _default_client()
+        try:
+            counted = None if client is None else _count_with_api(client, [_count_body(s.params) for s in specs])
+            shared_tokens = None
+            if counted is not None and cache_shared_system and shared_system:
+                shared_tokens = _shared_prefix_tokens(client, specs[0].params, model)
+        finally:
+            if owned and client is not None and client is not _default_injected():
+                client.close()
         if counted is not None:
             method = "count_tokens"
-            shared_tokens = None
-            if cache_shared_system and shared_system:
-                shared_tokens = _shared_prefix_tokens(client, specs[0].params, model)
             for i, n in enumerate(counted):
                 local_prefix = prefixes[i]
                 if local_prefix:

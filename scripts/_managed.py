@@ -318,6 +318,7 @@ def invoke_parallel_managed(
     parallel_tools: bool = False,
     on_tool_call: Optional[Callable[[Any], Any]] = None,
     max_cost_usd: Optional[float] = None,
+    rate_limits: Any = None,
     journal: Any = None,
     retry_failed: bool = False,
     progress: Any = False,
@@ -376,7 +377,7 @@ def invoke_parallel_managed(
                           return_exceptions=return_exceptions, cache_pilot=cache_pilot)
     options = AgentOptions.checked(tools=tools, output_schema=output_schema, max_tool_turns=max_tool_turns,
                                    tool_timeout=tool_timeout, parallel_tools=parallel_tools,
-                                   on_tool_call=on_tool_call, max_cost_usd=max_cost_usd)
+                                   on_tool_call=on_tool_call, max_cost_usd=max_cost_usd, rate_limits=rate_limits)
     policy = resolve_policy(policy, max_retries=max_retries, base_delay_ms=base_delay_ms, max_delay_ms=max_delay_ms)
     if concurrency_limiter is not None and not isinstance(concurrency_limiter, ConcurrencyLimiter):
         raise TypeError(
@@ -467,6 +468,9 @@ def _run_managed(originals: List[Dict[str, Any]], hooks: RunHooks, *, options: A
 
     # The run's own token: the caller's token feeds it, and so does an exception (Ctrl-C) in the
     # thread driving the run, so in-flight requests are aborted either way.
+    client = get_client(api_key=api_key, base_url=base_url) if tasks else None
+    if client is not None:
+        options.limit(client, [task.params for task in tasks])
     token = InterruptToken()
     link = subscribe(interrupt_token, token.interrupt) if interrupt_token is not None else None
     pilot = None
@@ -479,7 +483,7 @@ def _run_managed(originals: List[Dict[str, Any]], hooks: RunHooks, *, options: A
         limiter=concurrency_limiter or ConcurrencyLimiter(max_workers),
         policy=policy,
         gate=RateLimitGate(),
-        agent=options.agent(get_client(api_key=api_key, base_url=base_url), policy=NO_RETRY, stall_timeout=stall),
+        agent=options.agent(client, policy=NO_RETRY, stall_timeout=stall),
         token=token,
         stall_timeout=stall,
         on_stall=on_stall,

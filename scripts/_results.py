@@ -82,6 +82,16 @@ class Usage:
         """Build from an SDK ``Usage`` object or a usage dict (None gives zeros)."""
         if u is None:
             return cls()
+        if not is_mapping(u):  # an SDK object: plain attribute reads (the hot path)
+            creation = getattr(u, "cache_creation", None)
+            return cls(
+                u.input_tokens or 0,
+                u.output_tokens or 0,
+                getattr(u, "cache_creation_input_tokens", 0) or 0,
+                getattr(u, "cache_read_input_tokens", 0) or 0,
+                (getattr(creation, "ephemeral_1h_input_tokens", 0) or 0) if creation is not None else 0,
+                getattr(u, "service_tier", None),
+            )
         return cls(
             int(_field(u, "input_tokens", 0) or 0),
             int(_field(u, "output_tokens", 0) or 0),

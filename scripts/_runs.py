@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import anthropic
 
-from _admission import Budget
+from _admission import Budget, RateLimits, controller_for
 from _agent import Agent, ToolOptions
 from _interrupt import InterruptToken, check_token
 from _journal import RunJournal, check_path
@@ -33,16 +33,26 @@ class AgentOptions:
     output: Optional[OutputSpec]
     tool_options: ToolOptions
     max_cost_usd: Optional[float]
+    rate_limits: Optional[RateLimits] = None
 
     @classmethod
     def checked(cls, *, tools: Any = None, output_schema: Any = None, max_tool_turns: Any = 10,
                 tool_timeout: Any = None, parallel_tools: Any = False, on_tool_call: Any = None,
-                max_cost_usd: Any = None) -> AgentOptions:
+                max_cost_usd: Any = None, rate_limits: Any = None) -> AgentOptions:
         if max_cost_usd is not None:
             check_number(max_cost_usd, "max_cost_usd")
+        if rate_limits is not None and not isinstance(rate_limits, RateLimits):
+            raise TypeError(f"rate_limits must be a RateLimits or None, got {type(rate_limits).__name__}")
         return cls(ToolSet.from_user(tools), OutputSpec.from_user(output_schema),
                    ToolOptions.checked(max_tool_turns, tool_timeout, parallel_tools, on_tool_call),
-                   None if max_cost_usd is None else float(max_cost_usd))
+                   None if max_cost_usd is None else float(max_cost_usd), rate_limits)
+
+    def limit(self, client: anthropic.Anthropic, bodies: Sequence[dict]) -> None:
+        """Set the explicit rate limits (if any) on the admission controller of every model the
+        requests use; they stay in force for this key and base URL until :func:`reset_client`."""
+        if self.rate_limits is not None:
+            for model in {str(body.get("model")) for body in bodies}:
+                controller_for(client, model, self.rate_limits)
 
     def agent(self, client: anthropic.Anthropic, *, policy: Optional[RetryPolicy] = None,
               interrupt: Optional[InterruptToken] = None, stall_timeout: Optional[float] = None,

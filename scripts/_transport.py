@@ -381,12 +381,13 @@ def send(
                         raise
                     logger.debug("max_tokens=%s needs streaming: sending it as a stream", params.get("max_tokens"))
             if reply is None:
-                reply = _stream(params, view, call, on_text, on_start, stall_timeout)
+                reply = _stream(params, view, call, on_text, on_start, stall_timeout,
+                                None if ticket is None else ticket.started)
         except ClaudeInvocationError as error:
             if ticket is not None:
                 ticket.finish(error.headers, None, error)
-            if reservation is not None:
-                reservation.settle(None if call.started or error.headers is not None else 0.0)
+            if reservation is not None:  # refused by the API before any reply: nothing billed
+                reservation.settle(0.0 if error.status_code is not None and not call.started else None)
             raise
         finally:
             if handle is not None:
@@ -437,6 +438,7 @@ def _stream(
     on_text: Optional[Callable[[str], Any]],
     on_start: Optional[Callable[[], Any]],
     stall_timeout: Optional[float],
+    on_open: Optional[Callable[[Any], None]] = None,
 ) -> ClaudeResponse:
     previous = getattr(_tls, "call", None)
     _tls.call = call
@@ -448,6 +450,8 @@ def _stream(
         with client.messages.stream(**sdk_kwargs(params)) as stream:
             if not call.attach_stream(stream):
                 raise ClaudeInvocationError(ABORT_MESSAGES[call.reason or "interrupted"], kind=call.reason)
+            if on_open is not None:  # the response headers, fresh at the start of a stream
+                on_open(stream.response.headers)
             for event in stream:  # the SDK's MessageStream: pings are already skipped
                 if watched:
                     call.heartbeat()

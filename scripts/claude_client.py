@@ -126,6 +126,7 @@ def invoke_claude(
     parallel_tools: bool = False,
     on_tool_call: Optional[Callable[[Any], Any]] = None,
     max_cost_usd: Optional[float] = None,
+    rate_limits: Optional[RateLimits] = None,
     **kwargs: Any,
 ) -> ClaudeResponse:
     """Send one request and return the reply text as a :class:`ClaudeResponse` (a ``str``).
@@ -147,6 +148,7 @@ def invoke_claude(
         base_url=base_url, interrupt_token=interrupt_token, stall_timeout=stall_timeout, extra=kwargs,
         stream=streaming, tools=tools, output_schema=output_schema, max_tool_turns=max_tool_turns, tool_timeout=tool_timeout,
         parallel_tools=parallel_tools, on_tool_call=on_tool_call, max_cost_usd=max_cost_usd,
+        rate_limits=rate_limits,
     )
 
 
@@ -172,6 +174,7 @@ def invoke_claude_streaming(
     parallel_tools: bool = False,
     on_tool_call: Optional[Callable[[Any], Any]] = None,
     max_cost_usd: Optional[float] = None,
+    rate_limits: Optional[RateLimits] = None,
     **kwargs: Any,
 ) -> ClaudeResponse:
     """Stream a reply; ``callback(chunk)`` gets each text chunk in order, on this thread.
@@ -193,6 +196,7 @@ def invoke_claude_streaming(
         base_url=base_url, interrupt_token=interrupt_token, stall_timeout=stall_timeout, extra=kwargs,
         stream=True, on_text=callback, tools=tools, output_schema=output_schema, max_tool_turns=max_tool_turns, tool_timeout=tool_timeout,
         parallel_tools=parallel_tools, on_tool_call=on_tool_call, max_cost_usd=max_cost_usd,
+        rate_limits=rate_limits,
     )
 
 
@@ -285,6 +289,7 @@ def _single(
         cache_system=cache_system, cache_prompt=cache_prompt, messages=messages, extra=extra,
     )
     client = get_client(api_key=api_key, base_url=base_url)
+    options.limit(client, [params])
     agent = options.agent(client, policy=default_policy(client), interrupt=interrupt_token, stall_timeout=stall)
     return agent.run(params, stream=stream, on_text=on_text)
 
@@ -310,6 +315,7 @@ def invoke_parallel(
     parallel_tools: bool = False,
     on_tool_call: Optional[Callable[[Any], Any]] = None,
     max_cost_usd: Optional[float] = None,
+    rate_limits: Optional[RateLimits] = None,
     journal: Any = None,
     retry_failed: bool = False,
     progress: Any = False,
@@ -332,31 +338,7 @@ def invoke_parallel(
     >>> results = invoke_parallel([{"prompt": "2+2?"}, {"prompt": "3+3?"}], max_tokens=50)
     >>> list(results), results.usage.output_tokens, results.cost_usd
     """
-    return _parallel(
-        prompts,
-        model=model,
-        max_tokens=max_tokens,
-        max_workers=max_workers,
-        shared_system=shared_system,
-        cache_shared_system=cache_shared_system,
-        callbacks=None,
-        return_exceptions=return_exceptions,
-        interrupt_token=interrupt_token,
-        cache_pilot=cache_pilot,
-        stall_timeout=stall_timeout,
-        api_key=api_key,
-        base_url=base_url,
-        tools=tools,
-        output_schema=output_schema,
-        max_tool_turns=max_tool_turns,
-        tool_timeout=tool_timeout,
-        parallel_tools=parallel_tools,
-        on_tool_call=on_tool_call,
-        max_cost_usd=max_cost_usd,
-        journal=journal,
-        retry_failed=retry_failed,
-        progress=progress,
-    )
+    return _parallel(callbacks=None, **locals())  # every parameter, as given
 
 
 def invoke_parallel_streaming(
@@ -381,6 +363,7 @@ def invoke_parallel_streaming(
     parallel_tools: bool = False,
     on_tool_call: Optional[Callable[[Any], Any]] = None,
     max_cost_usd: Optional[float] = None,
+    rate_limits: Optional[RateLimits] = None,
     journal: Any = None,
     retry_failed: bool = False,
     progress: Any = False,
@@ -394,31 +377,7 @@ def invoke_parallel_streaming(
     >>> outs = [[], []]
     >>> invoke_parallel_streaming([{"prompt": "a"}, {"prompt": "b"}], callbacks=[outs[0].append, outs[1].append])
     """
-    return _parallel(
-        prompts,
-        model=model,
-        max_tokens=max_tokens,
-        max_workers=max_workers,
-        shared_system=shared_system,
-        cache_shared_system=cache_shared_system,
-        callbacks=callbacks,
-        return_exceptions=return_exceptions,
-        interrupt_token=interrupt_token,
-        cache_pilot=cache_pilot,
-        stall_timeout=stall_timeout,
-        api_key=api_key,
-        base_url=base_url,
-        tools=tools,
-        output_schema=output_schema,
-        max_tool_turns=max_tool_turns,
-        tool_timeout=tool_timeout,
-        parallel_tools=parallel_tools,
-        on_tool_call=on_tool_call,
-        max_cost_usd=max_cost_usd,
-        journal=journal,
-        retry_failed=retry_failed,
-        progress=progress,
-    )
+    return _parallel(**locals())  # every parameter, as given
 
 
 def invoke_parallel_interruptible(
@@ -442,6 +401,7 @@ def invoke_parallel_interruptible(
     parallel_tools: bool = False,
     on_tool_call: Optional[Callable[[Any], Any]] = None,
     max_cost_usd: Optional[float] = None,
+    rate_limits: Optional[RateLimits] = None,
     journal: Any = None,
     retry_failed: bool = False,
     progress: Any = False,
@@ -456,31 +416,7 @@ def invoke_parallel_interruptible(
     >>> threading.Timer(2.0, token.interrupt).start()
     >>> results = invoke_parallel_interruptible(prompts, interrupt_token=token)
     """
-    return _parallel(
-        prompts,
-        model=model,
-        max_tokens=max_tokens,
-        max_workers=max_workers,
-        shared_system=shared_system,
-        cache_shared_system=cache_shared_system,
-        callbacks=None,
-        return_exceptions=return_exceptions,
-        interrupt_token=interrupt_token,
-        cache_pilot=cache_pilot,
-        stall_timeout=stall_timeout,
-        api_key=api_key,
-        base_url=base_url,
-        tools=tools,
-        output_schema=output_schema,
-        max_tool_turns=max_tool_turns,
-        tool_timeout=tool_timeout,
-        parallel_tools=parallel_tools,
-        on_tool_call=on_tool_call,
-        max_cost_usd=max_cost_usd,
-        journal=journal,
-        retry_failed=retry_failed,
-        progress=progress,
-    )
+    return _parallel(callbacks=None, **locals())  # every parameter, as given
 
 
 
@@ -514,6 +450,7 @@ def _parallel(
     attach_prompt_tools(specs)
     check_callbacks(callbacks, len(specs))
     client = get_client(api_key=api_key, base_url=base_url)
+    options.limit(client, [spec.params for spec in specs])
     agent = options.agent(client, policy=default_policy(client), stall_timeout=stall)
     pilot = cache_pilot and cache_shared_system and shared_system is not None and len(specs) > 1 and "system" in specs[0].params
     with run_hooks([spec.params for spec in specs], journal=journal, retry_failed=retry_failed, progress=progress,

@@ -31,14 +31,15 @@ object is refused (exit 2, naming the line), because a mix of both is ambiguous.
 runs the tool loop (at most ``--max-tool-turns`` rounds), and the result is the final answer. A
 spec that cannot be loaded is a usage error (exit 2) before any request.
 
-``--max-cost USD`` caps the run's spend: a request whose worst case (its max tokens at list price)
-does not fit under the cap is not started, and its prompt fails with ``error_kind`` ``budget``
-(exit 1). ``--dry-run`` prints the estimate of ``claude_client.estimate_run_cost``
+``--max-cost USD`` caps the run's spend: a request whose worst case (its input plus max tokens at
+list price) does not fit under the cap is not started, and its prompt fails with ``error_kind``
+``budget`` (exit 1). ``--dry-run`` prints the estimate of ``claude_client.estimate_run_cost``
 (``input_tokens``, ``output_tokens_max``, ``low_usd``, ``high_usd``, ``method``; one JSON object
-with ``--format jsonl``) to stdout and exits 0 having generated nothing (only ``count_tokens``
-requests). ``--journal PATH`` appends every finished result to PATH: re-run the same command after
-a crash, a kill or Ctrl-C and the finished prompts are taken from it, not sent again (prompts that
-failed for good run again with ``--retry-failed``; transient failures always do).
+with ``--format jsonl``) to stdout (``--output`` is left untouched) and exits 0 having generated
+nothing (only ``count_tokens`` requests). ``--journal PATH`` appends every finished result to
+PATH: re-run the same command after a crash, a kill or Ctrl-C and the finished prompts are taken
+from it, not sent again (prompts that failed for good run again with ``--retry-failed``; transient
+failures always do).
 
 Output that the output stream cannot encode (e.g. ``PYTHONIOENCODING=ascii``) is escaped, never
 lost: JSONL uses ``\\uXXXX`` escapes (still valid JSON), text uses ``\\xNN``-style escapes.
@@ -46,6 +47,11 @@ lost: JSONL uses ``\\uXXXX`` escapes (still valid JSON), text uses ``\\xNN``-sty
 Each JSONL record: ``index``, ``task_id``, ``category``, ``status`` (``ok`` / ``failed`` /
 ``interrupted``), ``text``, ``usage`` (input, output, cache write and cache read tokens),
 ``cost_usd``, ``stop_reason``, ``error_kind``, ``error``.
+
+This module parses the arguments; the work is done by private modules, one concern each:
+``_cli_input`` (prompts), ``_cli_perspectives``, ``_cli_tools`` (``--tool``), ``_cli_connection``
+(API or offline emulator), ``_cli_run`` (the run and signals), ``_cli_board`` / ``_cli_display``
+(progress), ``_cli_output`` (records), ``_cli_estimate`` (``--dry-run``), ``_cli_common``.
 """
 from __future__ import annotations
 
@@ -151,8 +157,8 @@ def _build_parser() -> argparse.ArgumentParser:
     agents.add_argument("--max-tool-turns", type=_positive_int, metavar="N",
                         help="with --tool: at most N tool-call rounds per prompt (library default 10)")
     agents.add_argument("--max-cost", type=_non_negative_float, metavar="USD",
-                        help="hard spend cap for the whole run: a request whose worst case (its "
-                             "max tokens at list price) does not fit under the cap is not started and "
+                        help="hard spend cap for the whole run: a request whose worst case (its input "
+                             "plus max tokens at list price) does not fit under the cap is not started, and "
                              "its prompt fails with error_kind 'budget' (exit status 1)")
     agents.add_argument("--dry-run", action="store_true",
                         help="print the cost estimate (input_tokens, output_tokens_max, low_usd, "
@@ -216,6 +222,7 @@ def _check_options(args: argparse.Namespace) -> None:
 
 
 def _main(args: argparse.Namespace, stdin: IO[str], stdout: IO[str], stderr: IO[str]) -> int:
+    """Read and check every input (usage errors before any request), then run with notices shown."""
     _check_options(args)
     items = collect_prompts(args, stdin)
     shared_system = read_shared_system(args, stdin)
@@ -237,6 +244,7 @@ def _main(args: argparse.Namespace, stdin: IO[str], stdout: IO[str], stderr: IO[
 
 def _run_main(args: argparse.Namespace, items: list[dict], shared_system: Optional[str], fmt: str,
               display: Display, stdout: IO[str], stderr: IO[str]) -> int:
+    """Connect (the API or the offline emulator), validate with the library, then estimate or run."""
     notice = (lambda text: None) if args.quiet else display.notice
     # api_key / base_url passed to the library for this run only
     with connection(args, notice) as connect:

@@ -65,7 +65,7 @@ logger = logging.getLogger(__name__)
 
 _RE_EXPORTED = (DEFAULT_MAX_RETRY_AFTER_S, TaskTracker)
 _AGENT_OPTIONS = ("tools", "output_schema", "max_tool_turns", "tool_timeout", "parallel_tools", "on_tool_call",
-                  "max_cost_usd")
+                  "max_cost_usd", "rate_limits")
 
 
 def invoke_with_retry(
@@ -126,8 +126,9 @@ def invoke_with_retry(
         messages=kw.pop("messages", None),
         extra=kw,
     )
-    agent = options.agent(get_client(api_key=api_key, base_url=base_url), policy=policy, interrupt=token,
-                          stall_timeout=stall)
+    client = get_client(api_key=api_key, base_url=base_url)
+    options.limit(client, [params])
+    agent = options.agent(client, policy=policy, interrupt=token, stall_timeout=stall)
     try:
         return agent.run(params, stream=streaming)
     except ClaudeInvocationError as error:

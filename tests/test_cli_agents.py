@@ -121,7 +121,7 @@ def test_tool_from_a_module_in_the_current_directory(tmp_path, emulator):
     # The functions ran in the CLI's process and their results went back as tool_result blocks.
     results = sorted(json.dumps(b["content"]) for body in bodies for b in _tool_results(body))
     assert len(results) == 2
-    assert '"5"' in results[1] and '"HEY YOU!"' in results[0], results
+    assert results == ['"5"', '"HEY YOU!"'], results
 
 
 @pytest.mark.timeout(60)

@@ -250,7 +250,7 @@ def test_already_interrupted_token_runs_nothing(client_env):
 
 def test_cache_pilot_reads_instead_of_writes(client_env):
     n = 8
-    prompts = [{"prompt": f"question {i} [[ttft_ms=150]]"} for i in range(n)]
+    prompts = [{"prompt": f"question {i} [[ttft_ms=600]]"} for i in range(n)]  # longer than the admission probe
     with_pilot = cc.invoke_parallel(prompts, shared_system=LONG_SYSTEM, cache_shared_system=True, max_workers=n)
     stats = client_env.cache_stats()
     assert stats["writes"] == 1 and stats["reads"] >= n - 1
@@ -297,6 +297,8 @@ def test_interrupt_cuts_a_server_retry_wait_short(client_env):
         cc.invoke_claude_streaming("[[fail=429 retry_after=5 times=1]] one", interrupt_token=token)
     assert info.value.kind == "interrupted"
     assert time.monotonic() - started < 2.5
+    # The 429 paused admission for this key and model (every caller waits): start afresh.
+    cc.reset_client()
     baseline = threading.active_count()
     token = InterruptToken()
     threading.Timer(0.3, token.interrupt).start()
