@@ -40,6 +40,7 @@ reservation with the real cost. See :class:`Budget`.
 >>> ticket = controller.admit(params, interrupt=None)      # waits until the request fits
 >>> ticket.finish(reply.headers, reply.usage, None)
 """
+
 from __future__ import annotations
 
 import collections
@@ -220,12 +221,16 @@ class Ticket:
     >>> ticket.finish(reply.headers, reply.usage, None)      # or (error.headers, None, error)
     """
 
-    __slots__ = ("_controller", "_params", "_estimate", "_charges", "_probe", "_done", "_learned", "_mark",
-                 "_sent")
+    __slots__ = ("_controller", "_params", "_estimate", "_charges", "_probe", "_done", "_learned", "_mark", "_sent")
 
-    def __init__(self, controller: AdmissionController, params: Mapping[str, Any],
-                 estimate: Optional[RequestEstimate], charges: Optional[tuple[float, float, float]],
-                 probe: bool = False) -> None:
+    def __init__(
+        self,
+        controller: AdmissionController,
+        params: Mapping[str, Any],
+        estimate: Optional[RequestEstimate],
+        charges: Optional[tuple[float, float, float]],
+        probe: bool = False,
+    ) -> None:
         self._controller = controller
         self._params = params
         self._estimate = estimate
@@ -243,8 +248,9 @@ class Ticket:
             self._learned = headers
             self._controller._learn_now(headers, self)
 
-    def finish(self, headers: Optional[Mapping[str, str]], usage: Optional[Usage],
-               error: Optional[ClaudeInvocationError]) -> None:
+    def finish(
+        self, headers: Optional[Mapping[str, str]], usage: Optional[Usage], error: Optional[ClaudeInvocationError]
+    ) -> None:
         """Settle the attempt: give back what it did not use, learn from ``headers`` and ``usage``
         (``headers``: the reply's or the failed response's, None without a response)."""
         if self._done:
@@ -252,8 +258,9 @@ class Ticket:
         self._done = True
         controller = self._controller
         estimate = self._estimate
-        if usage is not None and (usage.cache_read_input_tokens or usage.cache_creation_input_tokens
-                                  or estimate is not None):
+        if usage is not None and (
+            usage.cache_read_input_tokens or usage.cache_creation_input_tokens or estimate is not None
+        ):
             if estimate is None:
                 estimate = estimate_request(self._params)
             if usage.cache_read_input_tokens or usage.cache_creation_input_tokens:
@@ -311,8 +318,7 @@ class AdmissionController:
         self._pause_until = 0.0
         self._probe_in_flight = False
         self._probe_deadline = 0.0
-        self._stats = {"admitted": 0, "waited": 0, "wait_s": 0.0, "rate_limited": 0, "paused_429": 0,
-                       "contention": 0}
+        self._stats = {"admitted": 0, "waited": 0, "wait_s": 0.0, "rate_limited": 0, "paused_429": 0, "contention": 0}
         # "probe": nothing known yet, one request at a time; "limited": buckets; "free": no limits.
         self._mode = "probe"
         if self._limits.any:
@@ -404,8 +410,9 @@ class AdmissionController:
             self._stats["waited"] += 1
         return self._wait(params, estimate, waiter, interrupt)
 
-    def _wait(self, params: Mapping[str, Any], estimate: RequestEstimate, waiter: _Waiter,
-              interrupt: Optional[InterruptToken]) -> Ticket:
+    def _wait(
+        self, params: Mapping[str, Any], estimate: RequestEstimate, waiter: _Waiter, interrupt: Optional[InterruptToken]
+    ) -> Ticket:
         started = time.monotonic()
         handle = subscribe(interrupt, waiter.event.set) if interrupt is not None else None
         try:
@@ -413,7 +420,8 @@ class AdmissionController:
                 if interrupt is not None and interrupt.is_interrupted():
                     raise ClaudeInvocationError(
                         "The request was interrupted (InterruptToken.interrupt()) while waiting for rate-limit room",
-                        kind="interrupted")
+                        kind="interrupted",
+                    )
                 with self._lock:
                     delay: Optional[float] = None
                     if self._queue and self._queue[0] is waiter:
@@ -486,9 +494,11 @@ class AdmissionController:
         itpm, otpm = self._need(estimate)
         buckets = self._buckets
         rpm_b, itpm_b, otpm_b = buckets.get("rpm"), buckets.get("itpm"), buckets.get("otpm")
-        if ((rpm_b is not None and rpm_b.wait(1.0, now) > 0)
-                or (itpm_b is not None and itpm_b.wait(itpm, now) > 0)
-                or (otpm_b is not None and otpm_b.wait(otpm, now) > 0)):
+        if (
+            (rpm_b is not None and rpm_b.wait(1.0, now) > 0)
+            or (itpm_b is not None and itpm_b.wait(itpm, now) > 0)
+            or (otpm_b is not None and otpm_b.wait(otpm, now) > 0)
+        ):
             return None
         charges = (0.0 if rpm_b is None else 1.0, 0.0 if itpm_b is None else itpm, 0.0 if otpm_b is None else otpm)
         if rpm_b is not None:
@@ -526,8 +536,9 @@ class AdmissionController:
                 self._headerless = True
             self._wake_head_locked()
 
-    def _learn(self, fields: Mapping[str, Any], now: float, otpm_refund: float,
-               ticket: Optional[Ticket] = None) -> bool:
+    def _learn(
+        self, fields: Mapping[str, Any], now: float, otpm_refund: float, ticket: Optional[Ticket] = None
+    ) -> bool:
         """Adopt the rate-limit header ``fields`` (:func:`rate_limit_fields`; lock held); True
         when they carried limits.
 
@@ -559,8 +570,13 @@ class AdmissionController:
             found = True
             self._header_limits[kind] = limit
             if self._limits.minute_s is None and ticket is not None and limit - remaining - tolerance >= 0.05 * limit:
-                self._infer_minute(kind, limit, remaining + tolerance if tolerance > 1 else remaining,
-                                   fields.get(name + "-reset"), ticket._sent)
+                self._infer_minute(
+                    kind,
+                    limit,
+                    remaining + tolerance if tolerance > 1 else remaining,
+                    fields.get(name + "-reset"),
+                    ticket._sent,
+                )
             minute = self._minute_of(kind)
             cap = self._cap(kind) or limit
             later = (cum[index] - mark[index]) if mark is not None else 0.0
@@ -610,8 +626,14 @@ class AdmissionController:
             self._implied_minute[kind] = upper
             logger.debug("rate-limit headers of %s: the %s bucket refills within %.2f s", self.model, kind, upper)
 
-    def _settle(self, ticket: Ticket, headers: Optional[Mapping[str, str]], usage: Optional[Usage],
-                error: Optional[ClaudeInvocationError], estimate: Optional[RequestEstimate]) -> None:
+    def _settle(
+        self,
+        ticket: Ticket,
+        headers: Optional[Mapping[str, str]],
+        usage: Optional[Usage],
+        error: Optional[ClaudeInvocationError],
+        estimate: Optional[RequestEstimate],
+    ) -> None:
         if self._mode == "free" and ticket._charges is None and not ticket._probe:
             # Fast path: only watch (now and then) for limits appearing.
             self._free_seen += 1
@@ -667,15 +689,13 @@ class AdmissionController:
             if parsed and not carried:
                 self._headerless = True
             self._recover(now)
-            self._roomy = self._mode == "limited" and all(
-                b.level >= 0.5 * b.capacity for b in self._buckets.values())
+            self._roomy = self._mode == "limited" and all(b.level >= 0.5 * b.capacity for b in self._buckets.values())
             if ticket._probe:
                 if self._probe_deadline > now or self._in_flight == 0:
                     self._probe_in_flight = False  # the next request may be the probe
                 if self._mode == "probe" and headers is not None and not carried:
                     self._mode = "free"
-                    logger.debug("no rate-limit headers from the server: admission control for %s is off",
-                                  self.model)
+                    logger.debug("no rate-limit headers from the server: admission control for %s is off", self.model)
             if rate_limited:
                 self._stats["rate_limited"] += 1
                 if self._mode == "limited":
@@ -887,7 +907,9 @@ class Budget:
         if cost is None:
             raise ClaudeInvocationError(
                 f"max_cost_usd is set but model {params.get('model')!r} has no price in PRICES: "
-                "its cost cannot be bounded (add it to claude_client.PRICES)", kind="budget")
+                "its cost cannot be bounded (add it to claude_client.PRICES)",
+                kind="budget",
+            )
         return cost
 
     def reserve(self, params: Mapping[str, Any]) -> Reservation:
@@ -912,13 +934,12 @@ class Budget:
                 where = "" if budget is self else " (a parent budget)"
                 raise ClaudeInvocationError(
                     f"max_cost_usd={budget.max_cost_usd:g}{where}: not started, its worst case ${cost:.4f} "
-                    f"does not fit (spent ${spent:.4f}, reserved ${reserved:.4f})", kind="budget")
+                    f"does not fit (spent ${spent:.4f}, reserved ${reserved:.4f})",
+                    kind="budget",
+                )
             taken.append(budget)
         return Reservation(self._chain, cost)
 
     def __repr__(self) -> str:
         with self._lock:
-            return (f"Budget(max_cost_usd={self.max_cost_usd:g}, spent={self._spent:.4f}, "
-                    f"reserved={self._reserved:.4f})")
-
-
+            return f"Budget(max_cost_usd={self.max_cost_usd:g}, spent={self._spent:.4f}, reserved={self._reserved:.4f})"

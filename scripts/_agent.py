@@ -6,6 +6,7 @@ the final reply. Every turn of a tool loop, every repair of an invalid structure
 delegated sub-agent goes through the same :func:`_transport.send`. The fan-out, managed runs and
 conversations all send through an Agent, so a capability added here reaches every call path.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -36,12 +37,15 @@ class ToolOptions:
     on_tool_call: Optional[ToolCallback] = None
 
     @classmethod
-    def checked(cls, max_tool_turns: Any = 10, tool_timeout: Any = None, parallel_tools: Any = False,
-                on_tool_call: Any = None) -> ToolOptions:
-        return cls(check_positive_int(max_tool_turns, "max_tool_turns"),
-                   check_optional_seconds(tool_timeout, "tool_timeout"),
-                   check_bool(parallel_tools, "parallel_tools"),
-                   check_callable(on_tool_call, "on_tool_call"))
+    def checked(
+        cls, max_tool_turns: Any = 10, tool_timeout: Any = None, parallel_tools: Any = False, on_tool_call: Any = None
+    ) -> ToolOptions:
+        return cls(
+            check_positive_int(max_tool_turns, "max_tool_turns"),
+            check_optional_seconds(tool_timeout, "tool_timeout"),
+            check_bool(parallel_tools, "parallel_tools"),
+            check_callable(on_tool_call, "on_tool_call"),
+        )
 
 
 @dataclass(frozen=True)
@@ -78,21 +82,40 @@ class Agent:
             params = output.apply(params)
 
         def send_turn(body: dict) -> ClaudeResponse:
-            return send(body, client=self.client, policy=self.policy, stream=stream, on_text=on_text,
-                        on_start=on_start, interrupt=self.interrupt, stall_timeout=self.stall_timeout,
-                        budget=self.budget)
+            return send(
+                body,
+                client=self.client,
+                policy=self.policy,
+                stream=stream,
+                on_text=on_text,
+                on_start=on_start,
+                interrupt=self.interrupt,
+                stall_timeout=self.stall_timeout,
+                budget=self.budget,
+            )
 
         if toolset is None:
             once: Callable[[], ClaudeResponse] = lambda: send_turn(params)  # noqa: E731
         else:
             options = self.tool_options
-            context = AgentContext(depth=self.depth, interrupt=self.interrupt, budget=self.budget,
-                                   extra={"agent": self, "toolset": toolset})
+            context = AgentContext(
+                depth=self.depth,
+                interrupt=self.interrupt,
+                budget=self.budget,
+                extra={"agent": self, "toolset": toolset},
+            )
 
             def once() -> ClaudeResponse:
-                return run_tool_loop(params, toolset=toolset, send_turn=send_turn,
-                                     max_tool_turns=options.max_tool_turns, tool_timeout=options.tool_timeout,
-                                     parallel_tools=options.parallel_tools, on_tool_call=options.on_tool_call,
-                                     interrupt=self.interrupt, context=context)
+                return run_tool_loop(
+                    params,
+                    toolset=toolset,
+                    send_turn=send_turn,
+                    max_tool_turns=options.max_tool_turns,
+                    tool_timeout=options.tool_timeout,
+                    parallel_tools=options.parallel_tools,
+                    on_tool_call=options.on_tool_call,
+                    interrupt=self.interrupt,
+                    context=context,
+                )
 
         return once() if output is None else send_structured(once, output)

@@ -1,6 +1,7 @@
 """The plan and the journal of a batch job (for ``message_batches``): the requests with their
 custom_ids, how they are split into batches, and the durable JSON journal that lets a crashed or
 interrupted job resume without paying twice."""
+
 from __future__ import annotations
 
 import hashlib

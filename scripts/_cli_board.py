@@ -1,5 +1,6 @@
 """The per-agent board of an ``orchestrate`` run: one :class:`Agent` row per prompt (state,
 attempts, characters streamed, tokens, cost), updated from worker threads and read by the display."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,14 +22,14 @@ class Agent:
     index: int
     task_id: str
     category: Optional[str]
-    label: str = ""                  # the start of the prompt, for the live table
-    state: str = "queued"            # queued, running, streaming, retrying, ok, failed, interrupted
-    chars: int = 0                   # characters received in the current attempt
+    label: str = ""  # the start of the prompt, for the live table
+    state: str = "queued"  # queued, running, streaming, retrying, ok, failed, interrupted
+    chars: int = 0  # characters received in the current attempt
     output_tokens: Optional[int] = None
     attempts: int = 0
     started: Optional[float] = None
     ended: Optional[float] = None
-    cost_usd: Optional[float] = 0.0   # None: the price of the model is unknown
+    cost_usd: Optional[float] = 0.0  # None: the price of the model is unknown
     usage: Optional[dict] = None
     error: str = ""
 
@@ -53,8 +54,10 @@ class Board:
 
     def __init__(self, items: Sequence[dict], on_event: Optional[Callable[[str, Agent], None]] = None) -> None:
         self._lock = threading.Lock()
-        self.agents = [Agent(i, it["task_id"], it.get("category"), " ".join(it["prompt"].split())[:60])
-                       for i, it in enumerate(items)]
+        self.agents = [
+            Agent(i, it["task_id"], it.get("category"), " ".join(it["prompt"].split())[:60])
+            for i, it in enumerate(items)
+        ]
         self._on_event = on_event
         self.started = time.monotonic()
         self.interrupted = False
@@ -114,8 +117,16 @@ class Board:
             snap = a
         self._emit("retry", snap)
 
-    def finish(self, index: int, status: str, *, output_tokens: Optional[int] = None,
-               cost_usd: Optional[float] = 0.0, usage: Optional[dict] = None, error: str = "") -> None:
+    def finish(
+        self,
+        index: int,
+        status: str,
+        *,
+        output_tokens: Optional[int] = None,
+        cost_usd: Optional[float] = 0.0,
+        usage: Optional[dict] = None,
+        error: str = "",
+    ) -> None:
         """Agent ``index`` ended with ``status`` (ok, failed or interrupted); later calls are ignored."""
         with self._lock:
             a = self.agents[index]
@@ -148,4 +159,3 @@ class Board:
         """True once agent ``index`` has ended."""
         with self._lock:
             return self.agents[index].state in self.TERMINAL
-

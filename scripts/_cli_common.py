@@ -1,18 +1,29 @@
 """Shared vocabulary of the ``orchestrate`` command line: its name, exit statuses, the usage
 error, and small text helpers used by every ``_cli_*`` module."""
+
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_TERMINATED", "EXIT_USAGE", "PROG", "UsageError",
-           "fmt_cost", "isatty", "one_line"]
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_TERMINATED",
+    "EXIT_USAGE",
+    "PROG",
+    "UsageError",
+    "fmt_cost",
+    "isatty",
+    "one_line",
+]
 
 PROG = "orchestrate"
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130   # 128 + SIGINT
-EXIT_TERMINATED = 143    # 128 + SIGTERM
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
 class UsageError(Exception):

@@ -2,6 +2,7 @@
 the project folder, ``ANTHROPIC_BASE_URL``), or the bundled emulator started in-process when there
 is no key (or with ``--offline``). The connection is passed to the library per call; ``os.environ``
 and the library's shared client are never changed."""
+
 from __future__ import annotations
 
 import argparse
@@ -57,7 +58,6 @@ def start_offline() -> Any:
     return emu
 
 
-
 @contextlib.contextmanager
 def connection(args: argparse.Namespace, notice: Callable[[str], None]) -> Iterator[dict[str, str]]:
     """The ``api_key`` / ``base_url`` keyword arguments of this run's library calls (possibly none).
@@ -72,11 +72,15 @@ def connection(args: argparse.Namespace, notice: Callable[[str], None]) -> Itera
         emulator = start_offline()
         found = {"base_url": emulator.base_url, "api_key": OFFLINE_KEY}
         if args.offline:
-            notice(f"--offline: running against the bundled Messages API emulator at {emulator.base_url} "
-                   f"(replies are canned echoes)")
+            notice(
+                f"--offline: running against the bundled Messages API emulator at {emulator.base_url} "
+                f"(replies are canned echoes)"
+            )
         else:
-            notice(f"no API key found: running offline against the bundled Messages API emulator at "
-                   f"{emulator.base_url} (replies are canned echoes; set ANTHROPIC_API_KEY for real answers)")
+            notice(
+                f"no API key found: running offline against the bundled Messages API emulator at "
+                f"{emulator.base_url} (replies are canned echoes; set ANTHROPIC_API_KEY for real answers)"
+            )
     elif os.environ.get("ANTHROPIC_BASE_URL") and not has_credentials():
         found = {"api_key": OFFLINE_KEY}
     try:

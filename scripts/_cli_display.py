@@ -1,6 +1,7 @@
 """The progress of an ``orchestrate`` run on stderr: :class:`Display` draws the board with
 :class:`_progress.Progress` (a live table on a terminal, plain lines otherwise) and
 :class:`NoticeHandler` routes the library's warnings through it."""
+
 from __future__ import annotations
 
 import argparse
@@ -23,10 +24,16 @@ class Settled:
     cost_usd: Optional[float]
 
 
-_STATE_STYLE = {"queued": "dim", "running": "cyan", "streaming": "bold cyan", "retrying": "yellow",
-                "ok": "green", "failed": "bold red", "interrupted": "magenta"}
-_STATE_ORDER = {"streaming": 0, "running": 0, "retrying": 0, "failed": 1, "interrupted": 1, "ok": 2,
-                "queued": 3}
+_STATE_STYLE = {
+    "queued": "dim",
+    "running": "cyan",
+    "streaming": "bold cyan",
+    "retrying": "yellow",
+    "ok": "green",
+    "failed": "bold red",
+    "interrupted": "magenta",
+}
+_STATE_ORDER = {"streaming": 0, "running": 0, "retrying": 0, "failed": 1, "interrupted": 1, "ok": 2, "queued": 3}
 
 
 class Display:
@@ -48,8 +55,14 @@ class Display:
         from _progress import Progress
 
         self._board = board
-        self.progress = Progress(len(board.agents), progress=self.enabled, label=PROG, stream=self._stream,
-                                 detail=self._detail, summary=False)
+        self.progress = Progress(
+            len(board.agents),
+            progress=self.enabled,
+            label=PROG,
+            stream=self._stream,
+            detail=self._detail,
+            summary=False,
+        )
 
     def stop(self) -> None:
         """Stop drawing and close the progress display (idempotent)."""
@@ -79,8 +92,13 @@ class Display:
             progress.started()
             return
         if kind in Board.TERMINAL:
-            progress.settled(Settled(agent.usage, agent.cost_usd) if kind == "ok"
-                             else KeyboardInterrupt() if kind == "interrupted" else None)
+            progress.settled(
+                Settled(agent.usage, agent.cost_usd)
+                if kind == "ok"
+                else KeyboardInterrupt()
+                if kind == "interrupted"
+                else None
+            )
         if not self.enabled or progress.live:
             return
         board = self._board
@@ -110,10 +128,23 @@ class Display:
             active = [a for a in agents if a.state in ("running", "streaming", "retrying")]
             queued = [a for a in agents if a.state == "queued"]
             shown = sorted((active + ended + queued)[:room], key=lambda a: (_STATE_ORDER.get(a.state, 3), a.index))
-        rows = [(str(a.index), a.task_id[:30], a.label, (a.state, _STATE_STYLE.get(a.state, "")), str(a.tokens),
-                 f"{a.elapsed(now):.1f}s" if a.started is not None else "") for a in shown]
-        return ProgressTable(columns=("#", "task", "prompt", "state", "tokens", "elapsed"), rows=rows,
-                             right=frozenset({"#", "tokens", "elapsed"}), hidden=len(agents) - len(shown))
+        rows = [
+            (
+                str(a.index),
+                a.task_id[:30],
+                a.label,
+                (a.state, _STATE_STYLE.get(a.state, "")),
+                str(a.tokens),
+                f"{a.elapsed(now):.1f}s" if a.started is not None else "",
+            )
+            for a in shown
+        ]
+        return ProgressTable(
+            columns=("#", "task", "prompt", "state", "tokens", "elapsed"),
+            rows=rows,
+            right=frozenset({"#", "tokens", "elapsed"}),
+            hidden=len(agents) - len(shown),
+        )
 
 
 class NoticeHandler(logging.Handler):
@@ -129,4 +160,3 @@ class NoticeHandler(logging.Handler):
             self._display.notice(f"{record.levelname.lower()}: {one_line(record.getMessage())}")
         except Exception:
             self.handleError(record)
-

@@ -3,6 +3,7 @@
 
 Every problem is a :class:`_cli_common.UsageError` naming where it is (``file:line``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,7 @@ __all__ = ["PROMPT_KEYS", "check_text", "collect_prompts", "read_path", "read_sh
 
 #: Keys a JSONL prompt line may carry.
 PROMPT_KEYS = frozenset(
-    {"prompt", "system", "task_id", "category", "model", "max_tokens", "temperature",
-     "cache_system", "cache_prompt"}
+    {"prompt", "system", "task_id", "category", "model", "max_tokens", "temperature", "cache_system", "cache_prompt"}
 )
 
 
@@ -57,8 +57,7 @@ def check_text(value: Any, where: str) -> None:
             value.encode("utf-8")
         except UnicodeEncodeError as exc:
             raise UsageError(
-                f"{where}: not valid Unicode text (cannot be encoded as UTF-8: {exc.reason} "
-                f"at position {exc.start})"
+                f"{where}: not valid Unicode text (cannot be encoded as UTF-8: {exc.reason} at position {exc.start})"
             ) from None
 
 
@@ -135,7 +134,8 @@ def _parse_prompt_text(text: str, name: str = "<stdin>") -> list[dict]:
             if _json_object(line):
                 raise UsageError(
                     f"{name}:{lineno}: a JSON object line in a plain-text prompt file (the first line "
-                    f"is text, so every line is a prompt); use JSON objects on every line or on none")
+                    f"is text, so every line is a prompt); use JSON objects on every line or on none"
+                )
             items.append({"prompt": line.strip(), "_where": f"{name}:{lineno}"})
         return items
     for lineno, line in enumerate(text.splitlines(), start=1):
@@ -144,16 +144,18 @@ def _parse_prompt_text(text: str, name: str = "<stdin>") -> list[dict]:
         try:
             obj = json.loads(line)
         except ValueError as exc:
-            raise UsageError(f"{name}:{lineno}: not valid JSON ({getattr(exc, 'msg', exc)}); this input is read "
-                             f"as JSONL because its first line starts with '{{'") from None
+            raise UsageError(
+                f"{name}:{lineno}: not valid JSON ({getattr(exc, 'msg', exc)}); this input is read "
+                f"as JSONL because its first line starts with '{{'"
+            ) from None
         if not isinstance(obj, dict):
-            raise UsageError(f"{name}:{lineno}: expected a JSON object, got {type(obj).__name__} "
-                             f"(this input is read as JSONL: every line must be a JSON object)")
+            raise UsageError(
+                f"{name}:{lineno}: expected a JSON object, got {type(obj).__name__} "
+                f"(this input is read as JSONL: every line must be a JSON object)"
+            )
         unknown = sorted(set(obj) - PROMPT_KEYS)
         if unknown:
-            raise UsageError(
-                f"{name}:{lineno}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(PROMPT_KEYS))})"
-            )
+            raise UsageError(f"{name}:{lineno}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(PROMPT_KEYS))})")
         obj["_where"] = f"{name}:{lineno}"
         items.append(obj)
     return items
@@ -186,7 +188,6 @@ def _check_item(item: dict, where: str) -> dict:
     for key in ("prompt", "system", "task_id", "category", "model"):
         check_text(item.get(key), f"{where}: {key!r}")
     return item
-
 
 
 def collect_prompts(args: argparse.Namespace, stdin: IO[str]) -> list[dict]:
@@ -266,7 +267,6 @@ def _assign_default_task_ids(items: list[dict], wheres: list[str], taken: dict[s
             candidate = f"{index}-{k}"
         item["task_id"] = candidate
         taken[candidate] = f"{where} (default task_id)"
-
 
 
 def read_shared_system(args: argparse.Namespace, stdin: IO[str]) -> Optional[str]:

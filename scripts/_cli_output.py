@@ -3,6 +3,7 @@ writing the records (or a ``--dry-run`` estimate) as JSONL or text to stdout or 
 
 Text the output stream cannot encode is escaped, never lost: a paid-for result is always written.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,8 +12,16 @@ from typing import IO, Any, Optional, Sequence
 
 from _cli_common import UsageError, fmt_cost, one_line
 
-__all__ = ["ESTIMATE_FIELDS", "Outcome", "make_record", "open_output", "outcome_error", "outcome_ok",
-           "write_estimate", "write_records"]
+__all__ = [
+    "ESTIMATE_FIELDS",
+    "Outcome",
+    "make_record",
+    "open_output",
+    "outcome_error",
+    "outcome_ok",
+    "write_estimate",
+    "write_records",
+]
 
 
 def _usage_dict(usage: Any) -> Optional[dict]:
@@ -21,15 +30,17 @@ def _usage_dict(usage: Any) -> Optional[dict]:
         return None
     if dataclasses.is_dataclass(usage):
         return {f.name: getattr(usage, f.name) for f in dataclasses.fields(usage)}
-    return {k: getattr(usage, k, 0) for k in (
-        "input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")}
+    return {
+        k: getattr(usage, k, 0)
+        for k in ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+    }
 
 
 @dataclasses.dataclass
 class Outcome:
     """What happened to one prompt (becomes one output record)."""
 
-    status: str                      # ok, failed, interrupted
+    status: str  # ok, failed, interrupted
     text: Optional[str] = None
     usage: Optional[dict] = None
     cost_usd: Optional[float] = None
@@ -41,9 +52,13 @@ class Outcome:
 def outcome_ok(result: Any) -> Outcome:
     """The outcome of a reply (a :class:`claude_client.ClaudeResponse`)."""
     cost = getattr(result, "cost_usd", None)
-    return Outcome("ok", text=str(result), usage=_usage_dict(getattr(result, "usage", None)),
-                   cost_usd=float(cost) if cost is not None else None,
-                   stop_reason=getattr(result, "stop_reason", None))
+    return Outcome(
+        "ok",
+        text=str(result),
+        usage=_usage_dict(getattr(result, "usage", None)),
+        cost_usd=float(cost) if cost is not None else None,
+        stop_reason=getattr(result, "stop_reason", None),
+    )
 
 
 def outcome_error(exc: BaseException) -> Outcome:
@@ -128,12 +143,13 @@ def write_records(records: Sequence[dict], fmt: str, out: IO[str]) -> None:
             text = r["text"] or ""
             w.write(text + ("" if text.endswith("\n") else "\n"))
         else:
-            w.write(f"[{r['status']}{': ' + r['error_kind'] if r['error_kind'] else ''}]"
-                    f"{' ' + r['error'] if r['error'] else ''}\n")
+            w.write(
+                f"[{r['status']}{': ' + r['error_kind'] if r['error_kind'] else ''}]"
+                f"{' ' + r['error'] if r['error'] else ''}\n"
+            )
         if not single:
             w.write("\n")
     w.flush()
-
 
 
 def open_output(path: Optional[str], stdout: IO[str]) -> IO[str]:
@@ -144,7 +160,6 @@ def open_output(path: Optional[str], stdout: IO[str]) -> IO[str]:
         return open(path, "w", encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"--output: cannot write {path}: {exc.strerror or exc}") from None
-
 
 
 #: The fields of a ``--dry-run`` estimate, in output order (after ``prompts`` and ``model``).

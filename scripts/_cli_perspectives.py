@@ -3,6 +3,7 @@
 The material goes in the shared system prompt (:func:`perspective_system`) so every request has
 the same prefix and ``--cache`` lets all but the first read it from the prompt cache.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -14,18 +15,15 @@ __all__ = ["PERSPECTIVE_FOCUS", "perspective_prompts", "perspective_system"]
 #: What a reviewer of each well-known perspective looks for (others get a generic focus).
 PERSPECTIVE_FOCUS = {
     "security": "vulnerabilities, injection, authentication and authorisation, secrets handling, "
-                "unsafe input, and data exposure",
-    "performance": "algorithmic complexity, needless work, I/O and memory use, contention, "
-                   "and scalability limits",
-    "correctness": "logic errors, edge cases, error handling, concurrency hazards, and broken "
-                   "invariants",
+    "unsafe input, and data exposure",
+    "performance": "algorithmic complexity, needless work, I/O and memory use, contention, and scalability limits",
+    "correctness": "logic errors, edge cases, error handling, concurrency hazards, and broken invariants",
     "readability": "naming, structure, comments, and how easily a newcomer can follow it",
     "maintainability": "coupling, duplication, testability, and how safely it can be changed",
     "testing": "missing tests, weak assertions, untested edge cases, and flaky patterns",
     "architecture": "module boundaries, responsibilities, dependencies, and extension points",
     "reliability": "failure modes, retries, timeouts, resource cleanup, and recovery",
-    "accessibility": "barriers for users of assistive technology, contrast, semantics, and "
-                     "keyboard use",
+    "accessibility": "barriers for users of assistive technology, contrast, semantics, and keyboard use",
     "cost": "spend on compute, tokens, storage and network, and how to reduce it",
     "ux": "clarity, feedback, defaults, error messages, and the user's path to success",
     "documentation": "accuracy, completeness, examples, and what a reader still has to guess",
@@ -61,6 +59,7 @@ def perspective_prompts(names: str) -> list[dict]:
 def perspective_system(material: str, source: str, user_system: Optional[str]) -> str:
     """The shared system prompt of a review: the user's ``--system`` (if any), then the material."""
     head = (user_system.rstrip() + "\n\n") if user_system else ""
-    return (f"{head}You review material for one perspective at a time. The material to review "
-            f"({source}):\n\n<material>\n{material}\n</material>")
-
+    return (
+        f"{head}You review material for one perspective at a time. The material to review "
+        f"({source}):\n\n<material>\n{material}\n</material>"
+    )

@@ -2,6 +2,7 @@
 :func:`orchestration.invoke_parallel_managed` on a worker thread while the main thread draws the
 progress, turns Ctrl-C / SIGTERM into an interrupt, and then writes every result in input order.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,15 @@ class Execution:
     while the run is going.
     """
 
-    def __init__(self, items: list[dict], args: argparse.Namespace, shared_system: Optional[str],
-                 board: Board, token: Any, connection: Optional[dict] = None):
+    def __init__(
+        self,
+        items: list[dict],
+        args: argparse.Namespace,
+        shared_system: Optional[str],
+        board: Board,
+        token: Any,
+        connection: Optional[dict] = None,
+    ):
         self.items = items
         self.connection = dict(connection or {})
         self.args = args
@@ -74,6 +82,7 @@ class Execution:
         def make(i: int) -> Callable[[str], None]:
             def on_text(chunk: str) -> None:
                 board.text(i, chunk)
+
             return on_text
 
         return [make(i) for i in range(len(self.items))]
@@ -81,18 +90,30 @@ class Execution:
     def _common(self) -> dict:
         import claude_client
 
-        return dict(model=self.args.model or claude_client.DEFAULT_MODEL, max_tokens=self.args.max_tokens,
-                    max_workers=self.args.workers, shared_system=self.shared_system,
-                    cache_shared_system=self.args.cache, **run_options(self.args), **self.connection)
+        return dict(
+            model=self.args.model or claude_client.DEFAULT_MODEL,
+            max_tokens=self.args.max_tokens,
+            max_workers=self.args.workers,
+            shared_system=self.shared_system,
+            cache_shared_system=self.args.cache,
+            **run_options(self.args),
+            **self.connection,
+        )
 
     def _run_managed(self) -> list[Outcome]:
         from orchestration import invoke_parallel_managed
 
         # return_exceptions: failures come back in their slots (a managed run never raises for them)
         results = invoke_parallel_managed(
-            [dict(it) for it in self.items], max_retries=self.args.retries, stall_timeout=self.args.stall_timeout,
-            interrupt_token=self.token, tracker=self.tracker, callbacks=self._callbacks(), return_exceptions=True,
-            **self._common())
+            [dict(it) for it in self.items],
+            max_retries=self.args.retries,
+            stall_timeout=self.args.stall_timeout,
+            interrupt_token=self.token,
+            tracker=self.tracker,
+            callbacks=self._callbacks(),
+            return_exceptions=True,
+            **self._common(),
+        )
         outcomes = []
         for i, (item, res) in enumerate(zip(self.items, results)):
             oc = self._outcome_from_tracker(item["task_id"], res)
@@ -118,21 +139,28 @@ class Execution:
             return outcome_ok(result)
         info = self._info(task_id)
         if info is None:
-            return _interrupted_outcome() if self.token.is_interrupted() else Outcome(
-                "failed", error_kind="unknown", error="the task did not run")
+            return (
+                _interrupted_outcome()
+                if self.token.is_interrupted()
+                else Outcome("failed", error_kind="unknown", error="the task did not run")
+            )
         if info.state is TaskState.COMPLETED and info.result is not None:
             return outcome_ok(info.result)
         reason = info.terminal_reason
-        if reason is TerminalReason.INTERRUPTED or (reason is None and self.token.is_interrupted()) \
-                or (reason is TerminalReason.CANCELLED and self.token.is_interrupted()):
+        if (
+            reason is TerminalReason.INTERRUPTED
+            or (reason is None and self.token.is_interrupted())
+            or (reason is TerminalReason.CANCELLED and self.token.is_interrupted())
+        ):
             return _interrupted_outcome()
         if info.error is not None:
             oc = outcome_error(info.error)
             if oc.status == "failed" and reason is TerminalReason.RETRIES_EXHAUSTED:
                 oc.error = f"{oc.error} (after {info.attempts} attempts)"
             return oc
-        return Outcome("failed", error_kind=str(reason) if reason else "unknown",
-                       error=f"task ended: {reason or info.state}")
+        return Outcome(
+            "failed", error_kind=str(reason) if reason else "unknown", error=f"task ended: {reason or info.state}"
+        )
 
     def sync(self) -> None:
         """Copy what the tracker knows onto the board (called by the main thread)."""
@@ -208,22 +236,38 @@ def validate_with_library(items: list[dict], args: argparse.Namespace, shared_sy
 
     try:
         prompt_specs(
-            library_items(items), shared_system=shared_system, cache_shared_system=args.cache,
-            model=args.model or DEFAULT_MODEL, max_tokens=args.max_tokens)
+            library_items(items),
+            shared_system=shared_system,
+            cache_shared_system=args.cache,
+            model=args.model or DEFAULT_MODEL,
+            max_tokens=args.max_tokens,
+        )
         ToolSet.from_user(run_options(args).get("tools"), "--tool")
     except (ValueError, TypeError) as exc:
         raise UsageError(one_line(str(exc))) from None
 
 
 def _finish_on_board(board: Board, i: int, oc: Outcome) -> None:
-    board.finish(i, oc.status, output_tokens=(oc.usage or {}).get("output_tokens"),
-                 cost_usd=oc.cost_usd if oc.status == "ok" else 0.0, usage=oc.usage, error=oc.error or "")
+    board.finish(
+        i,
+        oc.status,
+        output_tokens=(oc.usage or {}).get("output_tokens"),
+        cost_usd=oc.cost_usd if oc.status == "ok" else 0.0,
+        usage=oc.usage,
+        error=oc.error or "",
+    )
 
 
-
-def execute(items: list[dict], args: argparse.Namespace, shared_system: Optional[str],
-            display: Display, fmt: str, out: IO[str], stderr: IO[str],
-            connection: Optional[dict] = None) -> int:
+def execute(
+    items: list[dict],
+    args: argparse.Namespace,
+    shared_system: Optional[str],
+    display: Display,
+    fmt: str,
+    out: IO[str],
+    stderr: IO[str],
+    connection: Optional[dict] = None,
+) -> int:
     import claude_client
 
     token = claude_client.InterruptToken()
@@ -253,8 +297,10 @@ def execute(items: list[dict], args: argparse.Namespace, shared_system: Optional
             if now - last_sync >= sync_every:
                 run.sync()
                 last_sync = now
-            if interrupted_at and (len(signals_seen) > 1  # a second signal: stop waiting for the library
-                                   or time.monotonic() - interrupted_at[0] > INTERRUPT_GRACE_S):
+            if interrupted_at and (
+                len(signals_seen) > 1  # a second signal: stop waiting for the library
+                or time.monotonic() - interrupted_at[0] > INTERRUPT_GRACE_S
+            ):
                 break
         run.sync()
     finally:
@@ -287,9 +333,11 @@ def execute(items: list[dict], args: argparse.Namespace, shared_system: Optional
     if not args.quiet:
         cap = getattr(args, "max_cost", None)
         capped = f" ({over_budget} not started: over --max-cost ${cap:g})" if over_budget and cap is not None else ""
-        stderr.write(f"{PROG}: {ok} ok, {failed} failed{capped}"
-                     f"{f', {interrupted} interrupted' if interrupted else ''}, "
-                     f"{fmt_cost(cost)}, {time.monotonic() - board.started:.1f}s\n")
+        stderr.write(
+            f"{PROG}: {ok} ok, {failed} failed{capped}"
+            f"{f', {interrupted} interrupted' if interrupted else ''}, "
+            f"{fmt_cost(cost)}, {time.monotonic() - board.started:.1f}s\n"
+        )
         stderr.flush()
     if interrupted_at:
         if abandoned:

@@ -9,6 +9,7 @@ the spec, raised before any request is sent.
 >>> load_tools(["json:dumps"])[0].__name__
 'dumps'
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -83,8 +84,10 @@ def _import(module_name: str, spec: str) -> ModuleType:
     except ModuleNotFoundError as exc:
         missing = exc.name or ""
         if missing and (module_name == missing or module_name.startswith(missing + ".")):
-            raise UsageError(f"--tool {spec!r}: no module named {missing!r} (looked in sys.path and the "
-                             f"current directory; for a file give its path, e.g. ./{missing}.py:NAME)") from None
+            raise UsageError(
+                f"--tool {spec!r}: no module named {missing!r} (looked in sys.path and the "
+                f"current directory; for a file give its path, e.g. ./{missing}.py:NAME)"
+            ) from None
         raise UsageError(f"--tool {spec!r}: importing {module_name} failed: {_describe(exc)}") from None
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):

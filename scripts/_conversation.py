@@ -3,6 +3,7 @@
 Each request is built by the one builder (:func:`_requests.assemble`) and sent through the one
 send path (:func:`_transport.send`).
 """
+
 from __future__ import annotations
 
 import copy
@@ -194,8 +195,15 @@ class ConversationThread:
                 )
             params = self._params(content, cache_history)
             client = get_client(api_key=self._api_key, base_url=self._base_url)
-            agent = Agent(client, policy=default_policy(client), interrupt=interrupt_token, stall_timeout=stall,
-                          tools=self._tools, output=output, tool_options=self._tool_options)
+            agent = Agent(
+                client,
+                policy=default_policy(client),
+                interrupt=interrupt_token,
+                stall_timeout=stall,
+                tools=self._tools,
+                output=output,
+                tool_options=self._tool_options,
+            )
             reply = agent.run(params, stream=stream, on_text=callback)
             self.usage = self.usage + reply.usage
             self.cost_usd = None if self.cost_usd is None or reply.cost_usd is None else self.cost_usd + reply.cost_usd
@@ -207,8 +215,10 @@ class ConversationThread:
                 logger.warning("The reply was empty; the message was not added to the history (send it again)")
                 return reply
             if reply.messages is not None:  # a tool loop: its whole transcript joins the history
-                turns = [{"role": m["role"], "content": _clean(content_blocks(m["content"], "message"))}
-                         for m in reply.messages[len(self._messages):]]
+                turns = [
+                    {"role": m["role"], "content": _clean(content_blocks(m["content"], "message"))}
+                    for m in reply.messages[len(self._messages) :]
+                ]
                 self._messages.extend(t for t in turns if t["content"])
             else:
                 self._messages.append({"role": "user", "content": content_blocks(content, "user_message")})
@@ -302,8 +312,8 @@ class ConversationThread:
         return thread
 
     def __repr__(self) -> str:
-        return f"ConversationThread(model={self.model!r}, turns={len(self._messages) // 2}, messages={len(self._messages)})"
-
+        turns, messages = len(self._messages) // 2, len(self._messages)
+        return f"ConversationThread(model={self.model!r}, turns={turns}, messages={messages})"
 
 
 ConversationThread.__module__ = "claude_client"

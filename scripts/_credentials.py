@@ -11,6 +11,7 @@ This module only finds keys and settings; the transport builds the clients. :fun
 returns a generation number that changes with every :func:`configure` / :func:`reset_client`,
 so the transport knows when to forget its clients.
 """
+
 from __future__ import annotations
 
 import json
@@ -114,7 +115,7 @@ def _env_file_value(value: str) -> str:
     if value[:1] in ("'", '"'):
         end = value.find(value[0], 1)
         if end > 0:
-            rest = value[end + 1:].strip()
+            rest = value[end + 1 :].strip()
             if not rest or rest.startswith("#"):
                 return value[1:end].strip()
         return value
@@ -133,7 +134,7 @@ def _key_from_env_file(env_file: Path) -> str:
         if not line or line.startswith("#"):
             continue
         if line.startswith("export "):
-            line = line[len("export "):].lstrip()
+            line = line[len("export ") :].lstrip()
         name, sep, value = line.partition("=")
         if not sep or name.strip() not in ENV_FILE_FIELDS:
             continue
@@ -224,8 +225,6 @@ def resolve_base_url(explicit: Optional[str] = None) -> Optional[str]:
     if configured:
         return configured
     return os.environ.get("ANTHROPIC_BASE_URL") or None
-
-
 
 
 def _check_non_empty(value: Any, name: str) -> str:

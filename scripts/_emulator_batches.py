@@ -4,6 +4,7 @@ Batches advance on the emulator clock (``batch_seconds_per_request`` per request
 :class:`_BatchesMixin` is mixed into :class:`anthropic_emulator.Emulator`. Private to
 :mod:`anthropic_emulator`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -48,8 +49,9 @@ class _Batch:
     retrieves: int = 0
     done: int = 0
     results_base: str = ""
-    counts: dict[str, int] = field(default_factory=lambda: {
-        "processing": 0, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0})
+    counts: dict[str, int] = field(
+        default_factory=lambda: {"processing": 0, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
+    )
 
 
 class _BatchesMixin:
@@ -64,8 +66,15 @@ class _BatchesMixin:
         def _wall(self) -> float: ...
         def _base_headers(self, request: web.Request) -> dict[str, str]: ...
         async def _json_body(self, request: web.Request) -> Any: ...
-        def _compute(self, body: dict[str, Any], prompt: str, plan: Any, *, service_tier: str = "standard",
-                     default_ttl: float | None = None) -> _Computed: ...
+        def _compute(
+            self,
+            body: dict[str, Any],
+            prompt: str,
+            plan: Any,
+            *,
+            service_tier: str = "standard",
+            default_ttl: float | None = None,
+        ) -> _Computed: ...
         def _commit_cache(self, comp: _Computed) -> None: ...
         def _message_json(self, body: dict[str, Any], comp: _Computed, msg_id: str) -> dict[str, Any]: ...
 
@@ -78,7 +87,9 @@ class _BatchesMixin:
             status = "in_progress"
         ended_wall = None if b.ended_at is None else b.created_wall + (b.ended_at - b.created)
         return {
-            "id": b.id, "type": "message_batch", "processing_status": status,
+            "id": b.id,
+            "type": "message_batch",
+            "processing_status": status,
             "request_counts": dict(b.counts),
             "created_at": _rfc3339(b.created_wall),
             "expires_at": _rfc3339(b.created_wall + _BATCH_LIFETIME_S),
@@ -100,14 +111,18 @@ class _BatchesMixin:
             plan.invalid_output = _invalid_output(params, [], 1)
             comp = self._compute(params, prompt, plan, service_tier="batch")
         except _ApiError as err:
-            return {"type": "errored", "error": {"type": "error", "error": {"type": err.error_type,
-                                                                           "message": err.message}}}
+            return {
+                "type": "errored",
+                "error": {"type": "error", "error": {"type": err.error_type, "message": err.message}},
+            }
         if plan.batch == "expired":
             return {"type": "expired"}
         if plan.batch == "errored" or plan.fail is not None:
-            err = _ApiError(plan.fail if plan.fail is not None else 500)
-            return {"type": "errored", "error": {"type": "error", "error": {"type": err.error_type,
-                                                                           "message": err.message}}}
+            failure = _ApiError(plan.fail if plan.fail is not None else 500)
+            return {
+                "type": "errored",
+                "error": {"type": "error", "error": {"type": failure.error_type, "message": failure.message}},
+            }
         self._commit_cache(comp)
         return {"type": "succeeded", "message": self._message_json(params, comp, _new_id("msg_emu_"))}
 
@@ -132,7 +147,7 @@ class _BatchesMixin:
             return
         for limit, kind in ((cancel_done, "canceled"), (expiry, "expired")):
             if limit is not None and now >= limit:
-                for item in b.items[b.done:]:
+                for item in b.items[b.done :]:
                     item.result = {"type": kind}
                     b.counts["processing"] -= 1
                     b.counts[kind] += 1
@@ -166,16 +181,23 @@ class _BatchesMixin:
             if not isinstance(cid, str) or not _CUSTOM_ID_RE.match(cid):
                 raise _ApiError(400, f"requests.{i}.custom_id: expected 1-64 characters of [A-Za-z0-9_-], got {cid!r}")
             if cid in seen:
-                raise _ApiError(400, f"requests.{i}.custom_id: duplicate custom_id {cid!r}; "
-                                     "custom_id must be unique within the batch")
+                raise _ApiError(
+                    400,
+                    f"requests.{i}.custom_id: duplicate custom_id {cid!r}; custom_id must be unique within the batch",
+                )
             seen.add(cid)
             if not isinstance(r.get("params"), dict):
                 raise _ApiError(400, f"requests.{i}.params: Field required")
             items.append(_BatchItem(custom_id=cid, params=r["params"]))
         with self._lock:
-            b = _Batch(id=_new_id("msgbatch_emu_"), created=self._now(), created_wall=self._wall(), items=items,
-                       spr=float(self._settings["batch_seconds_per_request"]),
-                       results_base=f"{request.scheme}://{request.host}")
+            b = _Batch(
+                id=_new_id("msgbatch_emu_"),
+                created=self._now(),
+                created_wall=self._wall(),
+                items=items,
+                spr=float(self._settings["batch_seconds_per_request"]),
+                results_base=f"{request.scheme}://{request.host}",
+            )
             b.counts["processing"] = len(items)
             self._batches[b.id] = b
             out = self._batch_json(b, self._wall())
@@ -209,7 +231,7 @@ class _BatchesMixin:
             if q.get("after_id"):
                 if q["after_id"] not in ids:
                     raise _ApiError(400, "after_id: unknown batch id")
-                ordered = ordered[ids.index(q["after_id"]) + 1:]
+                ordered = ordered[ids.index(q["after_id"]) + 1 :]
                 page = ordered[:limit]
                 has_more = len(ordered) > limit
             elif q.get("before_id"):
@@ -225,8 +247,12 @@ class _BatchesMixin:
             for b in page:
                 self._advance_batch(b, now)
                 data.append(self._batch_json(b, wall))
-        out = {"data": data, "has_more": has_more, "first_id": data[0]["id"] if data else None,
-               "last_id": data[-1]["id"] if data else None}
+        out = {
+            "data": data,
+            "has_more": has_more,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+        }
         return web.json_response(out, headers=self._base_headers(request))
 
     async def _h_batch_cancel(self, request: web.Request) -> web.Response:
@@ -257,11 +283,11 @@ class _BatchesMixin:
                 raise _ApiError(404, f"Results of message batch {b.id!r} are not available until it has ended")
             # A deterministic order that differs from the submission order.
             items = sorted(b.items, key=lambda it: hashlib.sha256(it.custom_id.encode()).hexdigest())
-            lines = [json.dumps({"custom_id": it.custom_id, "result": it.result}, separators=(",", ":"))
-                     for it in items]
+            lines = [
+                json.dumps({"custom_id": it.custom_id, "result": it.result}, separators=(",", ":")) for it in items
+            ]
         headers = self._base_headers(request)
-        return web.Response(body=("\n".join(lines) + "\n").encode(), headers=headers,
-                            content_type="application/binary")
+        return web.Response(body=("\n".join(lines) + "\n").encode(), headers=headers, content_type="application/binary")
 
 
 # ---------------------------------------------------------------------- command line

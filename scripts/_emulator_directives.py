@@ -4,6 +4,7 @@ Also the prompt itself (the last user message holding more than tool_result bloc
 removed) and the attempt fingerprint that ``times=M`` counts. Private to :mod:`anthropic_emulator`
 (which re-exports :data:`DIRECTIVE_KEYS` and :func:`tool_directive`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,25 +33,37 @@ DIRECTIVE_KEYS: dict[str, str] = {
     "times": "limit the faults and delays of its own group to the first M attempts",
     "id": "ignored; makes otherwise identical prompts distinct",
     "tool": "ask for client tool NAME (comma list NAME,NAME: one tool_use block each); each group with tool= "
-            "adds blocks, so repeated groups call several tools in one turn; the name must be in the request's tools",
+    "adds blocks, so repeated groups call several tools in one turn; the name must be in the request's tools",
     "input": "the tool input of its group's tool=: a JSON object, percent-encoded where it holds spaces or "
-             "brackets (e.g. input=%7B%22q%22:%22a%20b%22%7D; see tool_directive()); default {}",
+    "brackets (e.g. input=%7B%22q%22:%22a%20b%22%7D; see tool_directive()); default {}",
     "tool_turns": "ask for the tools while the conversation holds fewer than N tool_result turns after the "
-                  "prompt (default 1: call once, then answer); inf never stops",
+    "prompt (default 1: call once, then answer); inf never stops",
     "preamble": "1: a tool-call turn starts with the text 'Calling NAME, NAME.' before its tool_use blocks",
     "pause_turns": "answer N turns with a server_tool_use + its result block and stop_reason pause_turn "
-                   "(needs a server tool in tools); sending the conversation back continues it",
+    "(needs a server tool in tools); sending the conversation back continues it",
     "invalid_output": "structured output: the reply misses a required field (invalid for the schema) on the first "
-                      "N tries; tries = attempt of the identical body + assistant turns in the conversation; "
-                      "read in every user message",
+    "N tries; tries = attempt of the identical body + assistant turns in the conversation; "
+    "read in every user message",
 }
 """Directive keys understood inside ``[[key=value ...]]`` groups."""
 
 # Keys of a group that ``times=M`` limits to the first M attempts of the same request.
-_TIMED_KEYS = frozenset({"fail", "retry_after", "retry_after_ms", "should_retry", "error_after", "stall_after",
-                         "stall_pings", "ttft_ms", "delay_ms"})
-_INT_KEYS = frozenset({"fail", "error_after", "stall_after", "stall_pings", "words", "times", "preamble",
-                       "pause_turns", "invalid_output"})
+_TIMED_KEYS = frozenset(
+    {
+        "fail",
+        "retry_after",
+        "retry_after_ms",
+        "should_retry",
+        "error_after",
+        "stall_after",
+        "stall_pings",
+        "ttft_ms",
+        "delay_ms",
+    }
+)
+_INT_KEYS = frozenset(
+    {"fail", "error_after", "stall_after", "stall_pings", "words", "times", "preamble", "pause_turns", "invalid_output"}
+)
 _FLOAT_KEYS = frozenset({"ttft_ms", "delay_ms", "retry_after", "retry_after_ms"})
 _GROUP_RE = re.compile(r"\[\[([^\[\]]*)\]\]")
 _TOKEN_RE = re.compile(r"^([a-z_]+)=(\S+)$")
@@ -82,8 +95,11 @@ def _text_of(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return " ".join(b.get("text", "") for b in content
-                        if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str))
+        return " ".join(
+            b.get("text", "")
+            for b in content
+            if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str)
+        )
     return ""
 
 
@@ -128,8 +144,11 @@ def _global_groups(spec: str) -> list[dict[str, str]]:
 
 
 def _build_plan(groups: list[dict[str, str]], attempt: int, settings: dict[str, Any]) -> _Plan:
-    plan = _Plan(ttft_ms=float(settings["ttft_ms"] or 0), delay_ms=float(settings["chunk_delay_ms"] or 0),
-                 words=settings["reply_words"])
+    plan = _Plan(
+        ttft_ms=float(settings["ttft_ms"] or 0),
+        delay_ms=float(settings["chunk_delay_ms"] or 0),
+        words=settings["reply_words"],
+    )
     for g in groups:
         times_raw = g.get("times")
         if times_raw is not None:
@@ -213,8 +232,9 @@ def _prompt_index(body: dict[str, Any]) -> int:
         if last_user < 0:
             last_user = i
         content = msg.get("content")
-        if not isinstance(content, list) or any(isinstance(b, dict) and b.get("type") != "tool_result"
-                                                for b in content):
+        if not isinstance(content, list) or any(
+            isinstance(b, dict) and b.get("type") != "tool_result" for b in content
+        ):
             return i
     return max(last_user, 0)
 
@@ -229,14 +249,16 @@ def _prompt_and_groups(body: dict[str, Any]) -> tuple[str, list[dict[str, str]]]
 def _invalid_output(body: dict[str, Any], global_groups: list[dict[str, str]], attempt: int) -> int:
     """1 when ``invalid_output=N`` (from any user message or the global directives) covers this try."""
     n = 0
-    for g in global_groups + [g for m in body["messages"] if m["role"] == "user"
-                              for g in _split_directives(_text_of(m["content"]))[0]]:
+    for g in global_groups + [
+        g for m in body["messages"] if m["role"] == "user" for g in _split_directives(_text_of(m["content"]))[0]
+    ]:
         if "invalid_output" in g:
             try:
                 n = int(g["invalid_output"])
             except ValueError:
-                raise _ApiError(400, f"directive invalid_output: expected an integer, got {g['invalid_output']!r}") \
-                    from None
+                raise _ApiError(
+                    400, f"directive invalid_output: expected an integer, got {g['invalid_output']!r}"
+                ) from None
     tries = attempt + sum(1 for m in body["messages"] if m["role"] == "assistant")
     return 1 if tries <= n else 0
 

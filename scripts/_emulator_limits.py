@@ -5,6 +5,7 @@ One global request bucket (``rate_limit_requests`` per ``rate_limit_window_s``) 
 limit. :class:`_RateLimitsMixin` is mixed into :class:`anthropic_emulator.Emulator`.
 Private to :mod:`anthropic_emulator`.
 """
+
 from __future__ import annotations
 
 import math
@@ -114,8 +115,11 @@ class _RateLimitsMixin:
             if tb is None:
                 figures = (_NOMINAL_TOKEN_LIMIT, _NOMINAL_TOKEN_LIMIT, _rfc3339(wall))
             else:
-                figures = (tb.capacity, tb.remaining(now) // 1000 * 1000,
-                           _rfc3339(wall + math.ceil(tb.seconds_to_full(now))))
+                figures = (
+                    tb.capacity,
+                    tb.remaining(now) // 1000 * 1000,
+                    _rfc3339(wall + math.ceil(tb.seconds_to_full(now))),
+                )
                 if tightest is None or figures[1] < tightest[1]:
                     tightest = figures
             h[f"anthropic-ratelimit-{kind}-limit"] = str(figures[0])
@@ -162,8 +166,11 @@ class _RateLimitsMixin:
         max_conc = self._settings["max_concurrent"]
         if max_conc is not None and len(self._active) >= max_conc:
             self._rate_limited += 1
-            return _ApiError(429, f"Number of concurrent requests has exceeded your limit of {max_conc}.",
-                             headers={"retry-after": "1"})
+            return _ApiError(
+                429,
+                f"Number of concurrent requests has exceeded your limit of {max_conc}.",
+                headers={"retry-after": "1"},
+            )
         now = self._now()
         minute = float(self._settings["rate_limit_minute_s"])
         per = "minute" if minute == 60 else f"{minute:g} seconds"
@@ -171,10 +178,14 @@ class _RateLimitsMixin:
         checks: list[tuple[_Bucket, int, str]] = []
         bucket = self._current_bucket(now)
         if bucket is not None:
-            checks.append((bucket, 1, f"{bucket.capacity} requests per "
-                                      f"{self._settings['rate_limit_window_s']:g} seconds"))
-        for kind, amount, what in (("rpm", 1, "requests"), ("itpm", itpm, "input tokens"),
-                                   ("otpm", max_tokens, "output tokens")):
+            checks.append(
+                (bucket, 1, f"{bucket.capacity} requests per {self._settings['rate_limit_window_s']:g} seconds")
+            )
+        for kind, amount, what in (
+            ("rpm", 1, "requests"),
+            ("itpm", itpm, "input tokens"),
+            ("otpm", max_tokens, "output tokens"),
+        ):
             mb = self._model_bucket(model, kind, now)
             if mb is not None:
                 checks.append((mb, amount, f"{mb.capacity:,} {what} per {per} (model {model})"))
@@ -183,8 +194,11 @@ class _RateLimitsMixin:
         if late:
             self._rate_limited += 1
             wait = max(w for w, _ in late)
-            return _ApiError(429, f"This request would exceed your organization's rate limit of {late[0][1]}.",
-                             headers={"retry-after": str(max(1, math.ceil(wait)))})
+            return _ApiError(
+                429,
+                f"This request would exceed your organization's rate limit of {late[0][1]}.",
+                headers={"retry-after": str(max(1, math.ceil(wait)))},
+            )
         for b, amount, _what in checks:
             b.take(now, amount)
         comp.otpm = self._model_bucket(model, "otpm", now)

@@ -3,6 +3,7 @@
 :class:`_MessagesMixin` is mixed into :class:`anthropic_emulator.Emulator`. Private to
 :mod:`anthropic_emulator`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -64,8 +65,15 @@ class _MessagesMixin:
         def _rate_limit_check(self, model: str, comp: _Charge, max_tokens: int) -> _ApiError | None: ...
         def _settle(self, comp: _Charge, output_tokens: int) -> None: ...
 
-    def _compute(self, body: dict[str, Any], prompt: str, plan: _Plan, *, service_tier: str = "standard",
-                 default_ttl: float | None = None) -> _Computed:
+    def _compute(
+        self,
+        body: dict[str, Any],
+        prompt: str,
+        plan: _Plan,
+        *,
+        service_tier: str = "standard",
+        default_ttl: float | None = None,
+    ) -> _Computed:
         """Reply words, usage and the cache lookup (call with the lock held)."""
         reply, blocks, stop_reason = _reply(body, prompt, plan, self._scripts)
         words = reply.split()
@@ -104,7 +112,7 @@ class _MessagesMixin:
         minimum = self._settings["cache_min_tokens"]
         if minimum is None:
             minimum = _model_min_tokens(model)
-        writes = [bp for bp in bps[read_idx + 1:] if bp[1] >= minimum and bp[1] > read_tokens]
+        writes = [bp for bp in bps[read_idx + 1 :] if bp[1] >= minimum and bp[1] > read_tokens]
         split = {300.0: 0, 3600.0: 0}
         prev = read_tokens
         for _key, tokens, ttl in writes:
@@ -119,10 +127,17 @@ class _MessagesMixin:
             "cache_creation": {"ephemeral_5m_input_tokens": split[300.0], "ephemeral_1h_input_tokens": split[3600.0]},
             "service_tier": service_tier,
         }
-        return _Computed(words=words, stop_reason=stop_reason, stop_sequence=stop_sequence, usage=usage,
-                         pending_writes=[(k, ttl, t) for k, t, ttl in writes],
-                         read_tokens=read_tokens, creation_tokens=creation, blocks=blocks,
-                         hit_key=bps[read_idx][0] if read_idx >= 0 else None)
+        return _Computed(
+            words=words,
+            stop_reason=stop_reason,
+            stop_sequence=stop_sequence,
+            usage=usage,
+            pending_writes=[(k, ttl, t) for k, t, ttl in writes],
+            read_tokens=read_tokens,
+            creation_tokens=creation,
+            blocks=blocks,
+            hit_key=bps[read_idx][0] if read_idx >= 0 else None,
+        )
 
     def _commit_cache(self, comp: _Computed) -> None:
         """The response began: the request's cache writes become readable (call with the lock held)."""
@@ -189,13 +204,19 @@ class _MessagesMixin:
     def _message_json(self, body: dict[str, Any], comp: _Computed, msg_id: str) -> dict[str, Any]:
         text = [{"type": "text", "text": " ".join(comp.words)}] if comp.words or not comp.blocks else []
         return {
-            "id": msg_id, "type": "message", "role": "assistant", "model": body["model"],
+            "id": msg_id,
+            "type": "message",
+            "role": "assistant",
+            "model": body["model"],
             "content": text + [dict(b) for b in comp.blocks],
-            "stop_reason": comp.stop_reason, "stop_sequence": comp.stop_sequence, "usage": comp.usage,
+            "stop_reason": comp.stop_reason,
+            "stop_sequence": comp.stop_sequence,
+            "usage": comp.usage,
         }
 
-    async def _non_stream(self, request: web.Request, body: dict[str, Any], plan: _Plan,
-                          comp: _Computed) -> web.StreamResponse:
+    async def _non_stream(
+        self, request: web.Request, body: dict[str, Any], plan: _Plan, comp: _Computed
+    ) -> web.StreamResponse:
         rec: RequestRecord = request[_REC_KEY]
         try:
             if plan.stall_after is not None:
@@ -216,8 +237,9 @@ class _MessagesMixin:
             with self._lock:
                 self._settle(comp, 0)
 
-    async def _stream(self, request: web.Request, body: dict[str, Any], plan: _Plan, comp: _Computed,
-                      ping_every: int) -> web.StreamResponse:
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], plan: _Plan, comp: _Computed, ping_every: int
+    ) -> web.StreamResponse:
         rec: RequestRecord = request[_REC_KEY]
         headers = self._base_headers(request)
         headers["content-type"] = "text/event-stream; charset=utf-8"
@@ -230,17 +252,35 @@ class _MessagesMixin:
         start_usage["output_tokens"] = 1 if comp.words or comp.blocks else 0
         start_usage["cache_creation"] = dict(comp.usage["cache_creation"])
         msg_id = _new_id("msg_emu_")
-        await resp.write(_sse("message_start", {"type": "message_start", "message": {
-            "id": msg_id, "type": "message", "role": "assistant", "model": body["model"], "content": [],
-            "stop_reason": None, "stop_sequence": None, "usage": start_usage}}))
+        await resp.write(
+            _sse(
+                "message_start",
+                {
+                    "type": "message_start",
+                    "message": {
+                        "id": msg_id,
+                        "type": "message",
+                        "role": "assistant",
+                        "model": body["model"],
+                        "content": [],
+                        "stop_reason": None,
+                        "stop_sequence": None,
+                        "usage": start_usage,
+                    },
+                },
+            )
+        )
         with self._lock:
             self._commit_cache(comp)
         has_text = bool(comp.words) or not comp.blocks
         if has_text:
             await resp.write(
-                _sse("content_block_start", {"type": "content_block_start", "index": 0,
-                                             "content_block": {"type": "text", "text": ""}})
-                + _sse("ping", {"type": "ping"}))
+                _sse(
+                    "content_block_start",
+                    {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+                )
+                + _sse("ping", {"type": "ping"})
+            )
         else:
             await resp.write(_sse("ping", {"type": "ping"}))
         words = comp.words
@@ -257,8 +297,10 @@ class _MessagesMixin:
                 if delay > 0:
                     await asyncio.sleep(delay)
                 text = word if i == n - 1 else word + " "
-                chunk = _sse("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                                     "delta": {"type": "text_delta", "text": text}})
+                chunk = _sse(
+                    "content_block_delta",
+                    {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}},
+                )
                 if ping_every and (i + 1) % ping_every == 0:
                     chunk += _sse("ping", {"type": "ping"})
                 await resp.write(chunk)
@@ -280,14 +322,21 @@ class _MessagesMixin:
                 self._settle(comp, final["output_tokens"])
             await resp.write(
                 tail
-                + _sse("message_delta", {"type": "message_delta",
-                                         "delta": {"stop_reason": comp.stop_reason,
-                                                   "stop_sequence": comp.stop_sequence},
-                                         "usage": {"input_tokens": final["input_tokens"],
-                                                   "cache_creation_input_tokens": final["cache_creation_input_tokens"],
-                                                   "cache_read_input_tokens": final["cache_read_input_tokens"],
-                                                   "output_tokens": final["output_tokens"]}})
-                + _sse("message_stop", {"type": "message_stop"}))
+                + _sse(
+                    "message_delta",
+                    {
+                        "type": "message_delta",
+                        "delta": {"stop_reason": comp.stop_reason, "stop_sequence": comp.stop_sequence},
+                        "usage": {
+                            "input_tokens": final["input_tokens"],
+                            "cache_creation_input_tokens": final["cache_creation_input_tokens"],
+                            "cache_read_input_tokens": final["cache_read_input_tokens"],
+                            "output_tokens": final["output_tokens"],
+                        },
+                    },
+                )
+                + _sse("message_stop", {"type": "message_stop"})
+            )
             await resp.write_eof()
             return resp
         finally:
@@ -302,11 +351,19 @@ class _MessagesMixin:
     def _block_events(index: int, block: dict[str, Any]) -> bytes:
         """SSE events of one non-text block: tool inputs arrive as input_json_delta fragments."""
         if block["type"] in ("tool_use", "server_tool_use"):
-            out = _sse("content_block_start", {"type": "content_block_start", "index": index,
-                                               "content_block": {**block, "input": {}}})
+            out = _sse(
+                "content_block_start",
+                {"type": "content_block_start", "index": index, "content_block": {**block, "input": {}}},
+            )
             for piece in _json_fragments(block["input"]):
-                out += _sse("content_block_delta", {"type": "content_block_delta", "index": index,
-                                                    "delta": {"type": "input_json_delta", "partial_json": piece}})
+                out += _sse(
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": index,
+                        "delta": {"type": "input_json_delta", "partial_json": piece},
+                    },
+                )
         else:
             out = _sse("content_block_start", {"type": "content_block_start", "index": index, "content_block": block})
         return out + _sse("content_block_stop", {"type": "content_block_stop", "index": index})
@@ -322,8 +379,9 @@ class _MessagesMixin:
     async def _stream_error(self, resp: web.StreamResponse, rec: RequestRecord) -> None:
         with self._lock:
             rec.error_type = "overloaded_error"
-        await resp.write(_sse("error", {"type": "error",
-                                        "error": {"type": "overloaded_error", "message": "Overloaded"}}))
+        await resp.write(
+            _sse("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+        )
         await resp.write_eof()
 
     async def _h_count_tokens(self, request: web.Request) -> web.Response:

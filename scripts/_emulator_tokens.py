@@ -5,6 +5,7 @@ blocks are hashed in prefix order (tools -> system -> messages) so that every ``
 breakpoint names the prefix it closes. Private to :mod:`anthropic_emulator` (which re-exports
 :func:`count_text_tokens`).
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -4,6 +4,7 @@
 structured-output instance, the echo of tool results, the scripted text, ``"Echo: " + prompt``).
 Private to :mod:`anthropic_emulator` (which re-exports :func:`schema_instance`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -16,9 +17,16 @@ from _emulator_directives import _Plan, _prompt_index, _text_of
 from _emulator_validation import _TOOL_NAME_RE, _output_schema, _tool_uses
 from _emulator_wire import _ApiError
 
-_STRING_FORMATS = {"date-time": "2024-01-01T00:00:00Z", "date": "2024-01-01", "time": "00:00:00",
-                   "email": "user@example.com", "uri": "https://example.com", "uuid":
-                   "00000000-0000-4000-8000-000000000000", "ipv4": "127.0.0.1", "hostname": "example.com"}
+_STRING_FORMATS = {
+    "date-time": "2024-01-01T00:00:00Z",
+    "date": "2024-01-01",
+    "time": "00:00:00",
+    "email": "user@example.com",
+    "uri": "https://example.com",
+    "uuid": "00000000-0000-4000-8000-000000000000",
+    "ipv4": "127.0.0.1",
+    "hostname": "example.com",
+}
 
 
 def schema_instance(schema: dict[str, Any], root: dict[str, Any] | None = None, depth: int = 0) -> Any:
@@ -73,7 +81,7 @@ def schema_instance(schema: dict[str, Any], root: dict[str, Any] | None = None, 
         props = schema.get("properties") or {}
         return {name: schema_instance(sub, root, depth + 1) for name, sub in props.items() if isinstance(sub, dict)}
     if kind == "array":
-        items = schema.get("items") if isinstance(schema.get("items"), dict) else {}
+        items = schema["items"] if isinstance(schema.get("items"), dict) else {}
         count = max(int(schema.get("minItems", 1)), 1)
         if schema.get("maxItems") == 0 or (depth > 8 and not schema.get("minItems")):
             count = 0
@@ -113,8 +121,9 @@ def _tool_result_echo(content: Any) -> str:
     for b in _tool_uses(content, "tool_result"):
         inner = b.get("content")
         text = _text_of(inner) if inner is not None else ""
-        parts.append(f"{b['tool_use_id']}={' '.join(text.split()) or '(empty)'}"
-                     + (" (error)" if b.get("is_error") else ""))
+        parts.append(
+            f"{b['tool_use_id']}={' '.join(text.split()) or '(empty)'}" + (" (error)" if b.get("is_error") else "")
+        )
     return "Echo tool results: " + "; ".join(parts)
 
 
@@ -153,8 +162,9 @@ def _check_script(reply: Any) -> list[dict[str, Any]] | str | None:
     return out
 
 
-def _reply(body: dict[str, Any], prompt: str, plan: _Plan,
-           scripts: dict[str, str | list[dict[str, Any]]]) -> tuple[str, list[dict[str, Any]], str]:
+def _reply(
+    body: dict[str, Any], prompt: str, plan: _Plan, scripts: dict[str, str | list[dict[str, Any]]]
+) -> tuple[str, list[dict[str, Any]], str]:
     """Reply text, the tool blocks after it and the stop reason (call with the lock held).
 
     In order: a pause turn (``pause_turns``); a tool-call turn (scripted tool_use, ``tool=``, or a
@@ -163,7 +173,7 @@ def _reply(body: dict[str, Any], prompt: str, plan: _Plan,
     """
     messages = body["messages"]
     start = _prompt_index(body)
-    later = messages[start + 1:]
+    later = messages[start + 1 :]
     tools = {t["name"]: t for t in body.get("tools") or []}
     tag = hashlib.sha256(f"{prompt}|{len(messages)}".encode()).hexdigest()
     # Pauses so far: server_tool_use blocks after the prompt, or the number in our ids ("..._K"), so that
@@ -175,16 +185,31 @@ def _reply(body: dict[str, Any], prompt: str, plan: _Plan,
         if not server:
             raise _ApiError(400, "directive pause_turns: the request has no server tool in tools")
         name, sid = server[0]["name"], f"srvtoolu_emu_{tag[:20]}_{pauses + 1}"
-        result: Any = [{"type": "web_search_result", "url": f"https://example.com/{i}", "title": f"Result {i}",
-                        "encrypted_content": f"enc{i}", "page_age": None} for i in (1, 2)]
+        result: Any = [
+            {
+                "type": "web_search_result",
+                "url": f"https://example.com/{i}",
+                "title": f"Result {i}",
+                "encrypted_content": f"enc{i}",
+                "page_age": None,
+            }
+            for i in (1, 2)
+        ]
         if name != "web_search":
             result = {"type": f"{name}_result", "content": []}
         kind = "web_search_tool_result" if name == "web_search" else f"{name}_tool_result"
-        return "", [{"type": "server_tool_use", "id": sid, "name": name, "input": {"query": prompt or "emulator"}},
-                    {"type": kind, "tool_use_id": sid, "content": result}], "pause_turn"
+        return (
+            "",
+            [
+                {"type": "server_tool_use", "id": sid, "name": name, "input": {"query": prompt or "emulator"}},
+                {"type": kind, "tool_use_id": sid, "content": result},
+            ],
+            "pause_turn",
+        )
     scripted = scripts.get(prompt)
-    script_text = scripted if isinstance(scripted, str) else \
-        " ".join(b["text"] for b in scripted or [] if b["type"] == "text")
+    script_text = (
+        scripted if isinstance(scripted, str) else " ".join(b["text"] for b in scripted or [] if b["type"] == "text")
+    )
     choice = (body.get("tool_choice") or {}).get("type", "auto")
     result_turns = sum(1 for m in later if m["role"] == "user" and _tool_uses(m["content"], "tool_result"))
     calls: list[dict[str, Any]] = []
@@ -192,23 +217,31 @@ def _reply(body: dict[str, Any], prompt: str, plan: _Plan,
         if isinstance(scripted, list):
             calls = [b for b in scripted if b["type"] != "text"]
         for i, (name, tool_input) in enumerate(plan.tool_calls):
-            calls.append({"type": "tool_use", "id": f"toolu_emu_{tag[:16]}{i:08d}", "name": name,
-                          "input": tool_input})
+            calls.append({"type": "tool_use", "id": f"toolu_emu_{tag[:16]}{i:08d}", "name": name, "input": tool_input})
     if not calls and choice in ("any", "tool"):
-        forced = body["tool_choice"].get("name") if choice == "tool" else \
-            next((n for n, t in tools.items() if t.get("type", "custom") in ("custom", None)), None)
+        forced = (
+            body["tool_choice"].get("name")
+            if choice == "tool"
+            else next((n for n, t in tools.items() if t.get("type", "custom") in ("custom", None)), None)
+        )
         if forced is not None:
             schema = tools[forced].get("input_schema") or {}
-            calls = [{"type": "tool_use", "id": f"toolu_emu_{tag[:24]}", "name": forced,
-                      "input": schema_instance(schema) if schema else {}}]
+            calls = [
+                {
+                    "type": "tool_use",
+                    "id": f"toolu_emu_{tag[:24]}",
+                    "name": forced,
+                    "input": schema_instance(schema) if schema else {},
+                }
+            ]
     if calls:
         for b in calls:
             if b["type"] == "tool_use" and b["name"] not in tools:
-                raise _ApiError(400, f"tool {b['name']!r} is not in the request's tools "
-                                     f"({', '.join(tools) or 'none given'})")
+                raise _ApiError(
+                    400, f"tool {b['name']!r} is not in the request's tools ({', '.join(tools) or 'none given'})"
+                )
         names = [b["name"] for b in calls if b["type"] == "tool_use"]
-        text = script_text if isinstance(scripted, list) else \
-            (f"Calling {', '.join(names)}." if plan.preamble else "")
+        text = script_text if isinstance(scripted, list) else (f"Calling {', '.join(names)}." if plan.preamble else "")
         return text, calls, "tool_use" if names else "end_turn"
     schema = _output_schema(body)
     if schema is not None:

@@ -3,6 +3,7 @@
 Covers the body, content blocks, tools and tool_choice, tool_use / tool_result pairing,
 ``cache_control`` and ``output_config``. Private to :mod:`anthropic_emulator`.
 """
+
 from __future__ import annotations
 
 import re
@@ -124,8 +125,9 @@ def _validate_blocks(blocks: list[Any], where: str, role: str) -> None:
             if role != "user":
                 raise _ApiError(400, f"{at}: tool_result blocks are only allowed in user messages")
             if seen_other:
-                raise _ApiError(400, f"{at}: tool_result blocks must come first in the user message, "
-                                     "before any other content")
+                raise _ApiError(
+                    400, f"{at}: tool_result blocks must come first in the user message, before any other content"
+                )
             if not isinstance(block.get("tool_use_id"), str):
                 raise _ApiError(400, f"{at}.tool_use_id: Field required")
             inner = block.get("content")
@@ -154,20 +156,29 @@ def _validate_tool_pairing(messages: list[dict[str, Any]]) -> None:
         got = [b["tool_use_id"] for b in results]
         unexpected = [t for t in got if t not in expected]
         if unexpected:
-            raise _ApiError(400, f"messages.{i}.content: unexpected `tool_use_id` found in `tool_result` blocks: "
-                                 f"{', '.join(unexpected)}. Each `tool_result` block must have a corresponding "
-                                 "`tool_use` block in the previous message.")
+            raise _ApiError(
+                400,
+                f"messages.{i}.content: unexpected `tool_use_id` found in `tool_result` blocks: "
+                f"{', '.join(unexpected)}. Each `tool_result` block must have a corresponding "
+                "`tool_use` block in the previous message.",
+            )
     for i, msg in enumerate(messages):
         if msg["role"] == "assistant":
             ids = [b["id"] for b in _tool_uses(msg["content"])]
             nxt = messages[i + 1] if i + 1 < len(messages) else None
-            answered = {b["tool_use_id"] for b in _tool_uses(nxt["content"], "tool_result")} \
-                if nxt and nxt["role"] == "user" else set()
+            answered = (
+                {b["tool_use_id"] for b in _tool_uses(nxt["content"], "tool_result")}
+                if nxt and nxt["role"] == "user"
+                else set()
+            )
             missing = [t for t in ids if t not in answered]
             if missing:
-                raise _ApiError(400, f"messages.{i + 1 if nxt else i}: `tool_use` ids were found without "
-                                     f"`tool_result` blocks immediately after: {', '.join(missing)}. Each `tool_use` "
-                                     "block must have a corresponding `tool_result` block in the next message.")
+                raise _ApiError(
+                    400,
+                    f"messages.{i + 1 if nxt else i}: `tool_use` ids were found without "
+                    f"`tool_result` blocks immediately after: {', '.join(missing)}. Each `tool_use` "
+                    "block must have a corresponding `tool_result` block in the next message.",
+                )
 
 
 def _validate_tools(body: dict[str, Any]) -> None:

@@ -2,6 +2,7 @@
 
 Private to :mod:`anthropic_emulator` (which re-exports :class:`RequestRecord`).
 """
+
 from __future__ import annotations
 
 import json
@@ -76,10 +77,17 @@ _RID_KEY: Any = web.RequestKey("emulator_request_id", str) if hasattr(web, "Requ
 class _ApiError(Exception):
     """Raised inside handlers to answer an API error body."""
 
-    def __init__(self, status: int, message: str | None = None, *, headers: dict[str, str] | None = None,
-                 error_type: str | None = None) -> None:
-        etype, default_message = _ERROR_TYPES.get(status, ("api_error" if status >= 500 else "invalid_request_error",
-                                                           "Error"))
+    def __init__(
+        self,
+        status: int,
+        message: str | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        error_type: str | None = None,
+    ) -> None:
+        etype, default_message = _ERROR_TYPES.get(
+            status, ("api_error" if status >= 500 else "invalid_request_error", "Error")
+        )
         super().__init__(message or default_message)
         self.status = status
         self.error_type = error_type or etype

@@ -5,6 +5,7 @@ raise, and everything above sees :class:`ClaudeInvocationError` only. It also ow
 secrets (:func:`register_secret`): credential code registers every key it resolves, and every
 error text that leaves this module, the chained SDK exceptions included, has them redacted.
 """
+
 from __future__ import annotations
 
 import copy
@@ -60,12 +61,13 @@ class ClaudeInvocationError(Exception):
 
     ``kind`` is one of ``auth, rate_limit, overloaded, server, connection, timeout, bad_request,
     context_overflow, interrupted, stalled, callback, tool_turns_exceeded, invalid_output, budget``
-    (None for a failure that is not an API failure), or for one request of a message batch (:func:`invoke_batch`) ``batch_errored``
-    (the item's result was ``errored``; ``details`` is the API's error body), ``batch_expired``
-    or ``batch_canceled``; the full set is :data:`ERROR_KINDS`. ``transient`` says whether a retry
-    may succeed; ``retry_after`` is the server's requested wait in seconds (or None). Parallel
-    runs attach ``results`` (input order, None where failed) and ``errors`` (index -> exception).
-    The SDK exception, if any, is the ``__cause__`` (with any API key redacted from it).
+    (None for a failure that is not an API failure), or for one request of a message batch
+    (:func:`invoke_batch`) ``batch_errored`` (the item's result was ``errored``; ``details`` is the
+    API's error body), ``batch_expired`` or ``batch_canceled``; the full set is :data:`ERROR_KINDS`.
+    ``transient`` says whether a retry may succeed; ``retry_after`` is the server's requested wait
+    in seconds (or None). Parallel runs attach ``results`` (input order, None where failed) and
+    ``errors`` (index -> exception). The SDK exception, if any, is the ``__cause__`` (with any API
+    key redacted from it).
 
     >>> try:
     ...     invoke_claude("hi")
@@ -209,7 +211,7 @@ def _request_secrets(exc: BaseException) -> tuple[str, ...]:
             value = None
         if isinstance(value, str) and value.strip():
             value = value.strip()
-            found.append(value[len("bearer "):].strip() if value.lower().startswith("bearer ") else value)
+            found.append(value[len("bearer ") :].strip() if value.lower().startswith("bearer ") else value)
     return _spellings(k for k in found if len(k) >= 8)
 
 

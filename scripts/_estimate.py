@@ -26,6 +26,7 @@ not count the reads toward ITPM and a budget prices them at the cache-read rate.
 >>> est.total, est.max_tokens
 (103, 100)
 """
+
 from __future__ import annotations
 
 import json
@@ -390,8 +391,13 @@ def estimate_run_cost(
     check_positive_int(max_tokens, "max_tokens")
     check_bool(cache_shared_system, "cache_shared_system")
     check_bool(use_count_tokens, "use_count_tokens")
-    specs = prompt_specs(prompts, shared_system=shared_system, cache_shared_system=cache_shared_system,
-                         model=model, max_tokens=max_tokens)
+    specs = prompt_specs(
+        prompts,
+        shared_system=shared_system,
+        cache_shared_system=cache_shared_system,
+        model=model,
+        max_tokens=max_tokens,
+    )
     if not specs:
         return CostEstimate(0, 0, 0.0, 0.0, "local", 0)
     estimates = [estimate_request(s.params) for s in specs]
@@ -439,12 +445,19 @@ def estimate_run_cost(
             warm_now = warm_prefixes.warm_tokens(est) >= est.cached_prefix_tokens
             first = key not in seen_warm and not warm_now
             seen_warm.add(key)
-            low_usage = Usage(input_tokens=lo_rest, output_tokens=1,
-                              cache_creation_input_tokens=lo_prefix if first else 0,
-                              cache_read_input_tokens=0 if first else lo_prefix,
-                              cache_creation_1h_input_tokens=lo_prefix if first and one_hour else 0)
-            high_usage = Usage(input_tokens=rest, output_tokens=est.max_tokens, cache_creation_input_tokens=prefix,
-                               cache_creation_1h_input_tokens=prefix if one_hour else 0)
+            low_usage = Usage(
+                input_tokens=lo_rest,
+                output_tokens=1,
+                cache_creation_input_tokens=lo_prefix if first else 0,
+                cache_read_input_tokens=0 if first else lo_prefix,
+                cache_creation_1h_input_tokens=lo_prefix if first and one_hour else 0,
+            )
+            high_usage = Usage(
+                input_tokens=rest,
+                output_tokens=est.max_tokens,
+                cache_creation_input_tokens=prefix,
+                cache_creation_1h_input_tokens=prefix if one_hour else 0,
+            )
         else:
             low_usage = Usage(input_tokens=lo_total, output_tokens=1)
             high_usage = Usage(input_tokens=total, output_tokens=est.max_tokens)
@@ -452,7 +465,8 @@ def estimate_run_cost(
         if lo is None or hi is None:
             raise ValueError(f"model {est.model!r} has no price in PRICES: cannot estimate the cost")
         low += lo
-        high += hi
+        # never below what a Budget reserves for it: a cap of high_usd lets the whole run start
+        high += max(hi, worst_case_cost(est) or 0.0)
     if method == "local":
         totals = [e.total for e in estimates]
     return CostEstimate(
@@ -466,8 +480,9 @@ def estimate_run_cost(
 
 
 def _scaled(total: int, prefix: int, factor: float) -> tuple[int, int]:
-    return math.floor(total * factor) if factor < 1 else math.ceil(total * factor), \
-        math.floor(prefix * factor) if factor < 1 else math.ceil(prefix * factor)
+    return math.floor(total * factor) if factor < 1 else math.ceil(total * factor), math.floor(
+        prefix * factor
+    ) if factor < 1 else math.ceil(prefix * factor)
 
 
 def _shared_prefix_tokens(client: Any, params: Mapping[str, Any], model: str) -> Optional[int]:

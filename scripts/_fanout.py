@@ -7,6 +7,7 @@ slots, at the end or at the moment it is interrupted, so an interrupt or a Ctrl-
 finished result. Each request goes through its :class:`_agent.Agent` (the one send path, with
 its tool loop and output schema when asked), one at a time per worker.
 """
+
 from __future__ import annotations
 
 import logging
@@ -202,8 +203,10 @@ def failure_of(results: ParallelResults, n: int) -> ClaudeInvocationError:
     first_index = min(errors)
     first = errors[first_index]
     ok = sum(1 for r in results if isinstance(r, ClaudeResponse))
-    message = (f"{len(errors)} of {n} parallel requests failed ({ok} succeeded); "
-               f"first failure, prompts[{first_index}]: {first}")
+    message = (
+        f"{len(errors)} of {n} parallel requests failed ({ok} succeeded); "
+        f"first failure, prompts[{first_index}]: {first}"
+    )
     if isinstance(first, ClaudeInvocationError):
         error = first.derive(message, results=results, errors=errors)
     else:

@@ -6,6 +6,7 @@ the event and runs the abort callbacks. So a signal handler, or any thread that 
 worker needs, can call it without risk of deadlock; callbacks run a moment later on the
 dispatcher thread. Layers above subscribe with :func:`subscribe` / :func:`unsubscribe`.
 """
+
 from __future__ import annotations
 
 import logging

@@ -16,6 +16,7 @@ Each line is written with one ``write`` and flushed, so a killed process leaves 
 last line; it is ignored on reading and cut off before the next append. Later lines for the same
 slot replace earlier ones (a retried failure that then succeeds).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -120,8 +121,13 @@ class RunJournal:
         Restored: every journaled reply, and every failure that was not transient (unless
         ``retry_failed``). Transient failures and slots never settled run again.
         """
-        header = {"format": FORMAT, "version": VERSION, "fingerprint": fingerprint(bodies), "count": len(bodies),
-                  "model": bodies[0].get("model") if bodies else None}
+        header = {
+            "format": FORMAT,
+            "version": VERSION,
+            "fingerprint": fingerprint(bodies),
+            "count": len(bodies),
+            "model": bodies[0].get("model") if bodies else None,
+        }
         restored: dict[int, Any] = {}
         good_end = 0
         if path.exists() and path.stat().st_size > 0:
@@ -137,8 +143,9 @@ class RunJournal:
                 except ValueError:
                     item = None
                     if complete:
-                        raise ValueError(f"journal {path}: line {number + 1} is not JSON; it is not a run journal "
-                                         "or it was edited") from None
+                        raise ValueError(
+                            f"journal {path}: line {number + 1} is not JSON; it is not a run journal or it was edited"
+                        ) from None
                 if item is not None and complete:
                     records.append(item)
                     good_end = end

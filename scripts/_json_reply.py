@@ -1,4 +1,5 @@
 """Replies that should be JSON: :func:`parse_json_response` (a fenced or bare JSON reply)."""
+
 from __future__ import annotations
 
 import json
@@ -19,7 +20,7 @@ def _fence_body(text: str) -> Optional[str]:
         if opening == -1:
             return None
         opening += 1
-    rest = text[opening + 3:]
+    rest = text[opening + 3 :]
     newline = rest.find("\n")
     first_line = rest if newline == -1 else rest[:newline]
     closing = first_line.find("```")
@@ -27,7 +28,7 @@ def _fence_body(text: str) -> Optional[str]:
         return _LANGUAGE_TAG.sub("", first_line[:closing], count=1)
     if newline == -1:
         return first_line
-    body = rest[newline + 1:]
+    body = rest[newline + 1 :]
     closing = body.find("```") if body.startswith("```") else body.find("\n```")
     return body if closing == -1 else body[:closing]
 

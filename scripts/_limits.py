@@ -4,6 +4,7 @@
 The module-level functions :func:`wait_for_slot`, :func:`add_listener` and
 :func:`remove_listener` are how the managed runs use a limiter beyond its public methods.
 """
+
 from __future__ import annotations
 
 import collections
@@ -287,7 +288,6 @@ class RateLimitGate:
                         return False
                     remaining = min(remaining, poll)
                 self._cond.wait(remaining)
-
 
 
 def wait_for_slot(limiter: ConcurrencyLimiter, category: Optional[str], should_stop: Callable[[], bool]) -> bool:

@@ -4,6 +4,7 @@ without holding a worker or a slot, a FIFO-fair limiter, a shared 429 pause and 
 Each attempt is one request through :func:`_transport.send` with no retries of its own; the run
 decides about the next attempt with the same :class:`_retry.RetryPolicy` parts as every other path.
 """
+
 from __future__ import annotations
 
 import collections
@@ -83,10 +84,22 @@ class _ManagedRun:
     serves everyone in turn. Neither a backoff nor a pause holds a slot.
     """
 
-    def __init__(self, tasks: List[_Task], *, tracker: TaskTracker, limiter: ConcurrencyLimiter,
-                 policy: RetryPolicy, gate: RateLimitGate, agent: Agent, token: Any,
-                 stall_timeout: Optional[float], on_stall: Optional[Callable[[str, float], Any]],
-                 pilot: Optional[int], rng: random.Random, hooks: RunHooks) -> None:
+    def __init__(
+        self,
+        tasks: List[_Task],
+        *,
+        tracker: TaskTracker,
+        limiter: ConcurrencyLimiter,
+        policy: RetryPolicy,
+        gate: RateLimitGate,
+        agent: Agent,
+        token: Any,
+        stall_timeout: Optional[float],
+        on_stall: Optional[Callable[[str, float], Any]],
+        pilot: Optional[int],
+        rng: random.Random,
+        hooks: RunHooks,
+    ) -> None:
         self.tasks = tasks
         self.tracker = tracker
         self.limiter = limiter
@@ -262,8 +275,14 @@ class _ManagedRun:
         if info.can_retry and not self._stopped():
             self.tracker.retry(task.task_id)
             delay = self.policy.delay_for(info.attempts, error, self.rng)
-            logger.info("task %r: attempt %d of %d failed (%s); retry in %.3f s", task.task_id, info.attempts,
-                        info.max_attempts, error.kind, delay)
+            logger.info(
+                "task %r: attempt %d of %d failed (%s); retry in %.3f s",
+                task.task_id,
+                info.attempts,
+                info.max_attempts,
+                error.kind,
+                delay,
+            )
             heapq.heappush(self._delayed, (time.monotonic() + delay, pos))
             return None
         final = None
@@ -373,11 +392,22 @@ def invoke_parallel_managed(
     >>> tracker.reason_counts()["succeeded"], results.errors
     """
     check_positive_int(max_workers, "max_workers")
-    stall = common_checks(interrupt_token=interrupt_token, stall_timeout=stall_timeout,
-                          return_exceptions=return_exceptions, cache_pilot=cache_pilot)
-    options = AgentOptions.checked(tools=tools, output_schema=output_schema, max_tool_turns=max_tool_turns,
-                                   tool_timeout=tool_timeout, parallel_tools=parallel_tools,
-                                   on_tool_call=on_tool_call, max_cost_usd=max_cost_usd, rate_limits=rate_limits)
+    stall = common_checks(
+        interrupt_token=interrupt_token,
+        stall_timeout=stall_timeout,
+        return_exceptions=return_exceptions,
+        cache_pilot=cache_pilot,
+    )
+    options = AgentOptions.checked(
+        tools=tools,
+        output_schema=output_schema,
+        max_tool_turns=max_tool_turns,
+        tool_timeout=tool_timeout,
+        parallel_tools=parallel_tools,
+        on_tool_call=on_tool_call,
+        max_cost_usd=max_cost_usd,
+        rate_limits=rate_limits,
+    )
     policy = resolve_policy(policy, max_retries=max_retries, base_delay_ms=base_delay_ms, max_delay_ms=max_delay_ms)
     if concurrency_limiter is not None and not isinstance(concurrency_limiter, ConcurrencyLimiter):
         raise TypeError(
@@ -389,29 +419,71 @@ def invoke_parallel_managed(
     check_callable(on_stall, "on_stall")
 
     def normalize(items: Sequence[Mapping[str, Any]]) -> list:
-        return prompt_specs(items, shared_system=shared_system, cache_shared_system=cache_shared_system,
-                            model=model, max_tokens=max_tokens, extra_keys=_MANAGED_KEYS | AGENT_KEYS)
+        return prompt_specs(
+            items,
+            shared_system=shared_system,
+            cache_shared_system=cache_shared_system,
+            model=model,
+            max_tokens=max_tokens,
+            extra_keys=_MANAGED_KEYS | AGENT_KEYS,
+        )
 
     originals = _validate_managed_prompts(prompts)
     all_specs = normalize(originals)  # every prompt is valid before reconcile or any request
     attach_prompt_tools(all_specs)
     check_callbacks(callbacks, len(originals))
-    with run_hooks([spec.params for spec in all_specs], journal=journal, retry_failed=retry_failed,
-                   progress=progress, label="invoke_parallel_managed") as hooks:
+    with run_hooks(
+        [spec.params for spec in all_specs],
+        journal=journal,
+        retry_failed=retry_failed,
+        progress=progress,
+        label="invoke_parallel_managed",
+    ) as hooks:
         return _run_managed(
-            originals, hooks, options=options, policy=policy, normalize=normalize, reconcile=reconcile,
-            tracker=tracker, callbacks=callbacks, interrupt_token=interrupt_token, stall=stall,
-            max_workers=max_workers, cache_pilot=cache_pilot, cache_shared_system=cache_shared_system,
-            shared_system=shared_system, concurrency_limiter=concurrency_limiter, on_stall=on_stall,
-            api_key=api_key, base_url=base_url, return_exceptions=return_exceptions,
+            originals,
+            hooks,
+            options=options,
+            policy=policy,
+            normalize=normalize,
+            reconcile=reconcile,
+            tracker=tracker,
+            callbacks=callbacks,
+            interrupt_token=interrupt_token,
+            stall=stall,
+            max_workers=max_workers,
+            cache_pilot=cache_pilot,
+            cache_shared_system=cache_shared_system,
+            shared_system=shared_system,
+            concurrency_limiter=concurrency_limiter,
+            on_stall=on_stall,
+            api_key=api_key,
+            base_url=base_url,
+            return_exceptions=return_exceptions,
         )
 
 
-def _run_managed(originals: List[Dict[str, Any]], hooks: RunHooks, *, options: AgentOptions, policy: RetryPolicy,
-                 normalize: Callable[[Sequence[Mapping[str, Any]]], list], reconcile: Any, tracker: Any,
-                 callbacks: Any, interrupt_token: Any, stall: Optional[float], max_workers: int, cache_pilot: bool,
-                 cache_shared_system: bool, shared_system: Any, concurrency_limiter: Any, on_stall: Any,
-                 api_key: Optional[str], base_url: Optional[str], return_exceptions: bool) -> ParallelResults:
+def _run_managed(
+    originals: List[Dict[str, Any]],
+    hooks: RunHooks,
+    *,
+    options: AgentOptions,
+    policy: RetryPolicy,
+    normalize: Callable[[Sequence[Mapping[str, Any]]], list],
+    reconcile: Any,
+    tracker: Any,
+    callbacks: Any,
+    interrupt_token: Any,
+    stall: Optional[float],
+    max_workers: int,
+    cache_pilot: bool,
+    cache_shared_system: bool,
+    shared_system: Any,
+    concurrency_limiter: Any,
+    on_stall: Any,
+    api_key: Optional[str],
+    base_url: Optional[str],
+    return_exceptions: bool,
+) -> ParallelResults:
     restored = hooks.restored  # settled in an earlier run (journal): not run again
     if restored:
         originals_to_consider = [p for i, p in enumerate(originals) if i not in restored]
@@ -462,8 +534,7 @@ def _run_managed(originals: List[Dict[str, Any]], hooks: RunHooks, *, options: A
         tracker.add(p["task_id"], p.get("category"), max_retries=policy.max_retries, replace=True)
         index = index_of[p["task_id"]]
         on_text = callbacks[index] if callbacks is not None else None
-        tasks.append(_Task(index, p["task_id"], p.get("category"), spec.params, on_text,
-                           spec.extra.get("toolset")))
+        tasks.append(_Task(index, p["task_id"], p.get("category"), spec.params, on_text, spec.extra.get("toolset")))
     tasks.sort(key=lambda t: t.index)
 
     # The run's own token: the caller's token feeds it, and so does an exception (Ctrl-C) in the
@@ -474,8 +545,13 @@ def _run_managed(originals: List[Dict[str, Any]], hooks: RunHooks, *, options: A
     token = InterruptToken()
     link = subscribe(interrupt_token, token.interrupt) if interrupt_token is not None else None
     pilot = None
-    if (cache_pilot and cache_shared_system and shared_system is not None and len(tasks) > 1
-            and "system" in tasks[0].params):
+    if (
+        cache_pilot
+        and cache_shared_system
+        and shared_system is not None
+        and len(tasks) > 1
+        and "system" in tasks[0].params
+    ):
         pilot = 0
     run = _ManagedRun(
         tasks,
@@ -483,7 +559,7 @@ def _run_managed(originals: List[Dict[str, Any]], hooks: RunHooks, *, options: A
         limiter=concurrency_limiter or ConcurrencyLimiter(max_workers),
         policy=policy,
         gate=RateLimitGate(),
-        agent=options.agent(client, policy=NO_RETRY, stall_timeout=stall),
+        agent=options.agent(client, policy=NO_RETRY, stall_timeout=stall),  # type: ignore[arg-type]  # None: no tasks
         token=token,
         stall_timeout=stall,
         on_stall=on_stall,
@@ -570,11 +646,13 @@ def resolve_policy(policy: Optional[RetryPolicy], **settings: Any) -> RetryPolic
         if not isinstance(policy, RetryPolicy):
             raise TypeError(f"policy must be a RetryPolicy or None, got {type(policy).__name__}")
         if given:
-            raise ValueError(f"give either policy= or {', '.join(n + '=' for n in given)}, not both "
-                             "(the policy already sets them)")
+            raise ValueError(
+                f"give either policy= or {', '.join(n + '=' for n in given)}, not both (the policy already sets them)"
+            )
         return policy
-    values: Dict[str, Any] = {name: (default if settings.get(name) is None else settings[name])
-                              for name, default in _DEFAULTS.items()}
+    values: Dict[str, Any] = {
+        name: (default if settings.get(name) is None else settings[name]) for name, default in _DEFAULTS.items()
+    }
     values.update((k, v) for k, v in settings.items() if k not in _DEFAULTS and v is not None)
     return RetryPolicy(**values)
 

@@ -37,6 +37,7 @@ Usage::
     with Progress(100, progress=report) as progress:
         ...
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -99,8 +100,7 @@ class ProgressSnapshot:
     @property
     def tokens(self) -> int:
         """All tokens: input, output, cache writes and cache reads."""
-        return (self.input_tokens + self.output_tokens + self.cache_creation_input_tokens
-                + self.cache_read_input_tokens)
+        return self.input_tokens + self.output_tokens + self.cache_creation_input_tokens + self.cache_read_input_tokens
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,17 +259,23 @@ class _RichRenderer(_Renderer):
     name = "rich"
     live = True
 
-    def __init__(self, stream: IO[str], label: str, total: int, notebook: bool,
-                 detail: Optional[Callable[[int], Optional[ProgressTable]]]):
+    def __init__(
+        self,
+        stream: IO[str],
+        label: str,
+        total: int,
+        notebook: bool,
+        detail: Optional[Callable[[int], Optional[ProgressTable]]],
+    ):
         from rich.console import Console
         from rich.live import Live
 
-        self._console = Console(file=stream, stderr=stream is sys.stderr,
-                                force_jupyter=True if notebook else None)
+        self._console = Console(file=stream, stderr=stream is sys.stderr, force_jupyter=True if notebook else None)
         self._label = label
         self._detail = detail
-        self._live = Live(console=self._console, auto_refresh=False, transient=False,
-                          redirect_stdout=False, redirect_stderr=False)
+        self._live = Live(
+            console=self._console, auto_refresh=False, transient=False, redirect_stdout=False, redirect_stderr=False
+        )
         self._live.start()
 
     def _renderable(self, snap: ProgressSnapshot) -> Any:
@@ -282,9 +288,11 @@ class _RichRenderer(_Renderer):
         bar.add_column(no_wrap=True)
         bar.add_column(no_wrap=True)
         bar.add_column(no_wrap=True, overflow="ellipsis")
-        bar.add_row(Text(self._label, style="bold") if self._label else Text(""),
-                    ProgressBar(total=max(snap.total, 1), completed=min(snap.done, max(snap.total, 1)), width=20),
-                    Text(describe(snap), style="bold"))
+        bar.add_row(
+            Text(self._label, style="bold") if self._label else Text(""),
+            ProgressBar(total=max(snap.total, 1), completed=min(snap.done, max(snap.total, 1)), width=20),
+            Text(describe(snap), style="bold"),
+        )
         if self._detail is None:
             return bar
         table_spec = self._detail(max(3, self._console.size.height - 4))
@@ -292,8 +300,13 @@ class _RichRenderer(_Renderer):
             return bar
         table = Table(box=None, pad_edge=False, expand=False, header_style="bold")
         for col in table_spec.columns:
-            table.add_column(col, justify="right" if col in table_spec.right else "left",
-                             no_wrap=True, overflow="ellipsis", max_width=40)
+            table.add_column(
+                col,
+                justify="right" if col in table_spec.right else "left",
+                no_wrap=True,
+                overflow="ellipsis",
+                max_width=40,
+            )
         for row in table_spec.rows:
             table.add_row(*[Text(c[0], style=c[1]) if isinstance(c, tuple) else Text(str(c)) for c in row])
         parts: list[Any] = [table]
@@ -326,8 +339,15 @@ class _TqdmRenderer(_Renderer):
 
         self._tqdm = tqdm
         self._stream = stream
-        self._bar = tqdm(total=total, desc=label or None, file=stream, dynamic_ncols=True,
-                         mininterval=REDRAW_INTERVAL_S, leave=True, unit="req")
+        self._bar = tqdm(
+            total=total,
+            desc=label or None,
+            file=stream,
+            dynamic_ncols=True,
+            mininterval=REDRAW_INTERVAL_S,
+            leave=True,
+            unit="req",
+        )
 
     def _postfix(self, snap: ProgressSnapshot) -> str:
         text = f"failed={snap.failed} tokens={snap.tokens:,} cost={_fmt_cost(snap.cost_usd)}"
@@ -374,10 +394,17 @@ class Progress:
     (1, 1, True)
     """
 
-    def __init__(self, total: int, progress: ProgressArg = True, label: str = "", *,
-                 stream: Optional[IO[str]] = None, backend: Optional[str] = None,
-                 detail: Optional[Callable[[int], Optional[ProgressTable]]] = None,
-                 summary: bool = True):
+    def __init__(
+        self,
+        total: int,
+        progress: ProgressArg = True,
+        label: str = "",
+        *,
+        stream: Optional[IO[str]] = None,
+        backend: Optional[str] = None,
+        detail: Optional[Callable[[int], Optional[ProgressTable]]] = None,
+        summary: bool = True,
+    ):
         if isinstance(total, bool) or not isinstance(total, int) or total < 0:
             raise ValueError(f"total must be an integer >= 0, got {total!r}")
         if backend not in (None, "rich", "tqdm", "plain"):
@@ -451,8 +478,9 @@ class Progress:
         or None for a failure (an exception whose ``kind`` is ``"interrupted"``, or a
         ``KeyboardInterrupt``, counts as interrupted)."""
         failure = result is None or isinstance(result, BaseException)
-        interrupted = failure and (isinstance(result, KeyboardInterrupt)
-                                   or getattr(result, "kind", None) == "interrupted")
+        interrupted = failure and (
+            isinstance(result, KeyboardInterrupt) or getattr(result, "kind", None) == "interrupted"
+        )
         usage = None if failure else getattr(result, "usage", None)
         cost = None if failure else getattr(result, "cost_usd", None)
         with self._lock:
@@ -493,8 +521,7 @@ class Progress:
             callback(snap)
         except Exception:
             self._callback = None
-            _log.warning("progress callback %r raised; it is disabled for the rest of the run",
-                         callback, exc_info=True)
+            _log.warning("progress callback %r raised; it is disabled for the rest of the run", callback, exc_info=True)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -513,13 +540,23 @@ class Progress:
         else:
             eta = elapsed / done * (self.total - done)
         return ProgressSnapshot(
-            total=self.total, done=done, succeeded=self._succeeded, failed=self._failed,
-            running=self._running, input_tokens=self._tokens["input_tokens"],
-            output_tokens=self._tokens["output_tokens"], cost_usd=self._cost, elapsed_s=elapsed,
-            eta_s=eta, interrupted=self._interrupted,
+            total=self.total,
+            done=done,
+            succeeded=self._succeeded,
+            failed=self._failed,
+            running=self._running,
+            input_tokens=self._tokens["input_tokens"],
+            output_tokens=self._tokens["output_tokens"],
+            cost_usd=self._cost,
+            elapsed_s=elapsed,
+            eta_s=eta,
+            interrupted=self._interrupted,
             cache_creation_input_tokens=self._tokens["cache_creation_input_tokens"],
-            cache_read_input_tokens=self._tokens["cache_read_input_tokens"], label=self.label,
-            seq=self._seq, final=final)
+            cache_read_input_tokens=self._tokens["cache_read_input_tokens"],
+            label=self.label,
+            seq=self._seq,
+            final=final,
+        )
 
     # -- output -------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ give the same body everywhere. The canonical form:
 Validation happens here, before anything is sent: wrong types raise ``TypeError``, bad values
 ``ValueError``, each naming the parameter.
 """
+
 from __future__ import annotations
 
 import copy
@@ -329,7 +330,10 @@ def prompt_specs(
         if temperature is not None:
             check_temperature(temperature, f"{where}['temperature']")
         params = assemble(
-            item_model, item_max_tokens, [{"role": "user", "content": content}], shared + own,
+            item_model,
+            item_max_tokens,
+            [{"role": "user", "content": content}],
+            shared + own,
             temperature,
         )
         # Same rule as check_breakpoints, counted from the parts just built.

@@ -1,5 +1,6 @@
 """What a reply becomes: :class:`Usage`, prices and cost, :class:`ClaudeResponse` and
 :class:`ParallelResults` (no I/O; used by every layer above)."""
+
 from __future__ import annotations
 
 import logging
@@ -24,6 +25,7 @@ PRICES: dict[str, tuple[float, float]] = {
     "claude-opus-4-5": (5.0, 25.0),
     "claude-opus-4-6": (5.0, 25.0),
 }
+
 
 def _field(obj: Any, name: str, default: Any = None) -> Any:
     if obj is None:

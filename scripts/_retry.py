@@ -18,6 +18,7 @@ end at once on an interrupt.
 >>> policy = RetryPolicy(max_retries=2, base_delay_ms=100, jitter="none")
 >>> run(lambda attempt: send_once(), policy, interrupt=token)
 """
+
 from __future__ import annotations
 
 import logging
@@ -95,8 +96,10 @@ def compute_backoff_delay(
     A continuation (the task ended normally and is resumed) waits a short fixed ``base_ms``; a
     failure waits ``min(base_ms * 2**(attempt-1), max_ms)`` (attempt 0 is treated as 1).
 
-    >>> compute_backoff_delay(1), compute_backoff_delay(3), compute_backoff_delay(9), compute_backoff_delay(5, is_continuation=True)
-    (1.0, 4.0, 10.0, 1.0)
+    >>> compute_backoff_delay(1), compute_backoff_delay(3), compute_backoff_delay(9)
+    (1.0, 4.0, 10.0)
+    >>> compute_backoff_delay(5, is_continuation=True)
+    1.0
     """
     check_number(attempt, "attempt", integer=True)
     check_number(base_ms, "base_ms")
@@ -268,7 +271,8 @@ class RetryPolicy:
         object.__setattr__(
             self,
             "wait",
-            wait_exponential(self.base_delay_ms, self.max_delay_ms, self.jitter) | wait_retry_after(self.max_retry_after_s),
+            wait_exponential(self.base_delay_ms, self.max_delay_ms, self.jitter)
+            | wait_retry_after(self.max_retry_after_s),
         )
 
     @property
@@ -354,8 +358,9 @@ def run(
                 raise
             last = error
         delay = policy.delay_for(attempt, last, rng)
-        logger.info("%s: attempt %d of %d failed (%s); retrying in %.3f s", what, attempt, policy.max_attempts,
-                    last.kind, delay)
+        logger.info(
+            "%s: attempt %d of %d failed (%s); retrying in %.3f s", what, attempt, policy.max_attempts, last.kind, delay
+        )
         if sleep(delay, interrupt):
             stopped = interrupted_error(f"while waiting to retry after {attempt} failed attempt(s): {last}", last)
             stopped.attempts = attempt

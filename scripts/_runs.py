@@ -1,6 +1,7 @@
 """What the run-level options of the public functions become: an :class:`_agent.Agent`, a journal,
 a progress display and the settle hooks that feed them (shared by ``invoke_parallel*`` and
 ``invoke_parallel_managed``)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -36,16 +37,29 @@ class AgentOptions:
     rate_limits: Optional[RateLimits] = None
 
     @classmethod
-    def checked(cls, *, tools: Any = None, output_schema: Any = None, max_tool_turns: Any = 10,
-                tool_timeout: Any = None, parallel_tools: Any = False, on_tool_call: Any = None,
-                max_cost_usd: Any = None, rate_limits: Any = None) -> AgentOptions:
+    def checked(
+        cls,
+        *,
+        tools: Any = None,
+        output_schema: Any = None,
+        max_tool_turns: Any = 10,
+        tool_timeout: Any = None,
+        parallel_tools: Any = False,
+        on_tool_call: Any = None,
+        max_cost_usd: Any = None,
+        rate_limits: Any = None,
+    ) -> AgentOptions:
         if max_cost_usd is not None:
             check_number(max_cost_usd, "max_cost_usd")
         if rate_limits is not None and not isinstance(rate_limits, RateLimits):
             raise TypeError(f"rate_limits must be a RateLimits or None, got {type(rate_limits).__name__}")
-        return cls(ToolSet.from_user(tools), OutputSpec.from_user(output_schema),
-                   ToolOptions.checked(max_tool_turns, tool_timeout, parallel_tools, on_tool_call),
-                   None if max_cost_usd is None else float(max_cost_usd), rate_limits)
+        return cls(
+            ToolSet.from_user(tools),
+            OutputSpec.from_user(output_schema),
+            ToolOptions.checked(max_tool_turns, tool_timeout, parallel_tools, on_tool_call),
+            None if max_cost_usd is None else float(max_cost_usd),
+            rate_limits,
+        )
 
     def limit(self, client: anthropic.Anthropic, bodies: Sequence[dict]) -> None:
         """Set the explicit rate limits (if any) on the admission controller of every model the
@@ -54,13 +68,27 @@ class AgentOptions:
             for model in {str(body.get("model")) for body in bodies}:
                 controller_for(client, model, self.rate_limits)
 
-    def agent(self, client: anthropic.Anthropic, *, policy: Optional[RetryPolicy] = None,
-              interrupt: Optional[InterruptToken] = None, stall_timeout: Optional[float] = None,
-              budget: Optional[Budget] = None) -> Agent:
+    def agent(
+        self,
+        client: anthropic.Anthropic,
+        *,
+        policy: Optional[RetryPolicy] = None,
+        interrupt: Optional[InterruptToken] = None,
+        stall_timeout: Optional[float] = None,
+        budget: Optional[Budget] = None,
+    ) -> Agent:
         if budget is None and self.max_cost_usd is not None:
             budget = Budget(self.max_cost_usd)
-        return Agent(client, policy=policy, interrupt=interrupt, stall_timeout=stall_timeout, budget=budget,
-                     tools=self.tools, output=self.output, tool_options=self.tool_options)
+        return Agent(
+            client,
+            policy=policy,
+            interrupt=interrupt,
+            stall_timeout=stall_timeout,
+            budget=budget,
+            tools=self.tools,
+            output=self.output,
+            tool_options=self.tool_options,
+        )
 
 
 def attach_prompt_tools(specs: Sequence[PromptSpec]) -> None:
@@ -99,8 +127,9 @@ class RunHooks:
 
 
 @contextlib.contextmanager
-def run_hooks(bodies: Sequence[dict], *, journal: Any, retry_failed: Any, progress: Any,
-              label: str) -> Iterator[RunHooks]:
+def run_hooks(
+    bodies: Sequence[dict], *, journal: Any, retry_failed: Any, progress: Any, label: str
+) -> Iterator[RunHooks]:
     """Open the run's journal (restoring what it holds) and progress display; close both after."""
     path = check_path(journal)
     check_bool(retry_failed, "retry_failed")
@@ -121,8 +150,9 @@ def run_hooks(bodies: Sequence[dict], *, journal: Any, retry_failed: Any, progre
             hooks.journal.close()
 
 
-def common_checks(*, interrupt_token: Any, stall_timeout: Any, return_exceptions: Any,
-                  cache_pilot: Any) -> Optional[float]:
+def common_checks(
+    *, interrupt_token: Any, stall_timeout: Any, return_exceptions: Any, cache_pilot: Any
+) -> Optional[float]:
     check_token(interrupt_token)
     check_bool(return_exceptions, "return_exceptions")
     check_bool(cache_pilot, "cache_pilot")

@@ -4,6 +4,7 @@ A stream "stalls" when no content event arrives for ``stall_timeout`` seconds (p
 count). The transport registers each streamed attempt with :data:`stall_watch`, which aborts it
 through its abort handle (``handle.abort("stalled")``).
 """
+
 from __future__ import annotations
 
 import functools

@@ -15,6 +15,7 @@ JSON-schema dict (checked by a small validator of the common keywords: no new de
 >>> reply = send_structured(lambda: send(params, client=get_client()), spec)
 >>> reply.parsed.name, reply.usage.output_tokens
 """
+
 from __future__ import annotations
 
 import copy
@@ -88,7 +89,9 @@ class OutputSpec:
         if is_mapping(output_schema):
             schema = dict(output_schema)
             if not any(k in schema for k in ("type", "anyOf", "oneOf", "allOf", "$ref", "enum", "const")):
-                raise ValueError(f"{name} must be a JSON schema (with 'type', 'anyOf', '$ref', ...), got {schema!r}"[:300])
+                raise ValueError(
+                    f"{name} must be a JSON schema (with 'type', 'anyOf', '$ref', ...), got {schema!r}"[:300]
+                )
             try:
                 json.dumps(schema)
             except (TypeError, ValueError) as exc:
@@ -97,10 +100,15 @@ class OutputSpec:
         if isinstance(output_schema, type) or hasattr(output_schema, "__origin__"):
             try:
                 return cls(output_type=output_schema)
-            except (pydantic.errors.PydanticSchemaGenerationError, pydantic.errors.PydanticUserError,
-                    ValueError) as exc:
+            except (
+                pydantic.errors.PydanticSchemaGenerationError,
+                pydantic.errors.PydanticUserError,
+                ValueError,
+            ) as exc:
                 raise ValueError(f"{name}: cannot build a JSON schema from {output_schema!r}: {exc}") from exc
-        raise TypeError(f"{name} must be a Pydantic model class or a JSON-schema dict, got {type(output_schema).__name__}")
+        raise TypeError(
+            f"{name} must be a Pydantic model class or a JSON-schema dict, got {type(output_schema).__name__}"
+        )
 
     def apply(self, params: dict) -> dict:
         """A copy of the request body ``params`` with ``output_config.format`` set (other
@@ -130,8 +138,11 @@ class OutputSpec:
                 raise _Invalid(errors)
             return value
         except (pydantic.ValidationError, _Invalid) as exc:
-            errors = ([f"{'.'.join(map(str, e['loc'])) or '$'}: {e['msg']}" for e in exc.errors()]
-                      if isinstance(exc, pydantic.ValidationError) else exc.errors)
+            errors = (
+                [f"{'.'.join(map(str, e['loc'])) or '$'}: {e['msg']}" for e in exc.errors()]
+                if isinstance(exc, pydantic.ValidationError)
+                else exc.errors
+            )
             stop = getattr(reply, "stop_reason", None)
             hint = f" (the reply stopped with {stop})" if stop in ("max_tokens", "refusal") else ""
             error = ClaudeInvocationError(
@@ -143,7 +154,9 @@ class OutputSpec:
             raise error from None
 
     def __repr__(self) -> str:
-        what = getattr(self.output_type, "__name__", repr(self.output_type)) if self.output_type is not None else "schema"
+        what = (
+            getattr(self.output_type, "__name__", repr(self.output_type)) if self.output_type is not None else "schema"
+        )
         return f"OutputSpec({what})"
 
 
@@ -196,8 +209,7 @@ _TYPES: dict[str, Callable[[Any], bool]] = {
     "object": lambda v: isinstance(v, dict),
     "array": lambda v: isinstance(v, list),
     "string": lambda v: isinstance(v, str),
-    "integer": lambda v: (isinstance(v, int) and not isinstance(v, bool))
-    or (isinstance(v, float) and v.is_integer()),
+    "integer": lambda v: (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and v.is_integer()),
     "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
     "boolean": lambda v: isinstance(v, bool),
     "null": lambda v: v is None,

@@ -19,6 +19,7 @@
 >>> reply = run_tool_loop(params, toolset=toolset, send_turn=lambda p: send(p, client=get_client()))
 >>> reply.tool_calls[0].output, reply.usage.output_tokens, reply.messages[-1]["role"]
 """
+
 from __future__ import annotations
 
 import inspect
@@ -168,8 +169,7 @@ class DelegateTool:
     def run(self, tool_input: Any, context: AgentContext) -> _Delegation:
         """Run the tasks of ``tool_input`` as sub-agents one level below ``context``."""
         tasks = tool_input.get("tasks") if is_mapping(tool_input) else None
-        if (not isinstance(tasks, list) or not tasks
-                or not all(isinstance(t, str) and t.strip() for t in tasks)):
+        if not isinstance(tasks, list) or not tasks or not all(isinstance(t, str) and t.strip() for t in tasks):
             raise ValueError("delegate needs {'tasks': [non-empty strings]}, got " + json.dumps(tool_input)[:200])
         if context.depth >= self.max_depth:
             raise ValueError(f"delegation depth limit reached (max_depth={self.max_depth})")
@@ -229,7 +229,7 @@ class _Delegation:
     def answers(self) -> list[str]:
         errors = getattr(self.results, "errors", None) or {}
         out = []
-        for i, task in enumerate(self.tasks):
+        for i in range(len(self.tasks)):
             item = self.results[i] if i < len(self.results) else None
             if isinstance(item, BaseException) or (item is None and i in errors):
                 error = item if isinstance(item, BaseException) else errors[i]
@@ -246,8 +246,18 @@ class _Delegation:
         for i, task in enumerate(self.tasks):
             item = self.results[i] if i < len(self.results) else None
             if isinstance(item, ClaudeResponse):
-                runs.append(ChildRun(task, self.depth, str(item), item.usage, item.cost_usd, None,
-                                     tuple(item.tool_calls or ()), tuple(item.children or ())))
+                runs.append(
+                    ChildRun(
+                        task,
+                        self.depth,
+                        str(item),
+                        item.usage,
+                        item.cost_usd,
+                        None,
+                        tuple(item.tool_calls or ()),
+                        tuple(item.children or ()),
+                    )
+                )
             else:
                 error = item if isinstance(item, BaseException) else errors.get(i)
                 runs.append(ChildRun(task, self.depth, None if item is None else str(item), Usage(), 0.0, error))
@@ -262,14 +272,18 @@ def _without_token(fn: Callable) -> Callable:
         hints = typing.get_type_hints(fn, include_extras=True)
     except Exception:  # an annotation that cannot be resolved: keep the raw ones
         hints = dict(getattr(fn, "__annotations__", {}) or {})
-    params = [p.replace(annotation=hints.get(p.name, p.annotation))
-              for p in sig.parameters.values() if p.name != TOKEN_PARAMETER]
+    params = [
+        p.replace(annotation=hints.get(p.name, p.annotation))
+        for p in sig.parameters.values()
+        if p.name != TOKEN_PARAMETER
+    ]
 
     def wrapper(**kwargs: Any) -> Any:
         return fn(**kwargs, **{TOKEN_PARAMETER: _current_token()})
 
     wrapper.__signature__ = sig.replace(  # type: ignore[attr-defined]
-        parameters=params, return_annotation=hints.get("return", sig.return_annotation))
+        parameters=params, return_annotation=hints.get("return", sig.return_annotation)
+    )
     wrapper.__annotations__ = {k: v for k, v in hints.items() if k != TOKEN_PARAMETER}
     for attr in ("__name__", "__qualname__", "__doc__", "__module__"):
         try:
@@ -293,7 +307,9 @@ def _function_tool(fn: Callable, where: str) -> _Tool:
     if cached is not None:
         return cached
     if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
-        raise ValueError(f"{where}: {getattr(fn, '__name__', fn)!r} is an async function; tools must be plain functions")
+        raise ValueError(
+            f"{where}: {getattr(fn, '__name__', fn)!r} is an async function; tools must be plain functions"
+        )
     try:
         wants_token = TOKEN_PARAMETER in inspect.signature(fn).parameters
     except (TypeError, ValueError) as exc:
@@ -303,8 +319,9 @@ def _function_tool(fn: Callable, where: str) -> _Tool:
         sdk_tool = _sdk_tools().beta_tool(target)
         schema = dict(sdk_tool.to_dict())
     except Exception as exc:
-        raise ValueError(f"{where}: cannot build a tool schema from {getattr(fn, '__name__', fn)!r} "
-                         f"({type(exc).__name__}: {exc})") from exc
+        raise ValueError(
+            f"{where}: cannot build a tool schema from {getattr(fn, '__name__', fn)!r} ({type(exc).__name__}: {exc})"
+        ) from exc
     tool = _Tool(schema["name"], schema, sdk_tool.call)
     try:
         with _built_lock:
@@ -478,8 +495,11 @@ def _result_content(output: Any) -> Any:
         return None
     if isinstance(output, str):
         return _fold(output) if output else None
-    if isinstance(output, (list, tuple)) and output and all(is_mapping(b) and isinstance(b.get("type"), str)
-                                                            for b in output):
+    if (
+        isinstance(output, (list, tuple))
+        and output
+        and all(is_mapping(b) and isinstance(b.get("type"), str) for b in output)
+    ):
         blocks = [dict(b) for b in output if not (b.get("type") == "text" and not b.get("text"))]
         for b in blocks:
             if b.get("type") == "text":
@@ -536,9 +556,15 @@ def _interrupted(where: str) -> ClaudeInvocationError:
 class _Loop:
     """The state of one tool loop (see :func:`run_tool_loop`)."""
 
-    def __init__(self, toolset: ToolSet, tool_timeout: Optional[float], parallel: bool,
-                 on_tool_call: Optional[Callable[[ToolCall], Any]], interrupt: Optional[InterruptToken],
-                 context: AgentContext) -> None:
+    def __init__(
+        self,
+        toolset: ToolSet,
+        tool_timeout: Optional[float],
+        parallel: bool,
+        on_tool_call: Optional[Callable[[ToolCall], Any]],
+        interrupt: Optional[InterruptToken],
+        context: AgentContext,
+    ) -> None:
         self.toolset = toolset
         self.tool_timeout = tool_timeout
         self.parallel = parallel
@@ -565,7 +591,8 @@ class _Loop:
             self.on_tool_call(record)
         except Exception as exc:
             raise ClaudeInvocationError(
-                f"The on_tool_call callback raised {type(exc).__name__}: {exc}", kind="callback") from exc
+                f"The on_tool_call callback raised {type(exc).__name__}: {exc}", kind="callback"
+            ) from exc
 
     def tool_token(self) -> InterruptToken:
         if self.token is None:
@@ -582,12 +609,19 @@ class _Loop:
             batches = [[c] for c in calls]
         for batch in batches:
             for call in batch:
-                self.notify(ToolCall(str(call.use.get("name")), call.use.get("input"), None, False, 0.0,
-                                     str(call.use.get("id", ""))))
+                self.notify(
+                    ToolCall(
+                        str(call.use.get("name")), call.use.get("input"), None, False, 0.0, str(call.use.get("id", ""))
+                    )
+                )
                 call.started = time.monotonic()
                 if self.threaded or len(batch) > 1:
-                    thread = threading.Thread(target=_work, args=(call, token, self.context, self.wake),
-                                              name=f"tool-{call.use.get('name')}", daemon=True)
+                    thread = threading.Thread(
+                        target=_work,
+                        args=(call, token, self.context, self.wake),
+                        name=f"tool-{call.use.get('name')}",
+                        daemon=True,
+                    )
                     thread.start()
                 else:
                     _work(call, token, self.context, None)
@@ -613,7 +647,8 @@ class _Loop:
                 for call in batch:
                     if not call.done and not call.reported:
                         call.error = TimeoutError(
-                            f"tool {call.use.get('name')!r} did not finish within tool_timeout={self.tool_timeout:g} s")
+                            f"tool {call.use.get('name')!r} did not finish within tool_timeout={self.tool_timeout:g} s"
+                        )
                         call.seconds = now - call.started
                         self.finish(call)
                 return
@@ -637,8 +672,10 @@ class _Loop:
         elif isinstance(call.output, _Delegation):
             delegation = call.output
             usage = getattr(delegation.results, "usage", None)
-            self.add(usage if isinstance(usage, Usage) else Usage.from_sdk(usage),
-                     getattr(delegation.results, "cost_usd", None))
+            self.add(
+                usage if isinstance(usage, Usage) else Usage.from_sdk(usage),
+                getattr(delegation.results, "cost_usd", None),
+            )
             self.children.extend(delegation.children())
             output, is_error = delegation.answers(), False
             content = json.dumps(output, ensure_ascii=False)
@@ -763,8 +800,9 @@ def run_tool_loop(
         base.pop("tools", None)
     loop = _Loop(toolset, tool_timeout, parallel_tools, on_tool_call, interrupt, context)
     loop.transcript = transcript = list(messages)
-    room = MAX_CACHE_BREAKPOINTS - (count_breakpoints(base.get("tools")) + count_breakpoints(base.get("system"))
-                                    + count_breakpoints(transcript))
+    room = MAX_CACHE_BREAKPOINTS - (
+        count_breakpoints(base.get("tools")) + count_breakpoints(base.get("system")) + count_breakpoints(transcript)
+    )
     previous_mark: Optional[int] = None
     turns = 0
     handle = subscribe(interrupt, loop.wake.set) if interrupt is not None else None
@@ -799,8 +837,12 @@ def run_tool_loop(
                 continue
             transcript.append({"role": "user", "content": loop.run_turn(uses)})
     except ClaudeInvocationError as error:
-        for attr, value in (("messages", transcript), ("tool_calls", list(loop.records)),
-                            ("usage", loop.usage), ("cost_usd", loop.cost)):
+        for attr, value in (
+            ("messages", transcript),
+            ("tool_calls", list(loop.records)),
+            ("usage", loop.usage),
+            ("cost_usd", loop.cost),
+        ):
             if getattr(error, attr, None) is None:
                 setattr(error, attr, value)
         raise
@@ -841,4 +883,3 @@ def _final(reply: ClaudeResponse, loop: _Loop) -> ClaudeResponse:
     if reply.parsed is not None:
         final.parsed = reply.parsed
     return final
-

@@ -13,6 +13,7 @@ The blocked call returns at once and the server sees the disconnect. A request i
 when something needs the stream (text callbacks, a stall timeout, the cache pilot's release);
 otherwise it is a plain ``messages.create``, which the same mechanism aborts.
 """
+
 from __future__ import annotations
 
 import logging
@@ -146,7 +147,9 @@ class _AbortableStream(httpcore2.NetworkStream):
     def close(self) -> None:
         self._inner.close()
 
-    def start_tls(self, ssl_context: Any, server_hostname: Optional[str] = None, timeout: Optional[float] = None) -> Any:
+    def start_tls(
+        self, ssl_context: Any, server_hostname: Optional[str] = None, timeout: Optional[float] = None
+    ) -> Any:
         self._claim()
         if _SyncStream is None or isinstance(self._sock, ssl.SSLSocket):  # TLS in TLS (a proxy): as httpcore does
             inner = self._inner.start_tls(ssl_context, server_hostname, timeout)
@@ -381,8 +384,9 @@ def send(
                         raise
                     logger.debug("max_tokens=%s needs streaming: sending it as a stream", params.get("max_tokens"))
             if reply is None:
-                reply = _stream(params, view, call, on_text, on_start, stall_timeout,
-                                None if ticket is None else ticket.started)
+                reply = _stream(
+                    params, view, call, on_text, on_start, stall_timeout, None if ticket is None else ticket.started
+                )
         except ClaudeInvocationError as error:
             if ticket is not None:
                 ticket.finish(error.headers, None, error)
@@ -470,8 +474,10 @@ def _stream(
             call.detach()  # an abort from now on has nothing to shut down
             if not completed:
                 if call.reason is not None:
-                    raise ClaudeInvocationError(ABORT_MESSAGES.get(call.reason, "The request was aborted"),
-                                                kind=call.reason if call.reason in ABORT_MESSAGES else "connection")
+                    raise ClaudeInvocationError(
+                        ABORT_MESSAGES.get(call.reason, "The request was aborted"),
+                        kind=call.reason if call.reason in ABORT_MESSAGES else "connection",
+                    )
                 raise ClaudeInvocationError("The stream ended before message_stop", kind="connection")
             message = stream.get_final_message()
             headers = stream.response.headers

@@ -10,6 +10,7 @@ Every check runs before anything is sent.
 Traceback (most recent call last):
 ValueError: stall_timeout must be a positive number of seconds, got 0
 """
+
 from __future__ import annotations
 
 import math

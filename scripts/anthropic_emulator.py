@@ -52,6 +52,7 @@ cache prefixes), ``_emulator_validation``, ``_emulator_directives``, ``_emulator
 tool use, structured output), ``_emulator_limits`` (rate limits), ``_emulator_messages`` and
 ``_emulator_batches`` (the endpoints, mixed into :class:`Emulator`). See references/emulator.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,8 +71,6 @@ from aiohttp import web
 
 from _emulator_batches import _Batch, _BatchesMixin
 from _emulator_directives import DIRECTIVE_KEYS, _global_groups, _split_directives
-
-# Importable from here too, though not in __all__ (tests and references/emulator.md use them).
 from _emulator_directives import tool_directive as tool_directive
 from _emulator_limits import _Bucket, _RateLimitsMixin
 from _emulator_messages import _CacheEntry, _MessagesMixin
@@ -81,6 +80,8 @@ from _emulator_tools import schema_instance as schema_instance
 from _emulator_wire import _REC_KEY, _RID_KEY, RequestRecord, _ApiError, _new_id
 
 __all__ = ["Emulator", "RequestRecord", "DEFAULT_SETTINGS", "DIRECTIVE_KEYS", "count_text_tokens", "main"]
+# ``tool_directive`` and ``schema_instance`` (the ``as`` imports above) are importable from here too,
+# though not in __all__: tests and references/emulator.md use them.
 
 
 log = logging.getLogger(__name__)
@@ -145,8 +146,14 @@ class Emulator(_MessagesMixin, _RateLimitsMixin, _BatchesMixin):
         unknown = sorted(set(settings) - set(DEFAULT_SETTINGS))
         if unknown:
             raise TypeError(f"unknown emulator setting(s) {unknown}; expected some of {sorted(DEFAULT_SETTINGS)}")
-        for name in ("ttft_ms", "chunk_delay_ms", "ping_every", "batch_seconds_per_request",
-                     "batch_retrieve_404_times", "batch_create_delay_ms"):
+        for name in (
+            "ttft_ms",
+            "chunk_delay_ms",
+            "ping_every",
+            "batch_seconds_per_request",
+            "batch_retrieve_404_times",
+            "batch_create_delay_ms",
+        ):
             if name in settings and (not isinstance(settings[name], (int, float)) or settings[name] < 0):
                 raise ValueError(f"{name}: expected a number >= 0, got {settings[name]!r}")
         for name in ("reply_words", "rate_limit_requests", "max_concurrent", "cache_min_tokens"):
@@ -278,8 +285,7 @@ class Emulator(_MessagesMixin, _RateLimitsMixin, _BatchesMixin):
     def message_requests(self) -> list[RequestRecord]:
         """Snapshot of the ``POST /v1/messages`` records only."""
         with self._lock:
-            return [dataclasses.replace(r) for r in self._records
-                    if r.method == "POST" and r.path == "/v1/messages"]
+            return [dataclasses.replace(r) for r in self._records if r.method == "POST" and r.path == "/v1/messages"]
 
     @property
     def peak_concurrency(self) -> int:
@@ -354,9 +360,11 @@ class Emulator(_MessagesMixin, _RateLimitsMixin, _BatchesMixin):
 
     def wait_idle(self, timeout: float = 5.0) -> bool:
         """Return True once no request is in flight (False after ``timeout`` seconds)."""
+
         def _idle(e: Emulator) -> bool:
             with e._lock:
                 return e._inflight == 0 and not e._active
+
         return self.wait_for(_idle, timeout)
 
     # ------------------------------------------------------------------ lifecycle
@@ -462,17 +470,24 @@ class Emulator(_MessagesMixin, _RateLimitsMixin, _BatchesMixin):
             rec.error_type = err.error_type
         headers = self._base_headers(request)
         headers.update(err.headers)
-        body = {"type": "error", "error": {"type": err.error_type, "message": err.message},
-                "request_id": request[_RID_KEY]}
+        body = {
+            "type": "error",
+            "error": {"type": err.error_type, "message": err.message},
+            "request_id": request[_RID_KEY],
+        }
         return web.json_response(body, status=err.status, headers=headers)
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
         with self._lock:
             self._seq += 1
-            rec = RequestRecord(seq=self._seq, method=request.method, path=request.path,
-                                retry_count_header=request.headers.get("x-stainless-retry-count"),
-                                started_at=time.monotonic())
+            rec = RequestRecord(
+                seq=self._seq,
+                method=request.method,
+                path=request.path,
+                retry_count_header=request.headers.get("x-stainless-retry-count"),
+                started_at=time.monotonic(),
+            )
             self._records.append(rec)
             self._inflight += 1
             transport = request.transport
@@ -543,9 +558,11 @@ class Emulator(_MessagesMixin, _RateLimitsMixin, _BatchesMixin):
 
 # ---------------------------------------------------------------------- command line
 
+
 def _build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m anthropic_emulator",
-                                description="Run the local Anthropic Messages API emulator.")
+    p = argparse.ArgumentParser(
+        prog="python -m anthropic_emulator", description="Run the local Anthropic Messages API emulator."
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080, help="0 picks a free port (default 8080)")
     p.add_argument("--log-level", default="WARNING")
@@ -557,16 +574,28 @@ def _build_parser() -> argparse.ArgumentParser:
         return None if v == "" else v
 
     types: dict[str, Callable[[str], Any]] = {
-        "api_key": _opt_str, "ttft_ms": float, "chunk_delay_ms": float, "reply_words": _opt_int,
-        "ping_every": int, "rate_limit_requests": _opt_int, "rate_limit_window_s": float,
-        "max_concurrent": _opt_int, "directives": str, "cache_min_tokens": _opt_int,
-        "batch_seconds_per_request": float, "batch_retrieve_404_times": int,
-        "batch_create_delay_ms": float, "rate_limit_rpm": _opt_int, "rate_limit_itpm": _opt_int,
-        "rate_limit_otpm": _opt_int, "rate_limit_minute_s": float,
+        "api_key": _opt_str,
+        "ttft_ms": float,
+        "chunk_delay_ms": float,
+        "reply_words": _opt_int,
+        "ping_every": int,
+        "rate_limit_requests": _opt_int,
+        "rate_limit_window_s": float,
+        "max_concurrent": _opt_int,
+        "directives": str,
+        "cache_min_tokens": _opt_int,
+        "batch_seconds_per_request": float,
+        "batch_retrieve_404_times": int,
+        "batch_create_delay_ms": float,
+        "rate_limit_rpm": _opt_int,
+        "rate_limit_itpm": _opt_int,
+        "rate_limit_otpm": _opt_int,
+        "rate_limit_minute_s": float,
     }
     for name, default in DEFAULT_SETTINGS.items():
-        p.add_argument("--" + name.replace("_", "-"), dest=name, type=types[name], default=default,
-                       help=f"(default: {default!r})")
+        p.add_argument(
+            "--" + name.replace("_", "-"), dest=name, type=types[name], default=default, help=f"(default: {default!r})"
+        )
     return p
 
 

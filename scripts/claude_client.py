@@ -32,11 +32,13 @@ the stream (a worker thread in the parallel functions).
 This module is the public face; the pipeline behind it lives in the private ``_*.py`` modules
 (see references/design-notes.md).
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
 from typing import Any, Callable, Optional, Union
 
+from _admission import RateLimits
 from _conversation import DEFAULT_CONTINUATION_PROMPT, ConversationThread
 from _credentials import (
     CREDENTIALS_FIELD,
@@ -50,7 +52,6 @@ from _credentials import (
     get_anthropic_api_key,
     reset_client,
 )
-from _admission import RateLimits
 from _errors import ERROR_KINDS, TRANSIENT_KINDS, ClaudeInvocationError, MissingAPIKeyError
 from _estimate import CostEstimate, estimate_run_cost
 from _fanout import RunInterrupted, check_callbacks, run_parallel
@@ -100,8 +101,18 @@ __all__ = [
 ]
 
 # Constants re-exported for callers that read them from this module.
-_CONSTANTS = (AVAILABLE_MODELS, DEFAULT_CONTINUATION_PROMPT, MAX_CACHE_BREAKPOINTS, PROJECT_DIR_ENV, DEFAULT_PROJECT_DIR,
-              KEY_FILE_NAME, CREDENTIALS_FILE_NAME, CREDENTIALS_FIELD, ENV_FILE_NAME, ENV_FILE_FIELDS)
+_CONSTANTS = (
+    AVAILABLE_MODELS,
+    DEFAULT_CONTINUATION_PROMPT,
+    MAX_CACHE_BREAKPOINTS,
+    PROJECT_DIR_ENV,
+    DEFAULT_PROJECT_DIR,
+    KEY_FILE_NAME,
+    CREDENTIALS_FILE_NAME,
+    CREDENTIALS_FIELD,
+    ENV_FILE_NAME,
+    ENV_FILE_FIELDS,
+)
 
 
 def invoke_claude(
@@ -143,11 +154,27 @@ def invoke_claude(
     """
     check_bool(streaming, "streaming")
     return _single(
-        prompt, model=model, system=system, max_tokens=max_tokens, temperature=temperature,
-        cache_system=cache_system, cache_prompt=cache_prompt, messages=messages, api_key=api_key,
-        base_url=base_url, interrupt_token=interrupt_token, stall_timeout=stall_timeout, extra=kwargs,
-        stream=streaming, tools=tools, output_schema=output_schema, max_tool_turns=max_tool_turns, tool_timeout=tool_timeout,
-        parallel_tools=parallel_tools, on_tool_call=on_tool_call, max_cost_usd=max_cost_usd,
+        prompt,
+        model=model,
+        system=system,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        cache_system=cache_system,
+        cache_prompt=cache_prompt,
+        messages=messages,
+        api_key=api_key,
+        base_url=base_url,
+        interrupt_token=interrupt_token,
+        stall_timeout=stall_timeout,
+        extra=kwargs,
+        stream=streaming,
+        tools=tools,
+        output_schema=output_schema,
+        max_tool_turns=max_tool_turns,
+        tool_timeout=tool_timeout,
+        parallel_tools=parallel_tools,
+        on_tool_call=on_tool_call,
+        max_cost_usd=max_cost_usd,
         rate_limits=rate_limits,
     )
 
@@ -191,11 +218,28 @@ def invoke_claude_streaming(
     """
     check_callable(callback, "callback")
     return _single(
-        prompt, model=model, system=system, max_tokens=max_tokens, temperature=temperature,
-        cache_system=cache_system, cache_prompt=cache_prompt, messages=messages, api_key=api_key,
-        base_url=base_url, interrupt_token=interrupt_token, stall_timeout=stall_timeout, extra=kwargs,
-        stream=True, on_text=callback, tools=tools, output_schema=output_schema, max_tool_turns=max_tool_turns, tool_timeout=tool_timeout,
-        parallel_tools=parallel_tools, on_tool_call=on_tool_call, max_cost_usd=max_cost_usd,
+        prompt,
+        model=model,
+        system=system,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        cache_system=cache_system,
+        cache_prompt=cache_prompt,
+        messages=messages,
+        api_key=api_key,
+        base_url=base_url,
+        interrupt_token=interrupt_token,
+        stall_timeout=stall_timeout,
+        extra=kwargs,
+        stream=True,
+        on_text=callback,
+        tools=tools,
+        output_schema=output_schema,
+        max_tool_turns=max_tool_turns,
+        tool_timeout=tool_timeout,
+        parallel_tools=parallel_tools,
+        on_tool_call=on_tool_call,
+        max_cost_usd=max_cost_usd,
         rate_limits=rate_limits,
     )
 
@@ -260,8 +304,6 @@ def invoke_claude_json(
     return parse_json_response(str(reply))
 
 
-
-
 def _single(
     prompt: Optional[str],
     *,
@@ -285,8 +327,15 @@ def _single(
     stall = check_optional_seconds(stall_timeout, "stall_timeout")
     options = AgentOptions.checked(**agent_options)
     params = single_request(
-        prompt, model=model, system=system, max_tokens=max_tokens, temperature=temperature,
-        cache_system=cache_system, cache_prompt=cache_prompt, messages=messages, extra=extra,
+        prompt,
+        model=model,
+        system=system,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        cache_system=cache_system,
+        cache_prompt=cache_prompt,
+        messages=messages,
+        extra=extra,
     )
     client = get_client(api_key=api_key, base_url=base_url)
     options.limit(client, [params])
@@ -419,8 +468,6 @@ def invoke_parallel_interruptible(
     return _parallel(callbacks=None, **locals())  # every parameter, as given
 
 
-
-
 def _parallel(
     prompts: Any,
     *,
@@ -442,22 +489,50 @@ def _parallel(
     **agent_options: Any,
 ) -> ParallelResults:
     check_positive_int(max_workers, "max_workers")
-    stall = common_checks(interrupt_token=interrupt_token, stall_timeout=stall_timeout,
-                          return_exceptions=return_exceptions, cache_pilot=cache_pilot)
+    stall = common_checks(
+        interrupt_token=interrupt_token,
+        stall_timeout=stall_timeout,
+        return_exceptions=return_exceptions,
+        cache_pilot=cache_pilot,
+    )
     options = AgentOptions.checked(**agent_options)
-    specs = prompt_specs(prompts, shared_system=shared_system, cache_shared_system=cache_shared_system, model=model,
-                         max_tokens=max_tokens, extra_keys=AGENT_KEYS)
+    specs = prompt_specs(
+        prompts,
+        shared_system=shared_system,
+        cache_shared_system=cache_shared_system,
+        model=model,
+        max_tokens=max_tokens,
+        extra_keys=AGENT_KEYS,
+    )
     attach_prompt_tools(specs)
     check_callbacks(callbacks, len(specs))
     client = get_client(api_key=api_key, base_url=base_url)
     options.limit(client, [spec.params for spec in specs])
     agent = options.agent(client, policy=default_policy(client), stall_timeout=stall)
-    pilot = cache_pilot and cache_shared_system and shared_system is not None and len(specs) > 1 and "system" in specs[0].params
-    with run_hooks([spec.params for spec in specs], journal=journal, retry_failed=retry_failed, progress=progress,
-                   label="invoke_parallel") as hooks:
+    pilot = (
+        cache_pilot
+        and cache_shared_system
+        and shared_system is not None
+        and len(specs) > 1
+        and "system" in specs[0].params
+    )
+    with run_hooks(
+        [spec.params for spec in specs],
+        journal=journal,
+        retry_failed=retry_failed,
+        progress=progress,
+        label="invoke_parallel",
+    ) as hooks:
         return run_parallel(
-            specs, agent=agent, max_workers=max_workers, callbacks=callbacks, return_exceptions=return_exceptions,
-            interrupt_token=interrupt_token, pilot=pilot, seed=hooks.restored, on_begin=hooks.begin,
+            specs,
+            agent=agent,
+            max_workers=max_workers,
+            callbacks=callbacks,
+            return_exceptions=return_exceptions,
+            interrupt_token=interrupt_token,
+            pilot=pilot,
+            seed=hooks.restored,
+            on_begin=hooks.begin,
             on_settle=hooks.settle if (hooks.journal or hooks.progress) else None,
         )
 
@@ -480,18 +555,33 @@ def delegate_tool(max_depth: int = 1, **invoke_parallel_options: Any) -> Any:
     if unknown:
         raise TypeError(f"delegate_tool() got unexpected option(s) {unknown}; allowed: {sorted(allowed)}")
     options = dict(invoke_parallel_options)
-    prompt_specs([{"prompt": "check"}], shared_system=options.get("shared_system"),
-                 cache_shared_system=options.get("cache_shared_system", False),
-                 model=options.get("model", DEFAULT_MODEL), max_tokens=options.get("max_tokens", 4096))
+    prompt_specs(
+        [{"prompt": "check"}],
+        shared_system=options.get("shared_system"),
+        cache_shared_system=options.get("cache_shared_system", False),
+        model=options.get("model", DEFAULT_MODEL),
+        max_tokens=options.get("max_tokens", 4096),
+    )
     check_positive_int(options.get("max_workers", 5), "max_workers")
 
     def run_tasks(tasks: list, context: Any) -> ParallelResults:
         parent = context.extra["agent"]
         child = replace(parent, depth=context.depth, tools=context.extra["toolset"], output=None)
-        specs = prompt_specs([{"prompt": task} for task in tasks], shared_system=options.get("shared_system"),
-                             cache_shared_system=options.get("cache_shared_system", False),
-                             model=options.get("model", DEFAULT_MODEL), max_tokens=options.get("max_tokens", 4096))
-        return run_parallel(specs, agent=child, max_workers=options.get("max_workers", 5), callbacks=None,
-                            return_exceptions=True, interrupt_token=context.interrupt, pilot=False)
+        specs = prompt_specs(
+            [{"prompt": task} for task in tasks],
+            shared_system=options.get("shared_system"),
+            cache_shared_system=options.get("cache_shared_system", False),
+            model=options.get("model", DEFAULT_MODEL),
+            max_tokens=options.get("max_tokens", 4096),
+        )
+        return run_parallel(
+            specs,
+            agent=child,
+            max_workers=options.get("max_workers", 5),
+            callbacks=None,
+            return_exceptions=True,
+            interrupt_token=context.interrupt,
+            pilot=False,
+        )
 
     return make_delegate_tool(run_tasks, max_depth)

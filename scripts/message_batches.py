@@ -18,6 +18,7 @@ a re-run after completion returns the stored results without sending a single re
 e.g. after an interrupt canceled the batches) as a new batch and merges their new results into
 the same slots; the requests that succeeded are never sent again.
 """
+
 from __future__ import annotations
 
 import json
@@ -68,10 +69,8 @@ from _batch_journal import (
 from _errors import ClaudeInvocationError
 from _errors import translate as _translate
 from _interrupt import InterruptToken
-from _progress import Progress
-from _runs import check_progress
-from _structured import OutputSpec
 from _interrupt import check_token as _check_token
+from _progress import Progress
 from _requests import DEFAULT_MODEL
 from _requests import prompt_specs as _prompt_specs
 from _results import ClaudeResponse, ParallelResults, Usage, estimate_cost
@@ -80,6 +79,8 @@ from _results import totals as _totals
 from _retry import Retry, RetryPolicy
 from _retry import run as _retrying
 from _retry import sleep as _interruptible_sleep
+from _runs import check_progress
+from _structured import OutputSpec
 from _transport import get_client as _get_client
 from _transport import no_retry_client as _no_retry_client
 from _validation import check_bool as _check_bool
@@ -112,8 +113,9 @@ _RETRY_NOT_FOUND = Retry(lambda e: e.status_code == 404, "retry_if_not_found")
 # anything, or a connection that was never made.
 _CREATE_POLICY = RetryPolicy(max_retries=4, base_delay_ms=1000, max_delay_ms=8000, jitter="none")
 _CREATE_RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504, 529})
-_RETRY_CREATE = Retry(lambda e: e.status_code in _CREATE_RETRY_STATUS or getattr(e, "never_sent", False),
-                      "retry_if_nothing_created")
+_RETRY_CREATE = Retry(
+    lambda e: e.status_code in _CREATE_RETRY_STATUS or getattr(e, "never_sent", False), "retry_if_nothing_created"
+)
 
 ProgressCallback = Callable[["BatchProgress"], None]
 
@@ -247,16 +249,20 @@ class _BatchRun:
             except (anthropic.APIError, httpx2.HTTPError, OSError) as exc:
                 error = _translate(exc)
                 # Only an answer from the server or a refused connection proves there is no batch.
-                error.never_sent = isinstance(exc, anthropic.APIConnectionError) and isinstance(
-                    exc.__cause__, httpx2.ConnectError) and not isinstance(exc, anthropic.APITimeoutError)
+                error.never_sent = (
+                    isinstance(exc, anthropic.APIConnectionError)
+                    and isinstance(exc.__cause__, httpx2.ConnectError)
+                    and not isinstance(exc, anthropic.APITimeoutError)
+                )
                 if isinstance(exc, anthropic.APIStatusError) or error.never_sent:
                     batch["create_started_at"] = None
                 logger.warning("invoke_batch: batch create failed (%s)", error.kind)
                 raise error from exc
 
         try:
-            created = _retrying(attempt, _CREATE_POLICY, interrupt=self.token, retry=_RETRY_CREATE,
-                                what="invoke_batch: batch create")
+            created = _retrying(
+                attempt, _CREATE_POLICY, interrupt=self.token, retry=_RETRY_CREATE, what="invoke_batch: batch create"
+            )
         except ClaudeInvocationError as error:
             if error.kind == "interrupted":
                 raise _Interrupted() from error
@@ -308,14 +314,14 @@ class _BatchRun:
                 if pages >= _LIST_MAX_PAGES:
                     logger.warning(
                         "invoke_batch: stopped listing batches after %d pages while looking for the batch of "
-                        "an interrupted create", pages,
+                        "an interrupted create",
+                        pages,
                     )
                     break
                 page = page.get_next_page()
                 pages += 1
         except Exception as exc:
-            logger.warning("invoke_batch: could not list batches to recover an interrupted create: %s",
-                           _translate(exc))
+            logger.warning("invoke_batch: could not list batches to recover an interrupted create: %s", _translate(exc))
             return [], False
         return found, True
 
@@ -345,8 +351,7 @@ class _BatchRun:
         found, _ = self._find_created(batch, slack=120.0)
         if len(found) != 1:
             logger.warning(
-                "invoke_batch: the previous run stopped while creating the batch for %s and %s; submitting "
-                "them again",
+                "invoke_batch: the previous run stopped while creating the batch for %s and %s; submitting them again",
                 _label(batch),
                 "no such batch exists" if not found else f"{len(found)} batches could be it",
             )
@@ -366,8 +371,16 @@ class _BatchRun:
         """An adopted batch held none of this entry's requests: forget it and submit again."""
         foreign = batch["id"]
         self.journal.data.setdefault("foreign_batches", []).append(foreign)
-        batch.update(id=None, status="pending", request_counts=None, seen=False, cancel_requested=False,
-                     results_fetched=False, create_started_at=None, adopted=False)
+        batch.update(
+            id=None,
+            status="pending",
+            request_counts=None,
+            seen=False,
+            cancel_requested=False,
+            results_fetched=False,
+            create_started_at=None,
+            adopted=False,
+        )
         self.journal.save()
         logger.warning(
             "invoke_batch: %s, taken over after an interrupted create, holds none of %s (it belongs to "
@@ -384,8 +397,13 @@ class _BatchRun:
                 raise _translate(exc) from exc
 
         try:
-            info = _retrying(attempt, _NOT_FOUND_POLICY if not batch.get("seen") else _NO_RETRY_NOT_FOUND,
-                             interrupt=self.token, retry=_RETRY_NOT_FOUND, what=f"invoke_batch: {batch['id']} (404)")
+            info = _retrying(
+                attempt,
+                _NOT_FOUND_POLICY if not batch.get("seen") else _NO_RETRY_NOT_FOUND,
+                interrupt=self.token,
+                retry=_RETRY_NOT_FOUND,
+                what=f"invoke_batch: {batch['id']} (404)",
+            )
         except ClaudeInvocationError as error:
             if error.kind == "interrupted":
                 raise _Interrupted() from error
@@ -425,7 +443,9 @@ class _BatchRun:
             self._reset_foreign(batch)
             return
         if unknown:
-            logger.warning("invoke_batch: ignored %d result lines of %s with an unknown custom_id", unknown, batch["id"])
+            logger.warning(
+                "invoke_batch: ignored %d result lines of %s with an unknown custom_id", unknown, batch["id"]
+            )
         missing = 0
         for r in members:
             if r.custom_id not in fetched:
@@ -536,9 +556,18 @@ class _BatchRun:
                     totals[key] += counts[key]
             indexes = b.get("indexes")
             start, end = (indexes[0], indexes[-1] + 1) if indexes else (b["start"], b["end"])
-            rows.append(BatchStatus(b["id"], start, end, b["status"], results_fetched=b["results_fetched"],
-                                    indexes=tuple(indexes) if indexes else None,
-                                    retry_round=int(b.get("round", 1)) if indexes else 0, **counts))
+            rows.append(
+                BatchStatus(
+                    b["id"],
+                    start,
+                    end,
+                    b["status"],
+                    results_fetched=b["results_fetched"],
+                    indexes=tuple(indexes) if indexes else None,
+                    retry_round=int(b.get("round", 1)) if indexes else 0,
+                    **counts,
+                )
+            )
         return BatchProgress(tuple(rows), len(self.requests), elapsed_s=time.monotonic() - self.started, **totals)
 
     def _report(self) -> None:
@@ -598,8 +627,6 @@ class _TimedOut(Exception):
     """Internal: ``timeout`` elapsed."""
 
 
-
-
 # --------------------------------------------------------------------------- results
 
 
@@ -645,7 +672,11 @@ def _response(message: Mapping[str, Any], model_hint: str) -> Any:
 
 
 def _collect(
-    requests: Sequence[_Request], journal: _Journal, *, return_exceptions: bool, raise_errors: bool,
+    requests: Sequence[_Request],
+    journal: _Journal,
+    *,
+    return_exceptions: bool,
+    raise_errors: bool,
     output: Optional[OutputSpec] = None,
 ) -> ParallelResults:
     """Results in input order from the journal; None where there is no result yet.
@@ -826,7 +857,11 @@ def invoke_batch(
     >>> replies[0], replies.cost_usd
     """
     specs = _prompt_specs(
-        prompts, shared_system=shared_system, cache_shared_system=cache_shared_system, model=model, max_tokens=max_tokens
+        prompts,
+        shared_system=shared_system,
+        cache_shared_system=cache_shared_system,
+        model=model,
+        max_tokens=max_tokens,
     )
     output = OutputSpec.from_user(output_schema)
     if output is not None:
@@ -852,17 +887,42 @@ def invoke_batch(
     if progress is not False:
         display = Progress(len(requests), progress, "invoke_batch")
         try:
-            return _invoke(requests, path, model, state_args=(max_batch_requests, max_batch_bytes),
-                           on_progress=_feeding(display, on_progress), output=output, retry_failed=retry_failed,
-                           interrupt_token=interrupt_token, return_exceptions=return_exceptions, timeout=timeout,
-                           limit=limit, poll_interval=poll_interval, on_interrupt=on_interrupt, api_key=api_key,
-                           base_url=base_url)
+            return _invoke(
+                requests,
+                path,
+                model,
+                state_args=(max_batch_requests, max_batch_bytes),
+                on_progress=_feeding(display, on_progress),
+                output=output,
+                retry_failed=retry_failed,
+                interrupt_token=interrupt_token,
+                return_exceptions=return_exceptions,
+                timeout=timeout,
+                limit=limit,
+                poll_interval=poll_interval,
+                on_interrupt=on_interrupt,
+                api_key=api_key,
+                base_url=base_url,
+            )
         finally:
             display.close()
-    return _invoke(requests, path, model, state_args=(max_batch_requests, max_batch_bytes), on_progress=on_progress,
-                   output=output, retry_failed=retry_failed, interrupt_token=interrupt_token,
-                   return_exceptions=return_exceptions, timeout=timeout, limit=limit, poll_interval=poll_interval,
-                   on_interrupt=on_interrupt, api_key=api_key, base_url=base_url)
+    return _invoke(
+        requests,
+        path,
+        model,
+        state_args=(max_batch_requests, max_batch_bytes),
+        on_progress=on_progress,
+        output=output,
+        retry_failed=retry_failed,
+        interrupt_token=interrupt_token,
+        return_exceptions=return_exceptions,
+        timeout=timeout,
+        limit=limit,
+        poll_interval=poll_interval,
+        on_interrupt=on_interrupt,
+        api_key=api_key,
+        base_url=base_url,
+    )
 
 
 def _feeding(display: Progress, on_progress: Optional[ProgressCallback]) -> ProgressCallback:
@@ -883,11 +943,24 @@ def _feeding(display: Progress, on_progress: Optional[ProgressCallback]) -> Prog
     return feed
 
 
-def _invoke(requests: List[Any], path: Optional[Path], model: str, *, state_args: tuple,
-            on_progress: Optional[ProgressCallback], output: Optional[OutputSpec], retry_failed: bool,
-            interrupt_token: Optional[InterruptToken], return_exceptions: bool, timeout: Optional[float],
-            limit: Optional[float], poll_interval: float, on_interrupt: str, api_key: Optional[str],
-            base_url: Optional[str]) -> ParallelResults:
+def _invoke(
+    requests: List[Any],
+    path: Optional[Path],
+    model: str,
+    *,
+    state_args: tuple,
+    on_progress: Optional[ProgressCallback],
+    output: Optional[OutputSpec],
+    retry_failed: bool,
+    interrupt_token: Optional[InterruptToken],
+    return_exceptions: bool,
+    timeout: Optional[float],
+    limit: Optional[float],
+    poll_interval: float,
+    on_interrupt: str,
+    api_key: Optional[str],
+    base_url: Optional[str],
+) -> ParallelResults:
     max_batch_requests, max_batch_bytes = state_args
     ranges = _plan(requests, max_batch_requests, max_batch_bytes)
     state = _Journal.open(path, _fingerprint(requests), requests, ranges, model)

@@ -53,6 +53,7 @@ This module parses the arguments; the work is done by private modules, one conce
 (API or offline emulator), ``_cli_run`` (the run and signals), ``_cli_board`` / ``_cli_display``
 (progress), ``_cli_output`` (records), ``_cli_estimate`` (``--dry-run``), ``_cli_common``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -104,79 +105,126 @@ def _build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Fan prompts out to parallel Claude calls; results in input order on stdout, "
-                    "live progress on stderr. Without an API key it runs offline against the "
-                    "bundled emulator.",
+        "live progress on stderr. Without an API key it runs offline against the "
+        "bundled emulator.",
         epilog="Exit status: 0 all ok, 1 some failed, 2 usage error, 130 interrupted (Ctrl-C), "
-               "143 terminated (SIGTERM); when interrupted or terminated, finished results are "
-               "still written.",
+        "143 terminated (SIGTERM); when interrupted or terminated, finished results are "
+        "still written.",
     )
     src = p.add_argument_group("input")
-    src.add_argument("prompts", nargs="*", metavar="PROMPT",
-                     help="prompts to run (else --file, --perspectives, or lines on stdin)")
-    src.add_argument("-f", "--file", metavar="FILE",
-                     help="prompts, one per line, or JSONL objects with keys prompt, system, "
-                          "task_id, category, model, max_tokens, temperature ('-' for stdin). "
-                          "The input is JSONL if FILE ends in .jsonl/.ndjson or its first non-blank "
-                          "line starts with '{' (then every non-blank line must be a JSON object); "
-                          "else each non-blank line is a prompt, and a line that is a JSON object "
-                          "is an error (a mix of text and JSON lines is refused). Same rule for stdin.")
-    src.add_argument("--perspectives", metavar="LIST",
-                     help="comma-separated review perspectives (e.g. security,performance); "
-                          "each becomes one prompt over --input")
-    src.add_argument("--input", metavar="FILE_OR_TEXT",
-                     help="with --perspectives: the file to review, '-' for stdin, or the text itself; "
-                          "a single word containing '/' or ending in .ext (e.g. app.py) is taken as a "
-                          "path and must exist, a directory is an error")
+    src.add_argument(
+        "prompts", nargs="*", metavar="PROMPT", help="prompts to run (else --file, --perspectives, or lines on stdin)"
+    )
+    src.add_argument(
+        "-f",
+        "--file",
+        metavar="FILE",
+        help="prompts, one per line, or JSONL objects with keys prompt, system, "
+        "task_id, category, model, max_tokens, temperature ('-' for stdin). "
+        "The input is JSONL if FILE ends in .jsonl/.ndjson or its first non-blank "
+        "line starts with '{' (then every non-blank line must be a JSON object); "
+        "else each non-blank line is a prompt, and a line that is a JSON object "
+        "is an error (a mix of text and JSON lines is refused). Same rule for stdin.",
+    )
+    src.add_argument(
+        "--perspectives",
+        metavar="LIST",
+        help="comma-separated review perspectives (e.g. security,performance); each becomes one prompt over --input",
+    )
+    src.add_argument(
+        "--input",
+        metavar="FILE_OR_TEXT",
+        help="with --perspectives: the file to review, '-' for stdin, or the text itself; "
+        "a single word containing '/' or ending in .ext (e.g. app.py) is taken as a "
+        "path and must exist, a directory is an error",
+    )
     run = p.add_argument_group("model and run")
     run.add_argument("-m", "--model", help="model for every prompt (default: the library's default)")
-    run.add_argument("-w", "--workers", type=_positive_int, default=5,
-                     help="prompts in flight at once (default 5)")
-    run.add_argument("--max-tokens", type=_positive_int, default=4096, metavar="N",
-                     help="maximum output tokens per prompt (default 4096)")
-    run.add_argument("--temperature", type=_temperature, metavar="T",
-                     help="sampling temperature for prompts that do not set one")
+    run.add_argument("-w", "--workers", type=_positive_int, default=5, help="prompts in flight at once (default 5)")
+    run.add_argument(
+        "--max-tokens",
+        type=_positive_int,
+        default=4096,
+        metavar="N",
+        help="maximum output tokens per prompt (default 4096)",
+    )
+    run.add_argument(
+        "--temperature", type=_temperature, metavar="T", help="sampling temperature for prompts that do not set one"
+    )
     sysg = run.add_mutually_exclusive_group()
     sysg.add_argument("--system", metavar="TEXT", help="system prompt shared by every prompt")
-    sysg.add_argument("--system-file", metavar="FILE",
-                      help="read the shared system prompt from FILE")
-    run.add_argument("--cache", action="store_true",
-                     help="prompt-cache the shared system prompt (one request warms the cache, "
-                          "the rest read it)")
-    run.add_argument("--retries", type=_non_negative_int, default=3, metavar="N",
-                     help="retries per prompt after a transient failure (default 3)")
-    run.add_argument("--stall-timeout", type=_positive_float, metavar="SECONDS",
-                     help="abort and retry a stream that sends nothing for this long")
-    run.add_argument("--offline", action="store_true",
-                     help="run against the bundled emulator even when an API key is configured")
+    sysg.add_argument("--system-file", metavar="FILE", help="read the shared system prompt from FILE")
+    run.add_argument(
+        "--cache",
+        action="store_true",
+        help="prompt-cache the shared system prompt (one request warms the cache, the rest read it)",
+    )
+    run.add_argument(
+        "--retries",
+        type=_non_negative_int,
+        default=3,
+        metavar="N",
+        help="retries per prompt after a transient failure (default 3)",
+    )
+    run.add_argument(
+        "--stall-timeout",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="abort and retry a stream that sends nothing for this long",
+    )
+    run.add_argument(
+        "--offline", action="store_true", help="run against the bundled emulator even when an API key is configured"
+    )
     agents = p.add_argument_group("tools, spend and resuming")
-    agents.add_argument("--tool", action="append", default=[], metavar="MODULE:FUNCTION",
-                        help="offer a Python function to the model as a tool (repeatable): MODULE is "
-                             "imported from sys.path or the current directory, or give a file, "
-                             "path/to/tools.py:FUNCTION; the schema comes from its signature and "
-                             "docstring. The result text is the final answer after the tool calls")
-    agents.add_argument("--max-tool-turns", type=_positive_int, metavar="N",
-                        help="with --tool: at most N tool-call rounds per prompt (library default 10)")
-    agents.add_argument("--max-cost", type=_non_negative_float, metavar="USD",
-                        help="hard spend cap for the whole run: a request whose worst case (its input "
-                             "plus max tokens at list price) does not fit under the cap is not started, and "
-                             "its prompt fails with error_kind 'budget' (exit status 1)")
-    agents.add_argument("--dry-run", action="store_true",
-                        help="print the cost estimate (input_tokens, output_tokens_max, low_usd, "
-                             "high_usd, method; one JSON object with --format jsonl) to stdout and "
-                             "exit 0 without generating anything")
-    agents.add_argument("--journal", metavar="PATH",
-                        help="append every finished result to PATH; re-running with the same prompts, "
-                             "options and PATH resumes: finished prompts are not sent again")
-    agents.add_argument("--retry-failed", action="store_true",
-                        help="with --journal: run prompts that failed for good last time again "
-                             "(transient failures always run again)")
+    agents.add_argument(
+        "--tool",
+        action="append",
+        default=[],
+        metavar="MODULE:FUNCTION",
+        help="offer a Python function to the model as a tool (repeatable): MODULE is "
+        "imported from sys.path or the current directory, or give a file, "
+        "path/to/tools.py:FUNCTION; the schema comes from its signature and "
+        "docstring. The result text is the final answer after the tool calls",
+    )
+    agents.add_argument(
+        "--max-tool-turns",
+        type=_positive_int,
+        metavar="N",
+        help="with --tool: at most N tool-call rounds per prompt (library default 10)",
+    )
+    agents.add_argument(
+        "--max-cost",
+        type=_non_negative_float,
+        metavar="USD",
+        help="hard spend cap for the whole run: a request whose worst case (its input "
+        "plus max tokens at list price) does not fit under the cap is not started, and "
+        "its prompt fails with error_kind 'budget' (exit status 1)",
+    )
+    agents.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the cost estimate (input_tokens, output_tokens_max, low_usd, "
+        "high_usd, method; one JSON object with --format jsonl) to stdout and "
+        "exit 0 without generating anything",
+    )
+    agents.add_argument(
+        "--journal",
+        metavar="PATH",
+        help="append every finished result to PATH; re-running with the same prompts, "
+        "options and PATH resumes: finished prompts are not sent again",
+    )
+    agents.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="with --journal: run prompts that failed for good last time again (transient failures always run again)",
+    )
     out = p.add_argument_group("output")
-    out.add_argument("--format", choices=("text", "jsonl"),
-                     help="result format (default: text on a terminal, jsonl otherwise)")
+    out.add_argument(
+        "--format", choices=("text", "jsonl"), help="result format (default: text on a terminal, jsonl otherwise)"
+    )
     out.add_argument("-o", "--output", metavar="FILE", help="write results to FILE instead of stdout")
     out.add_argument("--no-progress", action="store_true", help="no live progress on stderr")
-    out.add_argument("-q", "--quiet", action="store_true",
-                     help="no progress and no notices on stderr (errors only)")
+    out.add_argument("-q", "--quiet", action="store_true", help="no progress and no notices on stderr (errors only)")
     return p
 
 
@@ -242,8 +290,15 @@ def _main(args: argparse.Namespace, stdin: IO[str], stdout: IO[str], stderr: IO[
             root.removeHandler(handler)
 
 
-def _run_main(args: argparse.Namespace, items: list[dict], shared_system: Optional[str], fmt: str,
-              display: Display, stdout: IO[str], stderr: IO[str]) -> int:
+def _run_main(
+    args: argparse.Namespace,
+    items: list[dict],
+    shared_system: Optional[str],
+    fmt: str,
+    display: Display,
+    stdout: IO[str],
+    stderr: IO[str],
+) -> int:
     """Connect (the API or the offline emulator), validate with the library, then estimate or run."""
     notice = (lambda text: None) if args.quiet else display.notice
     # api_key / base_url passed to the library for this run only

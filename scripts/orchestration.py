@@ -19,6 +19,7 @@ Attempt counting is the same everywhere in the library: ``max_retries=3`` means 
 three retries, at most four attempts (HTTP requests) per task. The SDK's own retries are switched
 off for these calls so attempts never multiply.
 """
+
 from __future__ import annotations
 
 import logging
@@ -64,8 +65,16 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _RE_EXPORTED = (DEFAULT_MAX_RETRY_AFTER_S, TaskTracker)
-_AGENT_OPTIONS = ("tools", "output_schema", "max_tool_turns", "tool_timeout", "parallel_tools", "on_tool_call",
-                  "max_cost_usd", "rate_limits")
+_AGENT_OPTIONS = (
+    "tools",
+    "output_schema",
+    "max_tool_turns",
+    "tool_timeout",
+    "parallel_tools",
+    "on_tool_call",
+    "max_cost_usd",
+    "rate_limits",
+)
 
 
 def invoke_with_retry(
@@ -106,8 +115,9 @@ def invoke_with_retry(
         base = 1000.0 if base_delay_ms is None else base_delay_ms
         policy = resolve_policy(None, max_retries=max_retries, base_delay_ms=base, max_delay_ms=base, jitter="none")
     else:
-        policy = resolve_policy(policy, max_retries=max_retries, base_delay_ms=base_delay_ms,
-                                max_delay_ms=max_delay_ms, jitter=jitter)
+        policy = resolve_policy(
+            policy, max_retries=max_retries, base_delay_ms=base_delay_ms, max_delay_ms=max_delay_ms, jitter=jitter
+        )
     kw = dict(invoke_claude_kwargs)
     token = check_token(kw.pop("interrupt_token", None))
     stall = check_optional_seconds(kw.pop("stall_timeout", None), "stall_timeout")
@@ -154,7 +164,15 @@ def invoke_parallel_with_reconciliation(
     >>> results = invoke_parallel_with_reconciliation(prompts, reconcile=lambda ps, tracker: ps[:10])
     """
     return invoke_parallel_managed(
-        prompts, reconcile=reconcile, model=model, max_tokens=max_tokens, max_workers=max_workers,
-        shared_system=shared_system, cache_shared_system=cache_shared_system, max_retries=max_retries,
-        stall_timeout=stall_timeout, on_stall=on_stall, **managed_kwargs,
+        prompts,
+        reconcile=reconcile,
+        model=model,
+        max_tokens=max_tokens,
+        max_workers=max_workers,
+        shared_system=shared_system,
+        cache_shared_system=cache_shared_system,
+        max_retries=max_retries,
+        stall_timeout=stall_timeout,
+        on_stall=on_stall,
+        **managed_kwargs,
     )

@@ -42,6 +42,7 @@ changes to the tracker never change a snapshot already handed out.
 Thread safety: one lock guards all state; every public method is atomic, so several worker
 threads may drive one tracker.
 """
+
 from __future__ import annotations
 
 import logging
@@ -108,8 +109,12 @@ _CANCEL_REASONS = frozenset(
     {TerminalReason.CANCELLED, TerminalReason.INTERRUPTED, TerminalReason.RECONCILED_AWAY, TerminalReason.STALLED}
 )
 _FAIL_REASONS = frozenset(
-    {TerminalReason.FAILED_PERMANENTLY, TerminalReason.RETRIES_EXHAUSTED, TerminalReason.STALLED,
-     TerminalReason.INTERRUPTED}
+    {
+        TerminalReason.FAILED_PERMANENTLY,
+        TerminalReason.RETRIES_EXHAUSTED,
+        TerminalReason.STALLED,
+        TerminalReason.INTERRUPTED,
+    }
 )
 
 
@@ -434,8 +439,8 @@ class TaskTracker:
     def summary(self) -> Dict[str, int]:
         """Task count per state, keyed by the state's value; every state appears (as in the seed)::
 
-            {"unclaimed": 0, "claimed": 0, "running": 1, "completed": 8, "failed": 1,
-             "retry_queued": 0, "cancelled": 0}
+        {"unclaimed": 0, "claimed": 0, "running": 1, "completed": 8, "failed": 1,
+         "retry_queued": 0, "cancelled": 0}
         """
         with self._lock:
             counts = {s.value: 0 for s in TaskState}
@@ -487,14 +492,17 @@ class TaskTracker:
             )
         if allowed_from is not None and task.state not in allowed_from:
             raise InvalidTransitionError(
-                task.task_id, task.state, to_state,
+                task.task_id,
+                task.state,
+                to_state,
                 "allowed from " + ", ".join(s.value for s in allowed_from),
             )
 
     @staticmethod
     def _move(task: _Task, state: TaskState, reason: Optional[TerminalReason] = None) -> TaskInfo:
-        logger.debug("task %r: %s -> %s%s", task.task_id, task.state.value, state.value,
-                     f" ({reason.value})" if reason else "")
+        logger.debug(
+            "task %r: %s -> %s%s", task.task_id, task.state.value, state.value, f" ({reason.value})" if reason else ""
+        )
         task.state = state
         task.terminal_reason = reason
         task.history.append(state)

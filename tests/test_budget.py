@@ -221,3 +221,12 @@ def test_estimate_falls_back_to_local_when_unreachable() -> None:
         estimate_run_cost("not a list")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_tokens"):
         estimate_run_cost([{"prompt": "x"}], max_tokens=0)
+
+
+def test_a_cap_of_the_estimates_high_lets_the_whole_run_start(client_env) -> None:
+    import claude_client as cc
+
+    prompts = [{"prompt": f"question {i} " + "context " * 200} for i in range(3)]
+    est = cc.estimate_run_cost(prompts, max_tokens=100)
+    results = cc.invoke_parallel(prompts, max_tokens=100, max_cost_usd=est.high_usd, max_workers=1)
+    assert results.errors == {} and est.low_usd <= results.cost_usd <= est.high_usd
