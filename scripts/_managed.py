@@ -24,7 +24,7 @@ from _limits import ConcurrencyLimiter, RateLimitGate, add_listener, remove_list
 from _requests import DEFAULT_MODEL, prompt_specs
 from _results import ParallelResults, totals
 from _retry import NO_RETRY, RetryPolicy
-from _runs import AGENT_KEYS, AgentOptions, RunHooks, attach_prompt_tools, common_checks, run_hooks
+from _runs import AGENT_KEYS, AgentOptions, RunHooks, attach_prompt_tools, common_checks, run_hooks, wants_pilot
 from _tools import ToolSet
 from _transport import get_client
 from _validation import check_callable, check_positive_int
@@ -544,15 +544,7 @@ def _run_managed(
         options.limit(client, [task.params for task in tasks])
     token = InterruptToken()
     link = subscribe(interrupt_token, token.interrupt) if interrupt_token is not None else None
-    pilot = None
-    if (
-        cache_pilot
-        and cache_shared_system
-        and shared_system is not None
-        and len(tasks) > 1
-        and "system" in tasks[0].params
-    ):
-        pilot = 0
+    pilot = 0 if wants_pilot(cache_pilot, cache_shared_system, shared_system, [task.params for task in tasks]) else None
     run = _ManagedRun(
         tasks,
         tracker=tracker,

@@ -98,6 +98,14 @@ def attach_prompt_tools(specs: Sequence[PromptSpec]) -> None:
             spec.extra["toolset"] = ToolSet.from_user(spec.extra["tools"], f"prompts[{spec.index}]['tools']")
 
 
+def wants_pilot(cache_pilot: bool, cache_shared_system: bool, shared_system: Any, bodies: Sequence[dict]) -> bool:
+    """Whether the first request goes alone (the cache pilot): a cached shared system, more than
+    one request, and the first one carries that system."""
+    return bool(
+        cache_pilot and cache_shared_system and shared_system is not None and len(bodies) > 1 and "system" in bodies[0]
+    )
+
+
 def check_progress(progress: Any) -> Any:
     if progress is True or progress is False or callable(progress):
         return progress

@@ -236,7 +236,7 @@ class _HttpClient(anthropic.DefaultHttpxClient):
     flight may still use them; every ``with_options`` copy shares this object)."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(event_hooks={"response": [_note_response]})
         pool = getattr(getattr(self, "_transport", None), "_pool", None)
         backend = getattr(pool, "_network_backend", None)
         self.abortable = backend is not None
@@ -419,19 +419,30 @@ def _failure(exc: BaseException, call: _Call) -> ClaudeInvocationError:
 _SENDING_ERRORS = (anthropic.APIError, httpx2.HTTPError, OSError, _RequestAborted)
 
 
+def _note_response(response: httpx2.Response) -> None:
+    """httpx response hook of the library's clients: the headers, for the thread that sent it."""
+    _tls.headers = response.headers
+
+
 def _create(params: dict, client: anthropic.Anthropic, call: _Call) -> ClaudeResponse:
     previous = getattr(_tls, "call", None)
     _tls.call = call
+    _tls.headers = None
     try:
-        raw = client.messages.with_raw_response.create(**sdk_kwargs(params))
-        message = raw.parse()
+        if client in _abortable:  # our client: its response hook keeps the headers
+            message = client.messages.create(**sdk_kwargs(params))
+            headers = _tls.headers
+        else:
+            raw = client.messages.with_raw_response.create(**sdk_kwargs(params))
+            message, headers = raw.parse(), raw.headers
     except _SENDING_ERRORS as exc:
         raise _failure(exc, call) from exc
     finally:
         _tls.call = previous
         call.detach()
-    reply = response_from_message(message, raw.headers.get("request-id"), str(params.get("model", "")))
-    reply.headers = raw.headers
+    request_id = headers.get("request-id") if headers is not None else getattr(message, "_request_id", None)
+    reply = response_from_message(message, request_id, str(params.get("model", "")))
+    reply.headers = headers
     return reply
 
 

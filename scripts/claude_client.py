@@ -59,7 +59,7 @@ from _interrupt import InterruptToken, check_token
 from _json_reply import parse_json_response
 from _requests import AVAILABLE_MODELS, DEFAULT_MODEL, MAX_CACHE_BREAKPOINTS, prompt_specs, single_request
 from _results import PRICES, ClaudeResponse, ParallelResults, Usage, estimate_cost
-from _runs import AGENT_KEYS, AgentOptions, attach_prompt_tools, common_checks, run_hooks
+from _runs import AGENT_KEYS, AgentOptions, attach_prompt_tools, common_checks, run_hooks, wants_pilot
 from _stall import StallDetector
 from _tools import make_delegate_tool
 from _transport import default_policy, get_client
@@ -509,13 +509,7 @@ def _parallel(
     client = get_client(api_key=api_key, base_url=base_url)
     options.limit(client, [spec.params for spec in specs])
     agent = options.agent(client, policy=default_policy(client), stall_timeout=stall)
-    pilot = (
-        cache_pilot
-        and cache_shared_system
-        and shared_system is not None
-        and len(specs) > 1
-        and "system" in specs[0].params
-    )
+    pilot = wants_pilot(cache_pilot, cache_shared_system, shared_system, [spec.params for spec in specs])
     with run_hooks(
         [spec.params for spec in specs],
         journal=journal,

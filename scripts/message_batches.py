@@ -884,45 +884,28 @@ def invoke_batch(
     requests = _prepare(specs)
     if not requests:
         return ParallelResults([], usage=Usage(), cost_usd=0.0)
-    if progress is not False:
-        display = Progress(len(requests), progress, "invoke_batch")
-        try:
-            return _invoke(
-                requests,
-                path,
-                model,
-                state_args=(max_batch_requests, max_batch_bytes),
-                on_progress=_feeding(display, on_progress),
-                output=output,
-                retry_failed=retry_failed,
-                interrupt_token=interrupt_token,
-                return_exceptions=return_exceptions,
-                timeout=timeout,
-                limit=limit,
-                poll_interval=poll_interval,
-                on_interrupt=on_interrupt,
-                api_key=api_key,
-                base_url=base_url,
-            )
-        finally:
+    display = Progress(len(requests), progress, "invoke_batch") if progress is not False else None
+    try:
+        return _invoke(
+            requests,
+            path,
+            model,
+            state_args=(max_batch_requests, max_batch_bytes),
+            on_progress=on_progress if display is None else _feeding(display, on_progress),
+            output=output,
+            retry_failed=retry_failed,
+            interrupt_token=interrupt_token,
+            return_exceptions=return_exceptions,
+            timeout=timeout,
+            limit=limit,
+            poll_interval=poll_interval,
+            on_interrupt=on_interrupt,
+            api_key=api_key,
+            base_url=base_url,
+        )
+    finally:
+        if display is not None:
             display.close()
-    return _invoke(
-        requests,
-        path,
-        model,
-        state_args=(max_batch_requests, max_batch_bytes),
-        on_progress=on_progress,
-        output=output,
-        retry_failed=retry_failed,
-        interrupt_token=interrupt_token,
-        return_exceptions=return_exceptions,
-        timeout=timeout,
-        limit=limit,
-        poll_interval=poll_interval,
-        on_interrupt=on_interrupt,
-        api_key=api_key,
-        base_url=base_url,
-    )
 
 
 def _feeding(display: Progress, on_progress: Optional[ProgressCallback]) -> ProgressCallback:
