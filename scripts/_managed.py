@@ -116,6 +116,9 @@ class _ManagedRun:
         self._delayed: List[Tuple[float, int]] = []
         self._pending = len(tasks)  # tasks not yet ended
         self._running: set = set()
+        # Adaptive concurrency (AIMD): halved on a 429, +1 per cap of successes; <= the workers.
+        self._max_cap = float(len(tasks) or 1)
+        self._cap = self._max_cap
         self._queued: set = set()  # categories a worker of this run is queued for in the limiter
         self.results: Dict[int, Any] = {}
         self.errors: Dict[int, BaseException] = {}
@@ -126,6 +129,10 @@ class _ManagedRun:
             self._ready[task.category].append(pos)  # already in index order: a valid heap
 
     # ------------------------------------------------------------------ control
+    def set_workers(self, workers: int) -> None:
+        with self._cond:
+            self._max_cap = self._cap = float(workers)
+
     def _stopped(self) -> bool:
         return self.fatal is not None or (self.token is not None and self.token.is_interrupted())
 
@@ -158,6 +165,7 @@ class _ManagedRun:
 
     def _next_task(self) -> Optional[Tuple[int, bool]]:
         """The next task and whether it holds a limiter slot already (else: queue for one)."""
+        resume_at: Optional[float] = None
         with self._cond:
             while True:
                 if self._pending == 0 or self._stopped():
@@ -169,9 +177,14 @@ class _ManagedRun:
                     heapq.heappush(self._ready[self.tasks[pos].category], pos)
                 wait = _POLL_S
                 paused = self.gate.remaining()
-                if paused > 0:
-                    wait = min(wait, paused)
+                if paused > 0 and (resume_at is None or resume_at < now + paused):  # spread the resume
+                    resume_at = now + paused + self.rng.uniform(0.0, min(1.0, 0.5 * paused))
+                if resume_at is not None and now < resume_at:
+                    wait = min(wait, resume_at - now)
+                elif len(self._running) >= int(self._cap):
+                    pass  # at the adaptive concurrency cap: wait for a settle
                 else:
+                    resume_at = None
                     picked = self._pick()
                     if picked is not None:
                         if picked[1]:
@@ -249,6 +262,10 @@ class _ManagedRun:
                 logger.exception("on_stall callback raised for task %r", task.task_id)
         with self._cond:
             self._running.discard(pos)
+            if error is not None and error.kind == "rate_limit":
+                self._cap = max(1.0, self._cap / 2.0)
+            elif error is None:
+                self._cap = min(self._max_cap, self._cap + 1.0 / self._cap)
             settled = self._settle(pos, response, error)
             self._cond.notify_all()
         if settled is not None:  # outside the run's lock: the journal writes, the display draws
@@ -275,6 +292,8 @@ class _ManagedRun:
         if info.can_retry and not self._stopped():
             self.tracker.retry(task.task_id)
             delay = self.policy.delay_for(info.attempts, error, self.rng)
+            if error.kind == "rate_limit":  # retries after a shared retry-after do not stay in step
+                delay += self.rng.uniform(0.0, min(1.0, 0.25 * delay))
             logger.info(
                 "task %r: attempt %d of %d failed (%s); retry in %.3f s",
                 task.task_id,
@@ -587,6 +606,7 @@ def _run_managed(
 
 def _drive(run: _ManagedRun, workers: int) -> None:
     """Run the workers until every task has ended or the run is interrupted."""
+    run.set_workers(workers)
     handle = subscribe(run.token, run.wake)
     add_listener(run.limiter, run.wake)
     threads = [threading.Thread(target=run.worker, name=f"claude-managed-{i}", daemon=True) for i in range(workers)]

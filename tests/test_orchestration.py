@@ -1,4 +1,5 @@
 """invoke_with_retry and invoke_parallel_managed against the emulator, over the real SDK."""
+
 from __future__ import annotations
 
 import os
@@ -10,6 +11,7 @@ from typing import Dict, List
 import anthropic
 import pytest
 
+import claude_client as cc
 from claude_client import ClaudeInvocationError, InterruptToken, ParallelResults
 from orchestration import (
     ConcurrencyLimiter,
@@ -69,8 +71,10 @@ def test_auth_error_is_sent_once(client_env) -> None:
     assert "sk-ant-test-key" not in str(ei.value) and "sk-ant-test-key" not in repr(ei.value)
 
 
-@pytest.mark.parametrize("directive", ["fail=500 times=2", "fail=529 times=2", "error_after=2 times=2",
-                                       "fail=408 times=2", "fail=409 times=2"])
+@pytest.mark.parametrize(
+    "directive",
+    ["fail=500 times=2", "fail=529 times=2", "error_after=2 times=2", "fail=408 times=2", "fail=409 times=2"],
+)
 def test_transient_failures_are_retried_until_success(client_env, directive: str) -> None:
     reply = invoke_with_retry(f"hello there [[{directive}]]", max_retries=3, max_tokens=20, **FAST)
     assert reply == "Echo: hello there"
@@ -93,8 +97,9 @@ def test_server_saying_do_not_retry_is_obeyed(client_env) -> None:
 
 
 def test_retry_after_ms_is_honoured(client_env) -> None:
-    reply = invoke_with_retry("wait [[fail=429 times=1 retry_after=0 retry_after_ms=400]]",
-                              max_tokens=20, base_delay_ms=1, max_delay_ms=2)
+    reply = invoke_with_retry(
+        "wait [[fail=429 times=1 retry_after=0 retry_after_ms=400]]", max_tokens=20, base_delay_ms=1, max_delay_ms=2
+    )
     assert reply == "Echo: wait"
     first, second = client_env.message_requests()
     assert first.status == 429 and second.status == 200
@@ -102,15 +107,17 @@ def test_retry_after_ms_is_honoured(client_env) -> None:
 
 
 def test_larger_of_retry_after_and_retry_after_ms_wins(client_env) -> None:
-    invoke_with_retry("wait [[fail=429 times=1 retry_after=1 retry_after_ms=100]]",
-                      max_tokens=20, base_delay_ms=1, max_delay_ms=2)
+    invoke_with_retry(
+        "wait [[fail=429 times=1 retry_after=1 retry_after_ms=100]]", max_tokens=20, base_delay_ms=1, max_delay_ms=2
+    )
     first, second = client_env.message_requests()
     assert second.started_at - first.ended_at >= 0.95
 
 
 def test_continuation_waits_a_fixed_base_delay(client_env) -> None:
-    invoke_with_retry("again [[fail=500 times=3]]", is_continuation=True, base_delay_ms=300,
-                      max_delay_ms=10000, max_tokens=20)
+    invoke_with_retry(
+        "again [[fail=500 times=3]]", is_continuation=True, base_delay_ms=300, max_delay_ms=10000, max_tokens=20
+    )
     recs = client_env.message_requests()
     gaps = [b.started_at - a.ended_at for a, b in zip(recs, recs[1:])]
     # fixed 0.3 s each (no jitter), where failure backoff would grow 0.3 -> 0.6 -> 1.2
@@ -134,8 +141,12 @@ def test_interrupt_cuts_a_backoff_short(client_env) -> None:
     threading.Timer(0.3, token.interrupt).start()
     t0 = time.monotonic()
     with pytest.raises(ClaudeInvocationError) as ei:
-        invoke_with_retry("busy [[fail=529]]", interrupt_token=token, max_tokens=20,
-                          policy=RetryPolicy(base_delay_ms=20000, max_delay_ms=20000, jitter="none"))
+        invoke_with_retry(
+            "busy [[fail=529]]",
+            interrupt_token=token,
+            max_tokens=20,
+            policy=RetryPolicy(base_delay_ms=20000, max_delay_ms=20000, jitter="none"),
+        )
     assert time.monotonic() - t0 < 5
     assert ei.value.kind == "interrupted" and ei.value.attempts == 1
     assert len(client_env.message_requests()) == 1
@@ -182,15 +193,22 @@ def test_failures_leave_none_and_report_why(client_env) -> None:
     }
     assert tracker.get("flaky").attempts == 2 and tracker.get("busy").attempts == 3
     assert tracker.get("flaky").history == (
-        TaskState.UNCLAIMED, TaskState.CLAIMED, TaskState.RUNNING, TaskState.FAILED,
-        TaskState.RETRY_QUEUED, TaskState.CLAIMED, TaskState.RUNNING, TaskState.COMPLETED,
+        TaskState.UNCLAIMED,
+        TaskState.CLAIMED,
+        TaskState.RUNNING,
+        TaskState.FAILED,
+        TaskState.RETRY_QUEUED,
+        TaskState.CLAIMED,
+        TaskState.RUNNING,
+        TaskState.COMPLETED,
     )
     assert tracker.total_attempts() == len(client_env.message_requests()) == 8
 
 
 def test_return_exceptions_puts_errors_in_their_slots(client_env) -> None:
-    results = invoke_parallel_managed([{"prompt": "fine"}, {"prompt": "nope [[fail=403]]"}],
-                                      return_exceptions=True, max_tokens=20, **FAST)
+    results = invoke_parallel_managed(
+        [{"prompt": "fine"}, {"prompt": "nope [[fail=403]]"}], return_exceptions=True, max_tokens=20, **FAST
+    )
     assert results[0] == "Echo: fine"
     assert isinstance(results[1], ClaudeInvocationError) and results[1] is results.errors[1]
 
@@ -233,8 +251,7 @@ def test_callbacks_get_only_their_own_chunks_in_order(client_env) -> None:
 # =========================================================================== managed: limits
 def test_limiter_bounds_hold_on_the_server(client_env) -> None:
     limiter = ConcurrencyLimiter(global_limit=3, category_limits={"a": 1, "b": 2})
-    prompts = [{"prompt": f"t{i} {'abc'[i % 3]} [[delay_ms=15 words=3]]", "category": "abc"[i % 3]}
-               for i in range(24)]
+    prompts = [{"prompt": f"t{i} {'abc'[i % 3]} [[delay_ms=15 words=3]]", "category": "abc"[i % 3]} for i in range(24)]
     results = invoke_parallel_managed(prompts, max_workers=8, concurrency_limiter=limiter, max_tokens=20, **FAST)
     assert all(r is not None for r in results)
     recs = client_env.message_requests()
@@ -270,7 +287,10 @@ def test_dispatch_is_oldest_first(client_env) -> None:
 def test_backoff_holds_neither_slot_nor_worker(client_env) -> None:
     prompts = [{"prompt": "retry me [[fail=529 times=1]]"}] + [{"prompt": f"q{i}"} for i in range(6)]
     results = invoke_parallel_managed(
-        prompts, max_workers=1, concurrency_limiter=ConcurrencyLimiter(1), max_tokens=20,
+        prompts,
+        max_workers=1,
+        concurrency_limiter=ConcurrencyLimiter(1),
+        max_tokens=20,
         policy=RetryPolicy(base_delay_ms=600, max_delay_ms=600, jitter="none"),
     )
     assert all(r is not None for r in results)
@@ -312,8 +332,10 @@ def test_reconcile_matches_by_task_id_and_records_the_skipped(client_env) -> Non
     assert sorted(_prompts_of(client_env)) == ["job b", "job d (edited)"]
     assert prompts[0]["prompt"] == "job a"  # caller's dicts untouched
     assert [i.terminal_reason for i in tracker.all()] == [
-        TerminalReason.RECONCILED_AWAY, TerminalReason.RECONCILED_AWAY,
-        TerminalReason.SUCCEEDED, TerminalReason.SUCCEEDED,
+        TerminalReason.RECONCILED_AWAY,
+        TerminalReason.RECONCILED_AWAY,
+        TerminalReason.SUCCEEDED,
+        TerminalReason.SUCCEEDED,
     ]
 
 
@@ -327,8 +349,9 @@ def test_default_task_ids_and_seed_alias(client_env) -> None:
         seen.extend(p["task_id"] for p in ps)
         return ps[1:]
 
-    results = invoke_parallel_with_reconciliation([{"prompt": "p0"}, {"prompt": "p1"}], reconcile=reconcile,
-                                                  tracker=tracker, max_tokens=20, **FAST)
+    results = invoke_parallel_with_reconciliation(
+        [{"prompt": "p0"}, {"prompt": "p1"}], reconcile=reconcile, tracker=tracker, max_tokens=20, **FAST
+    )
     assert seen == ["task-0", "task-1"] and list(results) == [None, "Echo: p1"]
     assert tracker.get("task-0").terminal_reason is TerminalReason.RECONCILED_AWAY
 
@@ -343,8 +366,9 @@ def test_resume_a_run_with_the_same_tracker(client_env) -> None:
     def only_unfinished(ps, tr):
         return [p for p in ps if tr.get(p["task_id"]).state is not TaskState.COMPLETED]
 
-    second = invoke_parallel_managed(prompts, tracker=tracker, reconcile=only_unfinished, max_retries=1,
-                                     max_tokens=20, **FAST)
+    second = invoke_parallel_managed(
+        prompts, tracker=tracker, reconcile=only_unfinished, max_retries=1, max_tokens=20, **FAST
+    )
     assert list(second) == ["Echo: fine 1", "Echo: dead"]  # t1 from the tracker, t2 re-run
     assert _prompts_of(client_env).count("fine 1") == 1
     assert tracker.get("t2").state is TaskState.COMPLETED and len(tracker) == 2
@@ -354,8 +378,14 @@ def test_stall_counts_as_transient_and_calls_on_stall(client_env) -> None:
     stalls: List[tuple] = []
     prompts = [{"prompt": "stuck [[stall_after=1 times=1]]", "task_id": "s"}, {"prompt": "fine"}]
     tracker = TaskTracker()
-    results = invoke_parallel_managed(prompts, stall_timeout=0.8, on_stall=lambda tid, idle: stalls.append((tid, idle)),
-                                      tracker=tracker, max_tokens=20, **FAST)
+    results = invoke_parallel_managed(
+        prompts,
+        stall_timeout=0.8,
+        on_stall=lambda tid, idle: stalls.append((tid, idle)),
+        tracker=tracker,
+        max_tokens=20,
+        **FAST,
+    )
     assert list(results) == ["Echo: stuck", "Echo: fine"]
     assert stalls == [("s", 0.8)]
     assert tracker.get("s").attempts == 2
@@ -364,8 +394,14 @@ def test_stall_counts_as_transient_and_calls_on_stall(client_env) -> None:
 
 def test_a_task_that_stalls_on_every_attempt_ends_stalled(client_env) -> None:
     tracker = TaskTracker()
-    results = invoke_parallel_managed([{"prompt": "stuck [[stall_after=1]]", "task_id": "s"}], stall_timeout=0.5,
-                                      max_retries=1, tracker=tracker, max_tokens=20, **FAST)
+    results = invoke_parallel_managed(
+        [{"prompt": "stuck [[stall_after=1]]", "task_id": "s"}],
+        stall_timeout=0.5,
+        max_retries=1,
+        tracker=tracker,
+        max_tokens=20,
+        **FAST,
+    )
     assert list(results) == [None]
     assert results.errors[0].kind == "stalled" and results.errors[0].attempts == 2
     info = tracker.get("s")
@@ -380,8 +416,9 @@ def test_interrupt_stops_the_run_promptly(client_env) -> None:
     timer = threading.Timer(0.5, token.interrupt)
     timer.start()
     t0 = time.monotonic()
-    results = invoke_parallel_managed(prompts, max_workers=4, interrupt_token=token, tracker=tracker,
-                                      max_tokens=100, **FAST)
+    results = invoke_parallel_managed(
+        prompts, max_workers=4, interrupt_token=token, tracker=tracker, max_tokens=100, **FAST
+    )
     elapsed = time.monotonic() - t0
     assert elapsed < 2.0
     assert results[0] == "Echo: quick" and all(r is None for r in results[1:])
@@ -398,8 +435,9 @@ def test_ctrl_c_in_the_caller_aborts_the_run(client_env) -> None:
     tracker = TaskTracker()
     prompts = [{"prompt": f"long {i} [[words=100000 delay_ms=20]]"} for i in range(12)]
     watcher = threading.Thread(
-        target=lambda: client_env.wait_for(lambda e: e.active_requests == 4, timeout=10)
-        and os.kill(os.getpid(), signal.SIGINT)
+        target=lambda: (
+            client_env.wait_for(lambda e: e.active_requests == 4, timeout=10) and os.kill(os.getpid(), signal.SIGINT)
+        )
     )
     watcher.start()
     t0 = time.monotonic()
@@ -419,8 +457,12 @@ def test_managed_runs_sharing_a_limiter_take_turns(client_env) -> None:
     lim = ConcurrencyLimiter(1)
 
     def run(tag: str, n: int) -> None:
-        invoke_parallel_managed([{"prompt": f"{tag}{i} [[delay_ms=5]]"} for i in range(n)], max_workers=2,
-                                concurrency_limiter=lim, max_tokens=20)
+        invoke_parallel_managed(
+            [{"prompt": f"{tag}{i} [[delay_ms=5]]"} for i in range(n)],
+            max_workers=2,
+            concurrency_limiter=lim,
+            max_tokens=20,
+        )
 
     a = threading.Thread(target=run, args=("A", 30))
     a.start()
@@ -452,8 +494,13 @@ def test_managed_run_is_served_among_other_limiter_users(client_env) -> None:
     safety = threading.Timer(20, token.interrupt)  # a starved run would otherwise hang the test
     safety.start()
     try:
-        results = invoke_parallel_managed([{"prompt": f"p{i}"} for i in range(3)], max_workers=3,
-                                          concurrency_limiter=lim, interrupt_token=token, max_tokens=20)
+        results = invoke_parallel_managed(
+            [{"prompt": f"p{i}"} for i in range(3)],
+            max_workers=3,
+            concurrency_limiter=lim,
+            interrupt_token=token,
+            max_tokens=20,
+        )
     finally:
         safety.cancel()
         stop.set()
@@ -476,9 +523,28 @@ def test_interrupted_before_start_sends_nothing(client_env) -> None:
 def test_cache_pilot_lets_the_rest_read_the_cache(client_env) -> None:
     shared = "Shared context. " * 400  # ~1600 tokens, above the 1024 minimum
     prompts = [{"prompt": f"question {i} [[ttft_ms=50]]"} for i in range(6)]
-    results = invoke_parallel_managed(prompts, shared_system=shared, cache_shared_system=True, max_workers=6,
-                                      max_tokens=20, **FAST)
+    results = invoke_parallel_managed(
+        prompts, shared_system=shared, cache_shared_system=True, max_workers=6, max_tokens=20, **FAST
+    )
     assert all(r is not None for r in results)
     cache = client_env.cache_stats()
     assert cache["writes"] == 1 and cache["reads"] == 5
     assert results.usage.cache_read_input_tokens > 0
+
+
+def test_managed_run_adapts_to_a_concurrency_cap(client_env) -> None:
+    """A server that allows 5 requests at once and 40 workers: the managed run halves its
+    concurrency on each 429 and spreads its resumes, so it gets at least as many tasks through
+    as plain invoke_parallel (which only has the SDK-style retries)."""
+    client_env.configure(max_concurrent=5)
+    prompts = [{"prompt": f"task {i} [[ttft_ms=50]]"} for i in range(60)]
+    managed = invoke_parallel_managed(
+        prompts, max_workers=40, max_retries=3, base_delay_ms=50, max_delay_ms=400, return_exceptions=True
+    )
+    managed_ok = sum(1 for r in managed if isinstance(r, str))
+    client_env.reset()
+    client_env.configure(max_concurrent=5)
+    plain = cc.invoke_parallel(prompts, max_workers=40, return_exceptions=True)
+    plain_ok = sum(1 for r in plain if isinstance(r, str))
+    assert managed_ok == 60
+    assert managed_ok >= plain_ok
