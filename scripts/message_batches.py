@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -68,6 +69,7 @@ from _batch_journal import (
 )
 from _errors import ClaudeInvocationError
 from _errors import translate as _translate
+from _estimate import estimate_request, worst_case_cost
 from _interrupt import InterruptToken
 from _interrupt import check_token as _check_token
 from _progress import Progress
@@ -84,6 +86,7 @@ from _structured import OutputSpec
 from _transport import get_client as _get_client
 from _transport import no_retry_client as _no_retry_client
 from _validation import check_bool as _check_bool
+from _validation import check_number, check_optional_seconds, check_seconds
 
 __all__ = [
     "invoke_batch",
@@ -740,16 +743,6 @@ def _collect(
 # --------------------------------------------------------------------------- public API
 
 
-def _check_number(value: Any, name: str, *, allow_none: bool = False) -> Optional[float]:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds{' or None' if allow_none else ''}, got {value!r}")
-    if not value > 0 or value != value or value == float("inf"):
-        raise ValueError(f"{name} must be a positive, finite number of seconds, got {value!r}")
-    return float(value)
-
-
 def _check_limit(value: Any, name: str, low: int, high: int, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
@@ -801,6 +794,7 @@ def invoke_batch(
     retry_failed: bool = False,
     output_schema: Any = None,
     progress: Any = False,
+    max_cost_usd: Optional[float] = None,
     max_batch_requests: int = MAX_BATCH_REQUESTS,
     max_batch_bytes: int = MAX_BATCH_BYTES,
     api_key: Optional[str] = None,
@@ -835,6 +829,12 @@ def invoke_batch(
 
     With the token the call then returns the results fetched so far with None elsewhere (like
     ``invoke_parallel``); Ctrl-C re-raises KeyboardInterrupt; both log how to resume.
+
+    ``max_cost_usd`` caps the job's spend: the requests are taken in input order while their
+    worst case (the local input estimate at the list or cache-write price plus ``max_tokens`` of
+    output, at the batch price) fits; the rest are not submitted and fail with kind ``budget``.
+    ``output_schema`` validates each reply (``.parsed``); a batch makes no repair round, so an
+    invalid reply fails with kind ``invalid_output``. ``progress`` shows counts as batches end.
 
     ``retry_failed=True`` finishes a job whose requests failed: once every batch of the journal
     has ended (those of an earlier call included, e.g. canceled ones), the requests whose result
@@ -872,8 +872,8 @@ def invoke_batch(
     if not isinstance(retry_failed, bool):
         raise TypeError(f"retry_failed must be a bool, got {type(retry_failed).__name__}")
     _check_token(interrupt_token)
-    _check_number(poll_interval, "poll_interval")
-    limit = _check_number(timeout, "timeout", allow_none=True)
+    check_seconds(poll_interval, "poll_interval")
+    limit = check_optional_seconds(timeout, "timeout")
     if on_progress is not None and not callable(on_progress):
         raise TypeError(f"on_progress must be a callable taking a BatchProgress, got {type(on_progress).__name__}")
     if on_interrupt not in _ON_INTERRUPT:
@@ -884,9 +884,17 @@ def invoke_batch(
     requests = _prepare(specs)
     if not requests:
         return ParallelResults([], usage=Usage(), cost_usd=0.0)
+    refused = 0
+    if max_cost_usd is not None:
+        affordable = _affordable(requests, check_number(max_cost_usd, "max_cost_usd"))
+        refused, requests = len(requests) - affordable, requests[:affordable]
+        if not requests:
+            return _with_refused(
+                ParallelResults([], usage=Usage(), cost_usd=0.0), refused, max_cost_usd, return_exceptions
+            )
     display = Progress(len(requests), progress, "invoke_batch") if progress is not False else None
     try:
-        return _invoke(
+        results = _invoke(
             requests,
             path,
             model,
@@ -903,9 +911,40 @@ def invoke_batch(
             api_key=api_key,
             base_url=base_url,
         )
+    except ClaudeInvocationError as error:
+        if refused and isinstance(error.results, ParallelResults):
+            error.results = _with_refused(error.results, refused, max_cost_usd, True)
+        raise
     finally:
         if display is not None:
             display.close()
+    return _with_refused(results, refused, max_cost_usd, return_exceptions) if refused else results
+
+
+def _affordable(requests: Sequence[Any], cap: float) -> int:
+    """How many requests, in input order, fit ``cap`` at their worst case (batch price)."""
+    spent = 0.0
+    for count, request in enumerate(requests):
+        worst = worst_case_cost(estimate_request(request.params), warm_margin_s=math.inf)
+        if worst is None:
+            raise ValueError(f"max_cost_usd: the model {request.params.get('model')!r} has no price in PRICES")
+        spent += worst * 0.5
+        if spent > cap:
+            return count
+    return len(requests)
+
+
+def _with_refused(results: ParallelResults, refused: int, cap: Any, return_exceptions: bool) -> ParallelResults:
+    """``results`` followed by the slots of the requests the spend cap left out (kind ``budget``)."""
+    start = len(results)
+    errors = dict(results.errors)
+    values = list(results)
+    for index in range(start, start + refused):
+        errors[index] = ClaudeInvocationError(
+            f"invoke_batch: not submitted: its worst case would take the job past max_cost_usd={cap}", kind="budget"
+        )
+        values.append(errors[index] if return_exceptions else None)
+    return ParallelResults(values, usage=results.usage, cost_usd=results.cost_usd, errors=errors)
 
 
 def _feeding(display: Progress, on_progress: Optional[ProgressCallback]) -> ProgressCallback:

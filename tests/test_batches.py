@@ -936,3 +936,21 @@ def test_crash_during_create_finds_the_batch_past_the_first_page(client_env, tmp
     # (a third page) are not read.
     lists = on_path(client_env, "/v1/messages/batches", "GET")[lists_before:]
     assert len(lists) == 2
+
+
+def test_max_cost_usd_submits_only_what_fits_the_cap(client_env):
+    import _estimate
+
+    prompts = [{"prompt": f"ticket {i} " + "context " * 50} for i in range(6)]
+    one = _estimate.worst_case_cost(_estimate.estimate_request(
+        {"model": claude_client.DEFAULT_MODEL, "max_tokens": 100,
+         "messages": [{"role": "user", "content": prompts[0]["prompt"]}]}), warm_margin_s=float("inf"))
+    cap = one * 0.5 * 3.5  # room for 3 requests at the batch price
+    results = invoke_batch(prompts, max_tokens=100, max_cost_usd=cap, poll_interval=0.05, return_exceptions=True)
+    assert [isinstance(r, str) for r in results] == [True] * 3 + [False] * 3
+    assert all(results[i].kind == "budget" for i in range(3, 6))
+    create = next(r for r in client_env.requests if r.path.endswith("/messages/batches") and r.method == "POST")
+    assert len(create.body["requests"]) == 3  # the others were never submitted
+    assert results.cost_usd <= cap
+    with pytest.raises(ValueError, match="max_cost_usd"):
+        invoke_batch(prompts, max_cost_usd=-1)
