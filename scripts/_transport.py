@@ -370,12 +370,15 @@ def send(
         ticket = None
         call = _Call()
         handle = None
+        reply: Optional[ClaudeResponse] = None
+        error: Optional[ClaudeInvocationError] = None
+        sending = False
         try:
             if admission is not None:
                 ticket = admission.admit(params, interrupt)
             if interrupt is not None:
                 handle = subscribe(interrupt, lambda: call.abort("interrupted"))
-            reply = None
+            sending = True
             if not streamed:
                 try:
                     reply = _create(params, view, call)
@@ -387,19 +390,26 @@ def send(
                 reply = _stream(
                     params, view, call, on_text, on_start, stall_timeout, None if ticket is None else ticket.started
                 )
-        except ClaudeInvocationError as error:
-            if ticket is not None:
-                ticket.finish(error.headers, None, error)
-            if reservation is not None:  # refused by the API before any reply: nothing billed
-                reservation.settle(0.0 if error.status_code is not None and not call.started else None)
+        except ClaudeInvocationError as exc:
+            error = exc
             raise
         finally:
             if handle is not None:
                 unsubscribe(interrupt, handle)  # type: ignore[arg-type]
-        if ticket is not None:
-            ticket.finish(reply.headers, reply.usage, None)
-        if reservation is not None:
-            reservation.settle(reply.cost_usd)
+            # Settled whatever ended the attempt (a programming error or Ctrl-C included), so no
+            # admission charge or spend reservation is left behind.
+            if ticket is not None:
+                if reply is not None:
+                    ticket.finish(reply.headers, reply.usage, None)
+                else:
+                    ticket.finish(None if error is None else error.headers, None, error)
+            if reservation is not None:
+                if reply is not None:
+                    reservation.settle(reply.cost_usd)
+                elif not sending or (error is not None and error.status_code is not None and not call.started):
+                    reservation.settle(0.0)  # never sent, or refused by the API before a reply: nothing billed
+                else:
+                    reservation.settle(None)  # unknown: the worst case stays spent
         return reply
 
     return run(attempt, policy, interrupt=interrupt)
