@@ -65,7 +65,23 @@ def outcome_error(exc: BaseException) -> Outcome:
     """The outcome of a failure: ``interrupted`` for kind ``interrupted``, else ``failed``."""
     kind = getattr(exc, "kind", None)
     status = "interrupted" if kind == "interrupted" else "failed"
-    return Outcome(status, error_kind=kind or type(exc).__name__, error=one_line(str(exc)))
+    paid = _paid(exc)  # a failure after paid turns (tool loop, failed repair) still cost money
+    cost = getattr(paid, "cost_usd", None)
+    return Outcome(
+        status,
+        usage=_usage_dict(getattr(paid, "usage", None)),
+        cost_usd=float(cost) if cost is not None else None,
+        error_kind=kind or type(exc).__name__,
+        error=one_line(str(exc)),
+    )
+
+
+def _paid(exc: BaseException) -> BaseException:
+    """The error that carries what a failed prompt paid (tool turns, a failed repair), if any."""
+    for err in (exc, exc.__cause__):
+        if err is not None and getattr(err, "usage", None) is not None:
+            return err
+    return exc
 
 
 def make_record(index: int, item: dict, outcome: Outcome) -> dict:

@@ -441,7 +441,7 @@ def estimate_run_cost(
         rest = total - prefix
         key = est.breakpoints[-1].key if est.breakpoints else None
         one_hour = bool(est.breakpoints) and est.breakpoints[-1].ttl_s > 300.0
-        if prefix and key is not None:
+        if prefix and key is not None and lo_prefix >= min_cacheable_tokens(est.model):
             warm_now = warm_prefixes.warm_tokens(est) >= est.cached_prefix_tokens
             first = key not in seen_warm and not warm_now
             seen_warm.add(key)

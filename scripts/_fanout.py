@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, Callable, Optional, Sequence
 
 from _agent import Agent
@@ -156,6 +156,7 @@ def run_parallel(
     wake_handle = subscribe(token, run.wake.set)
     executor = ThreadPoolExecutor(max_workers=min(max_workers, n), thread_name_prefix="claude-parallel")
     stopped = False
+    futures: list = []
     try:
         rest = specs
         if pilot:
@@ -163,6 +164,7 @@ def run_parallel(
             release_handle = subscribe(token, released.set)
             pilot_future = executor.submit(work, specs[0], released.set)
             pilot_future.add_done_callback(lambda _f: released.set())
+            futures.append(pilot_future)
             released.wait()
             unsubscribe(token, release_handle)
             rest = specs[1:]
@@ -170,24 +172,37 @@ def run_parallel(
             if token.is_interrupted():
                 run.settle(spec.index, None)
             else:
-                executor.submit(work, spec, None)
+                futures.append(executor.submit(work, spec, None))
         run.wake.wait()
         stopped = token.is_interrupted()
     except BaseException as exc:
         stopped = True
         token.interrupt()  # e.g. Ctrl-C while waiting: abort what is in flight
         if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, RunInterrupted):
+            _let_in_flight_settle(executor, futures)
             raise RunInterrupted(run.snapshot(return_exceptions)) from exc
         raise
     finally:
         unsubscribe(token, wake_handle)
         if link is not None:
             unsubscribe(interrupt_token, link)  # type: ignore[arg-type]
-        # On interrupt the in-flight workers had their sockets shut down and leave promptly;
-        # do not wait for them here (queued ones are cancelled).
-        executor.shutdown(wait=not stopped, cancel_futures=True)
+        if stopped:
+            _let_in_flight_settle(executor, futures)
+        else:
+            executor.shutdown(wait=True)
 
     return _finish(run, return_exceptions)
+
+
+#: After an interrupt, how long the aborted workers get to settle their slots (they leave at once:
+#: their sockets were shut down) before the results are read; a reply that completed during the
+#: abort is kept and journaled. A worker stuck longer (in a user callback) is left behind.
+_SETTLE_GRACE_S = 1.0
+
+
+def _let_in_flight_settle(executor: ThreadPoolExecutor, futures: list) -> None:
+    executor.shutdown(wait=False, cancel_futures=True)  # queued ones never start
+    wait(futures, timeout=_SETTLE_GRACE_S)
 
 
 def _finish(run: _Run, return_exceptions: bool) -> ParallelResults:

@@ -190,6 +190,7 @@ class RunJournal:
         line = json.dumps(_record_of(index, outcome), ensure_ascii=False, default=str).encode("utf-8") + b"\n"
         with self._lock:
             if self._handle is None:
+                logger.warning("journal %s: slot %d settled after the run ended; not recorded", self.path, index)
                 return
             self._handle.write(line)
             self._handle.flush()

@@ -24,7 +24,16 @@ from _limits import ConcurrencyLimiter, RateLimitGate, add_listener, remove_list
 from _requests import DEFAULT_MODEL, prompt_specs
 from _results import ParallelResults, totals
 from _retry import NO_RETRY, RetryPolicy
-from _runs import AGENT_KEYS, AgentOptions, RunHooks, attach_prompt_tools, common_checks, run_hooks, wants_pilot
+from _runs import (
+    AGENT_KEYS,
+    AgentOptions,
+    RunHooks,
+    as_sent,
+    attach_prompt_tools,
+    common_checks,
+    run_hooks,
+    wants_pilot,
+)
 from _tools import ToolSet
 from _transport import get_client
 from _validation import check_callable, check_positive_int
@@ -33,6 +42,7 @@ from task_state import TaskState, TaskTracker, TerminalReason
 logger = logging.getLogger("orchestration" + __name__)  # under the public logger
 
 _MANAGED_KEYS = frozenset({"task_id", "category"})
+_LEAVE_GRACE_S = 3.0  # after Ctrl-C, how long the aborted workers get to record their tasks
 _POLL_S = 0.05  # fallback wake-up of idle workers (interrupts and releases also wake them at once)
 
 
@@ -288,7 +298,7 @@ class _ManagedRun:
             current = self.tracker.get(task.task_id)
             if current.attempts >= current.max_attempts:
                 reason = TerminalReason.STALLED
-        info = self.tracker.fail(task.task_id, error=error, transient=error.transient, reason=reason)
+        info = self.tracker.fail(task.task_id, error=error, transient=self.policy.retry(error), reason=reason)
         if info.can_retry and not self._stopped():
             self.tracker.retry(task.task_id)
             delay = self.policy.delay_for(info.attempts, error, self.rng)
@@ -452,11 +462,12 @@ def invoke_parallel_managed(
     attach_prompt_tools(all_specs)
     check_callbacks(callbacks, len(originals))
     with run_hooks(
-        [spec.params for spec in all_specs],
+        as_sent(all_specs, options),
         journal=journal,
         retry_failed=retry_failed,
         progress=progress,
         label="invoke_parallel_managed",
+        output=options.output,
     ) as hooks:
         return _run_managed(
             originals,
@@ -522,6 +533,8 @@ def _run_managed(
                 raise ValueError(f"reconcile(...) result[{j}] has task_id {p['task_id']!r}, which is not in prompts")
     specs = normalize(to_run)
     attach_prompt_tools(specs)
+    # The key is resolved before the tracker changes: a missing key leaves no task active.
+    client = get_client(api_key=api_key, base_url=base_url) if specs else None
     for p in to_run:
         info = tracker.get(p["task_id"]) if p["task_id"] in tracker else None
         if info is not None and not info.is_terminal:
@@ -558,7 +571,6 @@ def _run_managed(
 
     # The run's own token: the caller's token feeds it, and so does an exception (Ctrl-C) in the
     # thread driving the run, so in-flight requests are aborted either way.
-    client = get_client(api_key=api_key, base_url=base_url) if tasks else None
     if client is not None:
         options.limit(client, [task.params for task in tasks])
     token = InterruptToken()
@@ -626,8 +638,9 @@ def _drive(run: _ManagedRun, workers: int) -> None:
     except BaseException:
         # e.g. Ctrl-C in the caller's thread: abort what is in flight, let the workers leave, re-raise
         run.token.interrupt()
+        deadline = time.monotonic() + _LEAVE_GRACE_S  # aborted workers leave at once; a slow one is left
         for t in threads:
-            t.join(1.0)
+            t.join(max(0.0, deadline - time.monotonic()))
         raise
     finally:
         remove_listener(run.limiter, run.wake)

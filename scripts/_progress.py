@@ -221,7 +221,7 @@ class _StreamWriter:
                 self.stream.flush()
             except (OSError, ValueError, LookupError):
                 pass
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):  # AttributeError: no stream (sys.stderr is None)
             pass
 
 

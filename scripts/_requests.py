@@ -94,7 +94,9 @@ def system_blocks(system: Any, name: str, cache: bool) -> list[dict]:
     elif isinstance(system, (list, tuple)):
         blocks = []
         for i, block in enumerate(system):
-            if not is_mapping(block) or block.get("type") != "text" or not isinstance(block.get("text"), str):
+            if not is_mapping(block):
+                raise TypeError(f"{name}[{i}] must be a text block {{'type': 'text', 'text': str}}")
+            if block.get("type") != "text" or not isinstance(block.get("text"), str):
                 raise ValueError(f"{name}[{i}] must be a text block {{'type': 'text', 'text': str}}")
             if not block["text"]:
                 raise ValueError(f"{name}[{i}]['text'] must not be empty (the API rejects empty text blocks)")
@@ -141,7 +143,9 @@ def check_content(content: Any, name: str) -> None:
         return
     if isinstance(content, (list, tuple)) and content:
         for i, block in enumerate(content):
-            if not is_mapping(block) or not isinstance(block.get("type"), str):
+            if not is_mapping(block):
+                raise TypeError(f"{name}[{i}] must be a content block dict with a str 'type'")
+            if not isinstance(block.get("type"), str):
                 raise ValueError(f"{name}[{i}] must be a content block dict with a str 'type'")
             if block["type"] == "text":
                 text = block.get("text")
@@ -149,10 +153,11 @@ def check_content(content: Any, name: str) -> None:
                     raise ValueError(f"{name}[{i}]['text'] must be a non-empty str (the API rejects empty text blocks)")
                 check_encodable(text, f"{name}[{i}]['text']")
         return
-    raise ValueError(
-        f"{name} must be a non-empty string or a non-empty list of content blocks, got {type(content).__name__}"
-        + (" (empty)" if isinstance(content, (list, tuple)) else "")
-    )
+    if not isinstance(content, (list, tuple)):
+        raise TypeError(
+            f"{name} must be a non-empty string or a non-empty list of content blocks, got {type(content).__name__}"
+        )
+    raise ValueError(f"{name} must be a non-empty string or a non-empty list of content blocks (empty)")
 
 
 def content_blocks(content: Any, name: str) -> list[dict]:
@@ -174,11 +179,17 @@ def user_content(prompt: Any, cache: bool, name: str = "prompt") -> Union[str, l
 
 def check_messages(messages: Any, name: str = "messages") -> list[dict]:
     """A validated deep copy of a ``messages`` list."""
-    if not isinstance(messages, (list, tuple)) or not messages:
+    if not isinstance(messages, (list, tuple)):
+        raise TypeError(
+            f"{name} must be a non-empty list of {{'role', 'content'}} dicts, got {type(messages).__name__}"
+        )
+    if not messages:
         raise ValueError(f"{name} must be a non-empty list of {{'role', 'content'}} dicts")
     msgs = []
     for i, msg in enumerate(messages):
-        if not is_mapping(msg) or msg.get("role") not in ("user", "assistant") or "content" not in msg:
+        if not is_mapping(msg):
+            raise TypeError(f"{name}[{i}] must be a dict with role 'user' or 'assistant' and a content")
+        if msg.get("role") not in ("user", "assistant") or "content" not in msg:
             raise ValueError(f"{name}[{i}] must be a dict with role 'user' or 'assistant' and a content")
         check_content(msg["content"], f"{name}[{i}]['content']")
         msgs.append(copy.deepcopy(dict(msg)))

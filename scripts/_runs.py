@@ -16,6 +16,7 @@ from _interrupt import InterruptToken, check_token
 from _journal import RunJournal, check_path
 from _progress import Progress
 from _requests import PromptSpec
+from _results import ClaudeResponse
 from _retry import RetryPolicy
 from _structured import OutputSpec
 from _tools import ToolSet
@@ -106,6 +107,17 @@ def wants_pilot(cache_pilot: bool, cache_shared_system: bool, shared_system: Any
     )
 
 
+def as_sent(specs: Sequence[PromptSpec], options: AgentOptions) -> list[dict]:
+    """Each request body as the agent sends it (output schema and tool schemas included): what a
+    journal fingerprints, so a journal made with other tools or another schema is refused."""
+    bodies = []
+    for spec in specs:
+        body = spec.params if options.output is None else options.output.apply(spec.params)
+        toolset = spec.extra.get("toolset") or options.tools
+        bodies.append(body if toolset is None else {**body, "tools": toolset.schemas})
+    return bodies
+
+
 def check_progress(progress: Any) -> Any:
     if progress is True or progress is False or callable(progress):
         return progress
@@ -136,7 +148,13 @@ class RunHooks:
 
 @contextlib.contextmanager
 def run_hooks(
-    bodies: Sequence[dict], *, journal: Any, retry_failed: Any, progress: Any, label: str
+    bodies: Sequence[dict],
+    *,
+    journal: Any,
+    retry_failed: Any,
+    progress: Any,
+    label: str,
+    output: Optional[OutputSpec] = None,
 ) -> Iterator[RunHooks]:
     """Open the run's journal (restoring what it holds) and progress display; close both after."""
     path = check_path(journal)
@@ -146,6 +164,10 @@ def run_hooks(
     try:
         if path is not None:
             hooks.journal = RunJournal.open(path, bodies, retry_failed=retry_failed)
+            if output is not None:  # the journal keeps the text: validate it again into .parsed
+                for outcome in hooks.journal.restored.values():
+                    if isinstance(outcome, ClaudeResponse):
+                        outcome.parsed = output.parse(outcome)
         if progress is not False:
             hooks.progress = Progress(len(bodies), progress, label)
             for outcome in hooks.restored.values():

@@ -187,7 +187,16 @@ def send_structured(send_once: Callable[[], ClaudeResponse], spec: OutputSpec) -
     except ClaudeInvocationError as error:
         logger.info("The reply did not match output_schema; sending once more (%s)", error.message[:200])
         first_text = error.details["text"]
-    second = send_once()
+    try:
+        second = send_once()
+    except ClaudeInvocationError as error:  # the first try was paid: its usage travels with the error
+        spent = getattr(error, "usage", None)
+        error.usage = first.usage if spent is None else spent + first.usage  # type: ignore[attr-defined]
+        spent_cost = getattr(error, "cost_usd", 0.0)
+        error.cost_usd = (  # type: ignore[attr-defined]
+            None if first.cost_usd is None or spent_cost is None else (spent_cost or 0.0) + first.cost_usd
+        )
+        raise
     usage = first.usage + second.usage
     cost = None if first.cost_usd is None or second.cost_usd is None else first.cost_usd + second.cost_usd
     second.usage = usage

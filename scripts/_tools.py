@@ -500,7 +500,12 @@ def _result_content(output: Any) -> Any:
         and output
         and all(is_mapping(b) and isinstance(b.get("type"), str) for b in output)
     ):
-        blocks = [dict(b) for b in output if not (b.get("type") == "text" and not b.get("text"))]
+        # No cache marks of the tool's own: the loop places its breakpoints (at most 4 in all).
+        blocks = [
+            {k: v for k, v in b.items() if k != "cache_control"}
+            for b in output
+            if not (b.get("type") == "text" and not b.get("text"))
+        ]
         for b in blocks:
             if b.get("type") == "text":
                 b["text"] = _fold(str(b["text"]))

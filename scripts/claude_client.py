@@ -59,7 +59,7 @@ from _interrupt import InterruptToken, check_token
 from _json_reply import parse_json_response
 from _requests import AVAILABLE_MODELS, DEFAULT_MODEL, MAX_CACHE_BREAKPOINTS, prompt_specs, single_request
 from _results import PRICES, ClaudeResponse, ParallelResults, Usage, estimate_cost
-from _runs import AGENT_KEYS, AgentOptions, attach_prompt_tools, common_checks, run_hooks, wants_pilot
+from _runs import AGENT_KEYS, AgentOptions, as_sent, attach_prompt_tools, common_checks, run_hooks, wants_pilot
 from _stall import StallDetector
 from _tools import make_delegate_tool
 from _transport import default_policy, get_client
@@ -511,11 +511,12 @@ def _parallel(
     agent = options.agent(client, policy=default_policy(client), stall_timeout=stall)
     pilot = wants_pilot(cache_pilot, cache_shared_system, shared_system, [spec.params for spec in specs])
     with run_hooks(
-        [spec.params for spec in specs],
+        as_sent(specs, options),
         journal=journal,
         retry_failed=retry_failed,
         progress=progress,
         label="invoke_parallel",
+        output=options.output,
     ) as hooks:
         return run_parallel(
             specs,

@@ -115,7 +115,7 @@ _RETRY_NOT_FOUND = Retry(lambda e: e.status_code == 404, "retry_if_not_found")
 # retry-after) only when nothing can have been created: a status the API answers before doing
 # anything, or a connection that was never made.
 _CREATE_POLICY = RetryPolicy(max_retries=4, base_delay_ms=1000, max_delay_ms=8000, jitter="none")
-_CREATE_RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504, 529})
+_CREATE_RETRY_STATUS = frozenset({408, 429, 503, 529})  # 500/502/504 may come after the batch was made
 _RETRY_CREATE = Retry(
     lambda e: e.status_code in _CREATE_RETRY_STATUS or getattr(e, "never_sent", False), "retry_if_nothing_created"
 )
@@ -257,7 +257,7 @@ class _BatchRun:
                     and isinstance(exc.__cause__, httpx2.ConnectError)
                     and not isinstance(exc, anthropic.APITimeoutError)
                 )
-                if isinstance(exc, anthropic.APIStatusError) or error.never_sent:
+                if error.status_code in _CREATE_RETRY_STATUS or error.never_sent:
                     batch["create_started_at"] = None
                 logger.warning("invoke_batch: batch create failed (%s)", error.kind)
                 raise error from exc

@@ -140,13 +140,13 @@ def _five_breakpoints() -> dict:
         ({"messages": []}, ValueError),
         ({"messages": [{"role": "assistant", "content": "x"}]}, ValueError),
         ({"messages": [{"role": "robot", "content": "x"}]}, ValueError),
-        ({"messages": [{"role": "user", "content": None}]}, ValueError),
-        ({"messages": [{"role": "user", "content": 42}]}, ValueError),
+        ({"messages": [{"role": "user", "content": None}]}, TypeError),  # a wrong type: TypeError
+        ({"messages": [{"role": "user", "content": 42}]}, TypeError),
         ({"messages": [{"role": "user", "content": ""}]}, ValueError),
         ({"messages": [{"role": "user", "content": []}]}, ValueError),
         ({"messages": [{"role": "user", "content": [{"text": "no type"}]}]}, ValueError),
         ({"messages": [{"role": "user", "content": [{"type": 1, "text": "x"}]}]}, ValueError),
-        ({"messages": [{"role": "user", "content": ["just a str"]}]}, ValueError),
+        ({"messages": [{"role": "user", "content": ["just a str"]}]}, TypeError),
         ({"prompt": "a", "stream": True}, TypeError),
         ({"prompt": "a", **_five_breakpoints()}, ValueError),
     ],
@@ -168,13 +168,14 @@ def test_validation_messages_name_the_parameter(client_env):
     with pytest.raises(ValueError, match="cache_control"):
         cc.invoke_claude("a", **_five_breakpoints())
     question = {"role": "user", "content": "q"}
-    for content, match in [
-        (42, r"messages\[1\]\['content'\] must be a non-empty string or a non-empty list"),
-        (None, r"messages\[1\]\['content'\] must be a non-empty string"),
-        ("", r"messages\[1\]\['content'\] must not be empty"),
-        ([{"type": "text", "text": "ok"}, {"text": "x"}], r"messages\[1\]\['content'\]\[1\] must be a content block"),
+    for content, match, error in [
+        (42, r"messages\[1\]\['content'\] must be a non-empty string or a non-empty list", TypeError),
+        (None, r"messages\[1\]\['content'\] must be a non-empty string", TypeError),
+        ("", r"messages\[1\]\['content'\] must not be empty", ValueError),
+        ([{"type": "text", "text": "ok"}, {"text": "x"}], r"messages\[1\]\['content'\]\[1\] must be a content block",
+         ValueError),
     ]:
-        with pytest.raises(ValueError, match=match):
+        with pytest.raises(error, match=match):
             cc.invoke_claude(messages=[question, {"role": "assistant", "content": content}])
     assert client_env.requests == []
 

@@ -548,3 +548,24 @@ def test_managed_run_adapts_to_a_concurrency_cap(client_env) -> None:
     plain_ok = sum(1 for r in plain if isinstance(r, str))
     assert managed_ok == 60
     assert managed_ok >= plain_ok
+
+
+def test_managed_run_follows_the_policys_retry_condition(client_env) -> None:
+    policy = RetryPolicy(max_retries=3, base_delay_ms=1, max_delay_ms=1, retry_mid_response=False)
+    outs: list = []
+    results = invoke_parallel_managed([{"prompt": "one two three [[error_after=1 times=1]]"}], policy=policy,
+                                      callbacks=[outs.append], return_exceptions=True)
+    assert isinstance(results[0], ClaudeInvocationError)  # cut mid-stream: not retried under this policy
+    assert len(client_env.message_requests()) == 1
+
+
+def test_a_missing_key_leaves_no_task_active(client_env, monkeypatch) -> None:
+    monkeypatch.delenv("ANTHROPIC_API_KEY")
+    cc.reset_client()
+    tracker = TaskTracker()
+    with pytest.raises(ClaudeInvocationError):
+        invoke_parallel_managed([{"prompt": "a", "task_id": "a"}], tracker=tracker)
+    assert "a" not in tracker or tracker.get("a").is_terminal
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-key")
+    cc.reset_client()
+    assert list(invoke_parallel_managed([{"prompt": "a", "task_id": "a"}], tracker=tracker)) == ["Echo: a"]

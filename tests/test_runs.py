@@ -202,3 +202,33 @@ def test_run_interrupted_is_a_keyboard_interrupt_with_results() -> None:
     results = cc.ParallelResults(["a", None], errors={})
     stop = RunInterrupted(results)
     assert isinstance(stop, KeyboardInterrupt) and stop.results is results and stop.errors == {}
+
+
+def test_a_journal_keeps_parsed_output_and_fingerprints_the_schema(client_env, tmp_path) -> None:
+    import pydantic
+
+    class Answer(pydantic.BaseModel):
+        answer: str
+
+    journal = tmp_path / "schema.jsonl"
+    prompts = [{"prompt": "a"}, {"prompt": "b"}]
+    first = cc.invoke_parallel(prompts, journal=journal, output_schema=Answer)
+    again = cc.invoke_parallel(prompts, journal=journal, output_schema=Answer)
+    assert len(client_env.message_requests()) == 2
+    assert [type(r.parsed) for r in again] == [Answer, Answer] and again[0].parsed == first[0].parsed
+    with pytest.raises(ValueError, match="different prompts, options or model"):
+        cc.invoke_parallel(prompts, journal=journal)  # no schema now: another run
+
+
+def test_an_interrupt_keeps_replies_that_finished_during_the_abort(client_env, tmp_path) -> None:
+    journal = tmp_path / "late.jsonl"
+    token = cc.InterruptToken()
+    prompts = [{"prompt": f"p{i} [[ttft_ms={100 * i}]]"} for i in range(12)]
+    import threading
+
+    threading.Timer(0.35, token.interrupt).start()
+    results = cc.invoke_parallel_interruptible(prompts, interrupt_token=token, journal=journal, max_workers=12)
+    finished = [r for r in client_env.message_requests() if r.status == 200 and not r.aborted]
+    kept = [r for r in results if r is not None]
+    assert len(kept) == len(finished)  # every reply the server completed is in the results
+    assert journal.read_text().count("\n") == 1 + len(kept)  # and in the journal
