@@ -170,3 +170,37 @@ def test_interrupt_during_a_tool_returns_promptly(client_env) -> None:
         assert info.value.kind == "interrupted"
     finally:
         release.set()
+
+
+def test_tool_results_never_push_the_request_past_four_breakpoints(client_env) -> None:
+    import _requests
+
+    def fetch(q: str) -> list:
+        """Fetch a document.
+
+        Args:
+            q: query
+        """
+        return [{"type": "text", "text": "doc " * 50, "cache_control": {"type": "ephemeral"}}]
+
+    system = [{"type": "text", "text": "sys", "cache_control": {"type": "ephemeral"}}]
+    cc.invoke_claude(tool_directive("fetch", {"q": "a"}, tool_turns=4) + " go", tools=[fetch], system=system)
+    counts = [sum(_requests.count_breakpoints(r.body.get(k)) for k in ("tools", "system", "messages"))
+              for r in client_env.message_requests()]
+    assert len(counts) == 5 and max(counts) <= 4
+
+
+def test_a_failed_repair_keeps_what_the_first_try_cost(client_env) -> None:
+    import _admission
+    import _requests
+
+    prompt = "colour [[invalid_output=1]]"
+    params = _requests.single_request(prompt, model=cc.DEFAULT_MODEL, system=None, max_tokens=4000, temperature=None,
+                                      cache_system=False, cache_prompt=False, messages=None, extra={})
+    worst = _admission.Budget(1.0).worst_case(params)
+    with pytest.raises(ClaudeInvocationError) as info:  # room for one try, not for the repair
+        cc.invoke_claude(prompt, output_schema=Colour, max_tokens=4000, max_cost_usd=worst * 1.0001)
+    error = info.value
+    assert error.kind == "budget"
+    assert error.usage.output_tokens > 0 and error.cost_usd > 0  # the paid first try
+    assert len(client_env.message_requests()) == 1
