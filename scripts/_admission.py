@@ -396,7 +396,7 @@ class AdmissionController:
 
         Raises ``ClaudeInvocationError(kind="interrupted")`` when ``interrupt`` fires while waiting.
         """
-        if self._mode == "free":
+        if self._mode == "free" and time.monotonic() >= self._pause_until:  # the fast path
             return Ticket(self, params, None, None)
         estimate = estimate_request(params)
         waiter: Optional[_Waiter] = None
@@ -473,10 +473,10 @@ class AdmissionController:
     def _try_admit(self, params: Mapping[str, Any], estimate: RequestEstimate, now: float) -> Optional[Ticket]:
         """Take the request's charges when it fits now (lock held)."""
         mode = self._mode
+        if now < self._pause_until:  # a 429 from a server without rate-limit headers: everyone waits
+            return None
         if mode == "free":
             return Ticket(self, params, estimate, None)
-        if now < self._pause_until:
-            return None
         if mode == "probe":
             probe = not self._probe_in_flight
             if not probe and now < self._probe_deadline:
@@ -634,7 +634,8 @@ class AdmissionController:
         error: Optional[ClaudeInvocationError],
         estimate: Optional[RequestEstimate],
     ) -> None:
-        if self._mode == "free" and ticket._charges is None and not ticket._probe:
+        rate_limited = error is not None and (error.kind == "rate_limit" or error.status_code == 429)
+        if self._mode == "free" and ticket._charges is None and not ticket._probe and not rate_limited:
             # Fast path: only watch (now and then) for limits appearing.
             self._free_seen += 1
             if headers is not None and self._free_seen % _FREE_CHECK_EVERY == 0:

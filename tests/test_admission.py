@@ -269,3 +269,22 @@ def test_two_processes_on_one_key_slow_down_together(client_env: Emulator) -> No
     total = sum(o["tokens"] for o in outs)
     assert total <= limit + limit / MINUTE_S * wall  # never more than the limit allows
     assert max(o["wall"] for o in outs) >= 0.6 * (total - limit) / (limit / MINUTE_S)  # they slowed down
+
+
+def test_a_429_without_rate_limit_headers_pauses_everyone() -> None:
+    """Behind a proxy that sends no rate-limit headers (the fast path), a 429 still makes every
+    request wait what the server asked."""
+    import time as _time
+
+    from _admission import AdmissionController
+    from _errors import ClaudeInvocationError
+
+    controller = AdmissionController("claude-sonnet-4-6")
+    params = {"model": "claude-sonnet-4-6", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+    controller.admit(params).finish({"request-id": "x"}, None, None)  # no rate-limit headers: the fast path
+    assert controller.snapshot()["mode"] == "free"
+    error = ClaudeInvocationError("429", kind="rate_limit", status_code=429, retry_after=0.5)
+    controller.admit(params).finish({"retry-after": "0.5"}, None, error)
+    started = _time.monotonic()
+    controller.admit(params)
+    assert _time.monotonic() - started >= 0.4
