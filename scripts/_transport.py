@@ -309,6 +309,9 @@ def no_retry_client(client: anthropic.Anthropic) -> anthropic.Anthropic:
     the copy shares the client's connection pool."""
     if client.max_retries == 0:
         return client
+    entry = _views.get(id(client))  # the hot path: no lock (a dict read is atomic)
+    if entry is not None and entry[0] is client:
+        return entry[1]
     with _clients_lock:
         entry = _views.get(id(client))
         if entry is None or entry[0] is not client:
