@@ -735,9 +735,6 @@ class AdmissionController:
         return f"<AdmissionController model={self.model!r} mode={self._mode}>"
 
 
-_Controller = AdmissionController  # the placeholder's name
-
-
 # ------------------------------------------------------------------------------ the registry
 _registry_lock = threading.Lock()
 _registry: dict[tuple[str, str, str], AdmissionController] = {}

@@ -53,8 +53,6 @@ ABORT_MESSAGES = {
     "stalled": "The stream stalled: no content event within stall_timeout; the request was aborted",
 }
 
-_UNSET: Any = object()
-
 
 class ClaudeInvocationError(Exception):
     """A call to Claude failed.

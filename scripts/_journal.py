@@ -26,7 +26,7 @@ import os
 import threading
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Sequence
 
 from _errors import ClaudeInvocationError
 from _results import ClaudeResponse, Usage
@@ -35,8 +35,6 @@ logger = logging.getLogger("claude_client" + __name__)
 
 FORMAT = "orchestrating-agents/run-journal"
 VERSION = 1
-
-PathLike = Union[str, "os.PathLike[str]"]
 
 
 def fingerprint(bodies: Sequence[dict]) -> str:

@@ -318,7 +318,7 @@ class _ManagedRun:
         if info.can_retry:  # interrupted while it could still retry
             self.tracker.cancel(task.task_id, TerminalReason.INTERRUPTED)
         else:
-            final = _final_error(error, info.attempts, f"task {task.task_id!r}")
+            final = final_error(error, info.attempts, f"task {task.task_id!r}")
             self.errors[task.index] = final
         self._pending -= 1
         return final
@@ -653,7 +653,7 @@ def _drive(run: _ManagedRun, workers: int) -> None:
 invoke_parallel_managed.__module__ = "orchestration"
 
 
-def _final_error(last: ClaudeInvocationError, attempts: int, what: str = "Claude call") -> ClaudeInvocationError:
+def final_error(last: ClaudeInvocationError, attempts: int, what: str = "Claude call") -> ClaudeInvocationError:
     """``last`` with the attempt count in its message (every other field kept), chained to it."""
     plural = "attempt" if attempts == 1 else "attempts"
     final = last.derive(f"{what} failed after {attempts} {plural} ({last.kind or 'error'}): {last}", attempts=attempts)

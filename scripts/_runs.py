@@ -15,12 +15,12 @@ from _agent import Agent, ToolOptions
 from _interrupt import InterruptToken, check_token
 from _journal import RunJournal, check_path
 from _progress import Progress
-from _requests import PromptSpec
+from _requests import DEFAULT_MODEL, PromptSpec, single_request
 from _results import ClaudeResponse
 from _retry import RetryPolicy
 from _structured import OutputSpec
 from _tools import ToolSet
-from _transport import get_client
+from _transport import default_policy, get_client
 from _validation import check_bool, check_number, check_optional_seconds
 
 #: Prompt-dict keys every parallel function accepts besides the request keys.
@@ -189,8 +189,45 @@ def common_checks(
     return check_optional_seconds(stall_timeout, "stall_timeout")
 
 
-def client_for(api_key: Optional[str], base_url: Optional[str]) -> anthropic.Anthropic:
-    return get_client(api_key=api_key, base_url=base_url)
-
-
-RunnerOfTasks = Callable[[list, Any], Any]
+def run_single(
+    prompt: Optional[str],
+    *,
+    model: str = DEFAULT_MODEL,
+    system: Any = None,
+    max_tokens: int = 4096,
+    temperature: float = 1.0,
+    cache_system: bool = False,
+    cache_prompt: bool = False,
+    messages: Any = None,
+    api_key: Optional[str] = None,
+    base_url: Optional[str] = None,
+    interrupt_token: Optional[InterruptToken] = None,
+    stall_timeout: Optional[float] = None,
+    extra: Optional[dict] = None,
+    stream: bool = False,
+    on_text: Optional[Callable[[str], Any]] = None,
+    policy: Optional[RetryPolicy] = None,
+    **agent_options: Any,
+) -> ClaudeResponse:
+    """One request (``invoke_claude`` and ``invoke_with_retry``): validated, built, sent through
+    its agent; ``policy`` None means the client's SDK-style retries."""
+    check_token(interrupt_token)
+    stall = check_optional_seconds(stall_timeout, "stall_timeout")
+    options = AgentOptions.checked(**agent_options)
+    params = single_request(
+        prompt,
+        model=model,
+        system=system,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        cache_system=cache_system,
+        cache_prompt=cache_prompt,
+        messages=messages,
+        extra=extra or {},
+    )
+    client = get_client(api_key=api_key, base_url=base_url)
+    options.limit(client, [params])
+    agent = options.agent(
+        client, policy=policy or default_policy(client), interrupt=interrupt_token, stall_timeout=stall
+    )
+    return agent.run(params, stream=stream, on_text=on_text)

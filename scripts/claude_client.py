@@ -55,15 +55,24 @@ from _credentials import (
 from _errors import ERROR_KINDS, TRANSIENT_KINDS, ClaudeInvocationError, MissingAPIKeyError
 from _estimate import CostEstimate, estimate_run_cost
 from _fanout import RunInterrupted, check_callbacks, run_parallel
-from _interrupt import InterruptToken, check_token
+from _interrupt import InterruptToken
 from _json_reply import parse_json_response
-from _requests import AVAILABLE_MODELS, DEFAULT_MODEL, MAX_CACHE_BREAKPOINTS, prompt_specs, single_request
+from _requests import AVAILABLE_MODELS, DEFAULT_MODEL, MAX_CACHE_BREAKPOINTS, prompt_specs
 from _results import PRICES, ClaudeResponse, ParallelResults, Usage, estimate_cost
-from _runs import AGENT_KEYS, AgentOptions, as_sent, attach_prompt_tools, common_checks, run_hooks, wants_pilot
+from _runs import (
+    AGENT_KEYS,
+    AgentOptions,
+    as_sent,
+    attach_prompt_tools,
+    common_checks,
+    run_hooks,
+    run_single,
+    wants_pilot,
+)
 from _stall import StallDetector
 from _tools import make_delegate_tool
 from _transport import default_policy, get_client
-from _validation import check_bool, check_callable, check_optional_seconds, check_positive_int
+from _validation import check_bool, check_callable, check_positive_int
 from message_batches import invoke_batch
 
 __all__ = [
@@ -153,7 +162,7 @@ def invoke_claude(
     >>> reply.stop_reason, reply.usage.output_tokens, reply.cost_usd
     """
     check_bool(streaming, "streaming")
-    return _single(
+    return run_single(
         prompt,
         model=model,
         system=system,
@@ -217,7 +226,7 @@ def invoke_claude_streaming(
     True
     """
     check_callable(callback, "callback")
-    return _single(
+    return run_single(
         prompt,
         model=model,
         system=system,
@@ -302,45 +311,6 @@ def invoke_claude_json(
         **kwargs,
     )
     return parse_json_response(str(reply))
-
-
-def _single(
-    prompt: Optional[str],
-    *,
-    model: str,
-    system: Any,
-    max_tokens: int,
-    temperature: float,
-    cache_system: bool,
-    cache_prompt: bool,
-    messages: Any,
-    api_key: Optional[str],
-    base_url: Optional[str],
-    interrupt_token: Optional[InterruptToken],
-    stall_timeout: Optional[float],
-    extra: dict,
-    stream: bool = False,
-    on_text: Optional[Callable[[str], Any]] = None,
-    **agent_options: Any,
-) -> ClaudeResponse:
-    check_token(interrupt_token)
-    stall = check_optional_seconds(stall_timeout, "stall_timeout")
-    options = AgentOptions.checked(**agent_options)
-    params = single_request(
-        prompt,
-        model=model,
-        system=system,
-        max_tokens=max_tokens,
-        temperature=temperature,
-        cache_system=cache_system,
-        cache_prompt=cache_prompt,
-        messages=messages,
-        extra=extra,
-    )
-    client = get_client(api_key=api_key, base_url=base_url)
-    options.limit(client, [params])
-    agent = options.agent(client, policy=default_policy(client), interrupt=interrupt_token, stall_timeout=stall)
-    return agent.run(params, stream=stream, on_text=on_text)
 
 
 def invoke_parallel(

@@ -26,10 +26,9 @@ import logging
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 from _errors import ClaudeInvocationError
-from _interrupt import check_token
 from _limits import ConcurrencyLimiter, LimiterTimeoutError, RateLimitGate
-from _managed import _final_error, invoke_parallel_managed, resolve_policy
-from _requests import DEFAULT_MODEL, single_request
+from _managed import final_error, invoke_parallel_managed, resolve_policy
+from _requests import DEFAULT_MODEL
 from _results import ClaudeResponse, ParallelResults
 from _retry import (
     DEFAULT_MAX_RETRY_AFTER_S,
@@ -41,9 +40,8 @@ from _retry import (
     is_transient,
     retry_after_of,
 )
-from _runs import AgentOptions
-from _transport import get_client
-from _validation import check_bool, check_optional_seconds
+from _runs import run_single
+from _validation import check_bool
 from task_state import TaskTracker
 
 __all__ = [
@@ -65,7 +63,19 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _RE_EXPORTED = (DEFAULT_MAX_RETRY_AFTER_S, TaskTracker)
-_AGENT_OPTIONS = (
+# invoke_claude's keyword arguments that are not SDK extras (the agent options included).
+_NAMED = (
+    "model",
+    "system",
+    "max_tokens",
+    "temperature",
+    "cache_system",
+    "cache_prompt",
+    "messages",
+    "api_key",
+    "base_url",
+    "interrupt_token",
+    "stall_timeout",
     "tools",
     "output_schema",
     "max_tool_turns",
@@ -119,30 +129,12 @@ def invoke_with_retry(
             policy, max_retries=max_retries, base_delay_ms=base_delay_ms, max_delay_ms=max_delay_ms, jitter=jitter
         )
     kw = dict(invoke_claude_kwargs)
-    token = check_token(kw.pop("interrupt_token", None))
-    stall = check_optional_seconds(kw.pop("stall_timeout", None), "stall_timeout")
     streaming = check_bool(kw.pop("streaming", False), "streaming")
-    api_key = kw.pop("api_key", None)
-    base_url = kw.pop("base_url", None)
-    options = AgentOptions.checked(**{name: kw.pop(name) for name in _AGENT_OPTIONS if name in kw})
-    params = single_request(
-        prompt,
-        model=kw.pop("model", DEFAULT_MODEL),
-        system=kw.pop("system", None),
-        max_tokens=kw.pop("max_tokens", 4096),
-        temperature=kw.pop("temperature", 1.0),
-        cache_system=kw.pop("cache_system", False),
-        cache_prompt=kw.pop("cache_prompt", False),
-        messages=kw.pop("messages", None),
-        extra=kw,
-    )
-    client = get_client(api_key=api_key, base_url=base_url)
-    options.limit(client, [params])
-    agent = options.agent(client, policy=policy, interrupt=token, stall_timeout=stall)
+    named = {name: kw.pop(name) for name in _NAMED if name in kw}  # the rest are SDK extras
     try:
-        return agent.run(params, stream=streaming)
+        return run_single(prompt, **named, extra=kw, stream=streaming, policy=policy)
     except ClaudeInvocationError as error:
-        raise _final_error(error, error.attempts or 1) from error
+        raise final_error(error, error.attempts or 1) from error
 
 
 def invoke_parallel_with_reconciliation(
