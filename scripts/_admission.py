@@ -66,7 +66,7 @@ from _estimate import (
 from _interrupt import InterruptToken, subscribe, unsubscribe
 from _results import Usage
 
-logger = logging.getLogger("claude_client" + __name__)  # claude_client._<module>: under the public logger
+logger = logging.getLogger("claude_client._admission")
 
 __all__ = [
     "RateLimits",

@@ -39,7 +39,7 @@ from _validation import (
     check_temperature,
 )
 
-logger = logging.getLogger("claude_client" + __name__)  # claude_client._<module>: under the public logger
+logger = logging.getLogger("claude_client._conversation")
 
 _SAVE_FORMAT = "orchestrating-agents/conversation"
 _SETTINGS = ("system", "model", "max_tokens", "temperature", "cache_system", "max_turns", "continuation_prompt")

@@ -37,6 +37,10 @@ ERROR_KINDS = frozenset(
         "invalid_output",
         # the run's spend cap (max_cost_usd) left no room for the request
         "budget",
+        # an HTTP 200 reply the model declined (stop_reason "refusal"); never retried
+        "refusal",
+        # a reply with no text because thinking (or the reply) used the whole max_tokens
+        "max_tokens",
         # message batches: per-item outcomes, never transient
         "batch_errored",
         "batch_expired",

@@ -42,7 +42,7 @@ from _requests import DEFAULT_MODEL, prompt_specs
 from _results import Usage, estimate_cost
 from _validation import check_bool, check_model, check_positive_int
 
-logger = logging.getLogger("claude_client" + __name__)  # claude_client._<module>: under the public logger
+logger = logging.getLogger("claude_client._estimate")
 
 #: Characters per token of the local rule.
 CHARS_PER_TOKEN = 4

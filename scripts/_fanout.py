@@ -21,7 +21,7 @@ from _interrupt import InterruptToken, subscribe, unsubscribe
 from _requests import PromptSpec
 from _results import ClaudeResponse, ParallelResults, totals
 
-logger = logging.getLogger("claude_client" + __name__)  # claude_client._<module>: under the public logger
+logger = logging.getLogger("claude_client._fanout")
 
 #: ``on_settle(index, outcome)``: a reply or an exception, called once per finished slot.
 SettleHook = Callable[[int, Any], None]

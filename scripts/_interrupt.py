@@ -15,7 +15,7 @@ import queue
 import threading
 from typing import Callable, Optional
 
-logger = logging.getLogger("claude_client" + __name__)  # claude_client._<module>: under the public logger
+logger = logging.getLogger("claude_client._interrupt")
 
 
 class InterruptToken:

@@ -31,7 +31,7 @@ from typing import Any, Optional, Sequence
 from _errors import ClaudeInvocationError
 from _results import ClaudeResponse, Usage
 
-logger = logging.getLogger("claude_client" + __name__)
+logger = logging.getLogger("claude_client._journal")
 
 FORMAT = "orchestrating-agents/run-journal"
 VERSION = 1

@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
 
 from _validation import check_number
 
-logger = logging.getLogger("orchestration" + __name__)  # under the public logger
+logger = logging.getLogger("orchestration._limits")
 
 
 class LimiterTimeoutError(TimeoutError):

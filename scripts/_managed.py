@@ -39,7 +39,7 @@ from _transport import get_client
 from _validation import check_callable, check_positive_int
 from task_state import TaskState, TaskTracker, TerminalReason
 
-logger = logging.getLogger("orchestration" + __name__)  # under the public logger
+logger = logging.getLogger("orchestration._managed")
 
 _MANAGED_KEYS = frozenset({"task_id", "category"})
 _LEAVE_GRACE_S = 3.0  # after Ctrl-C, how long the aborted workers get to record their tasks

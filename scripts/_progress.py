@@ -51,7 +51,7 @@ from typing import IO, Any, Callable, Optional, Sequence, Union
 
 __all__ = ["Progress", "ProgressSnapshot", "ProgressTable", "in_notebook"]
 
-_log = logging.getLogger(__name__)
+_log = logging.getLogger("claude_client._progress")
 
 #: Seconds between redraws of a live bar (at most ~10 per second).
 REDRAW_INTERVAL_S = 0.1

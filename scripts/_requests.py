@@ -33,9 +33,6 @@ from _validation import (
     is_mapping,
 )
 
-#: The model used when none is given (the one place it is defined).
-DEFAULT_MODEL = "claude-sonnet-4-6"
-
 #: Current model ids, newest first within each family.
 AVAILABLE_MODELS: tuple[str, ...] = (
     "claude-opus-4-6",

@@ -10,7 +10,7 @@ from typing import Any, Iterable, Optional
 
 from _validation import is_mapping
 
-logger = logging.getLogger("claude_client" + __name__)  # claude_client._<module>: under the public logger
+logger = logging.getLogger("claude_client._results")
 
 #: USD per million tokens, (input, output), keyed by model-name prefix; the longest prefix wins.
 #: Override or extend at run time: ``PRICES["claude-sonnet-4"] = (3.0, 15.0)``.

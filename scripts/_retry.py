@@ -31,7 +31,7 @@ from _errors import ClaudeInvocationError, is_api_failure, translate
 from _interrupt import InterruptToken
 from _validation import check_bool, check_number
 
-logger = logging.getLogger("claude_client" + __name__)  # claude_client._<module>: under the public logger
+logger = logging.getLogger("claude_client._retry")
 
 T = TypeVar("T")
 

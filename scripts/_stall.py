@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional, Protocol
 
 from _validation import check_callable, check_seconds
 
-logger = logging.getLogger("claude_client" + __name__)  # claude_client._<module>: under the public logger
+logger = logging.getLogger("claude_client._stall")
 
 
 class _Abortable(Protocol):

@@ -31,7 +31,7 @@ from _errors import ClaudeInvocationError
 from _results import ClaudeResponse
 from _validation import is_mapping
 
-logger = logging.getLogger("claude_client" + __name__)  # claude_client._structured: under the public logger
+logger = logging.getLogger("claude_client._structured")
 
 __all__ = ["OutputSpec", "send_structured"]
 

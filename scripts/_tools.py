@@ -39,7 +39,7 @@ from _requests import MAX_CACHE_BREAKPOINTS, count_breakpoints, with_cache_contr
 from _results import ClaudeResponse, ParallelResults, Usage
 from _validation import check_bool, check_callable, check_optional_seconds, check_positive_int, is_mapping
 
-logger = logging.getLogger("claude_client" + __name__)  # claude_client._tools: under the public logger
+logger = logging.getLogger("claude_client._tools")
 
 __all__ = [
     "AgentContext",

@@ -42,7 +42,7 @@ try:  # the SDK's own socket stream class, to wrap sockets this module connects 
 except ImportError:  # pragma: no cover - another httpcore2 layout: connect through the default backend
     _SyncStream = None
 
-logger = logging.getLogger("claude_client" + __name__)  # claude_client._<module>: under the public logger
+logger = logging.getLogger("claude_client._transport")
 
 # The SDK's ValueError (raised before sending) for a non-streaming request whose max_tokens
 # may take longer than its 10-minute non-streaming limit.
