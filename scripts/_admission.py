@@ -2,8 +2,10 @@
 run's spend cap (:class:`Budget`).
 
 **Controllers.** :func:`controller_for` returns the one :class:`AdmissionController` of a
-client's (API key, base URL, model) in this process (the registry is keyed by a hash of the key;
-the key is never stored, logged or shown). The transport calls ``ticket = controller.admit(params,
+client's (API key, base URL, rate-limit pool) in this process: models of one pool (the catalogue's
+``pool``: every Opus 4.x model shares one, Fable 5.x another ...) share their limits, so they
+share one controller and what it learned (the registry is keyed by a hash of the key; the key is
+never stored, logged or shown). The transport calls ``ticket = controller.admit(params,
 interrupt)`` before each attempt and ``ticket.finish(headers, usage, error)`` after it.
 
 A controller keeps continuously refilled buckets, as the API enforces them: requests (RPM), input
@@ -32,9 +34,10 @@ Sizing a request uses :mod:`_estimate`'s local rule, scaled by a per-controller 
 the usage of replies (actual / estimated input); a cached prefix that a reply showed warm is
 not counted toward ITPM while it stays warm.
 
-**Budgets.** ``Budget(max_cost_usd)`` reserves each attempt's worst-case cost before it starts and
-refuses (kind ``budget``) an attempt that could take the run past the cap; ``settle`` replaces the
-reservation with the real cost. See :class:`Budget`.
+**Budgets.** ``Budget(max_cost_usd)`` (in :mod:`_budget`, re-exported here) reserves each
+attempt's worst-case cost before it starts; an attempt that does not fit beside the reservations in
+flight waits for them, and one that could take the run past the cap (spent plus its worst case) is
+refused (kind ``budget``); ``settle`` replaces the reservation with the real cost. See :class:`Budget`.
 
 >>> controller = controller_for(client, "claude-sonnet-4-6", RateLimits(itpm=30_000))
 >>> ticket = controller.admit(params, interrupt=None)      # waits until the request fits
@@ -54,14 +57,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Mapping, Optional
 
+from _budget import Budget, Reservation
 from _credentials import on_change
 from _errors import ClaudeInvocationError
 from _estimate import (
     RequestEstimate,
+    catalogued,
     estimate_request,
     note_input_ratio,
     warm_prefixes,
-    worst_case_cost,
 )
 from _interrupt import InterruptToken, subscribe, unsubscribe
 from _results import Usage
@@ -90,6 +94,17 @@ _FREE_CHECK_EVERY = 16  # on the fast path, look for rate-limit headers in one r
 _ROOMY_CHECK_EVERY = 8  # every bucket at least half full: read the headers of one response in this many
 _MAX_PAUSE_S = 60.0
 _RATIO_WEIGHT = 0.2  # weight of a new reply in the running actual / estimated input ratio
+
+
+def rate_limit_pool(model: str) -> str:
+    """The rate-limit pool of ``model``: the catalogue's (a dated snapshot ``<id>-YYYYMMDD`` is in
+    its model's pool); an id the catalogue does not know is a pool of its own.
+
+    >>> rate_limit_pool("claude-opus-4-8"), rate_limit_pool("claude-opus-4-7-20260416")
+    ('opus-4', 'opus-4')
+    """
+    info = catalogued(model)
+    return info.pool if info is not None else model
 
 
 # ------------------------------------------------------------------------------ limits
@@ -273,8 +288,9 @@ class Ticket:
 
 # ------------------------------------------------------------------------------ the controller
 class AdmissionController:
-    """Admission under the rate limits of one (API key, base URL, model); get it from
+    """Admission under the rate limits of one (API key, base URL, rate-limit pool); get it from
     :func:`controller_for`. Thread-safe: one lock guards the buckets and the queue.
+    ``model`` is the model it was made for, ``pool`` its pool (:func:`rate_limit_pool`).
 
     ``probe_wait_s``: before anything is known, one request goes first and the others wait for its
     headers, at most this long (then they go too, and the first headers install the buckets).
@@ -295,6 +311,7 @@ class AdmissionController:
         if limits is not None and not isinstance(limits, RateLimits):
             raise TypeError(f"limits must be a RateLimits or None, got {type(limits).__name__}")
         self.model = model
+        self.pool = rate_limit_pool(model)
         self.count_cache_reads = count_cache_reads
         self._lock = threading.Lock()
         self._limits = limits or RateLimits()
@@ -624,7 +641,7 @@ class AdmissionController:
         current = self._implied_minute.get(kind, 60.0)
         if 0 < upper < current:
             self._implied_minute[kind] = upper
-            logger.debug("rate-limit headers of %s: the %s bucket refills within %.2f s", self.model, kind, upper)
+            logger.debug("rate-limit headers of pool %s: the %s bucket refills within %.2f s", self.pool, kind, upper)
 
     def _settle(
         self,
@@ -696,7 +713,9 @@ class AdmissionController:
                     self._probe_in_flight = False  # the next request may be the probe
                 if self._mode == "probe" and headers is not None and not carried:
                     self._mode = "free"
-                    logger.debug("no rate-limit headers from the server: admission control for %s is off", self.model)
+                    logger.debug(
+                        "no rate-limit headers from the server: admission control for pool %s is off", self.pool
+                    )
             if rate_limited:
                 self._stats["rate_limited"] += 1
                 if self._mode == "limited":
@@ -721,6 +740,7 @@ class AdmissionController:
                 bucket.refill(now)
             return {
                 "model": self.model,
+                "pool": self.pool,
                 "mode": self._mode,
                 "limits": {k: b.capacity for k, b in self._buckets.items()},
                 "levels": {k: b.level for k, b in self._buckets.items()},
@@ -732,7 +752,7 @@ class AdmissionController:
             }
 
     def __repr__(self) -> str:
-        return f"<AdmissionController model={self.model!r} mode={self._mode}>"
+        return f"<AdmissionController pool={self.pool!r} mode={self._mode}>"
 
 
 # ------------------------------------------------------------------------------ the registry
@@ -743,7 +763,7 @@ _registry: dict[tuple[str, str, str], AdmissionController] = {}
 _client_keys: dict[int, tuple[Any, tuple[str, str]]] = {}  # id(client) -> (client, (key digest, URL))
 
 
-def _key_of(client: Any, model: str) -> tuple[str, str, str]:
+def _key_of(client: Any, pool: str) -> tuple[str, str, str]:
     known = _client_keys.get(id(client))
     if known is None or known[0] is not client:  # hashed once per client object (the hot path)
         api_key = getattr(client, "api_key", None) or getattr(client, "auth_token", None) or ""
@@ -752,13 +772,14 @@ def _key_of(client: Any, model: str) -> tuple[str, str, str]:
         if len(_client_keys) > 256:
             _client_keys.clear()
         _client_keys[id(client)] = known
-    return known[1][0], known[1][1], model
+    return known[1][0], known[1][1], pool
 
 
 def controller_for(client: Any, model: str, limits: Optional[RateLimits] = None) -> AdmissionController:
-    """The admission controller of ``client``'s (API key, base URL) and ``model`` (one per process).
+    """The admission controller of ``client``'s (API key, base URL) and ``model``'s rate-limit
+    pool (one per process: ``claude-opus-4-7`` and ``claude-opus-4-8`` get the same one).
 
-    ``limits`` (a :class:`RateLimits`) sets its explicit limits; None keeps what it has.
+    ``limits`` (a :class:`RateLimits`) sets its explicit limits (the pool's); None keeps what it has.
 
     >>> controller_for(get_client(), "claude-sonnet-4-6", RateLimits(rpm=50, itpm=30_000, otpm=8_000))
     """
@@ -766,7 +787,7 @@ def controller_for(client: Any, model: str, limits: Optional[RateLimits] = None)
         raise TypeError(f"model must be a str, got {type(model).__name__}")
     if limits is not None and not isinstance(limits, RateLimits):
         raise TypeError(f"limits must be a RateLimits or None, got {type(limits).__name__}")
-    key = _key_of(client, model)
+    key = _key_of(client, rate_limit_pool(model))
     controller = _registry.get(key)
     if controller is None:
         with _registry_lock:
@@ -799,145 +820,3 @@ def _after_fork() -> None:  # a child process starts with no controller (locks m
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork)
-
-
-# ------------------------------------------------------------------------------ budgets
-class Reservation:
-    """The worst-case cost of one attempt, held in its :class:`Budget` until :meth:`settle`.
-
-    >>> reservation = budget.reserve(params)
-    >>> reservation.settle(reply.cost_usd)   # 0.0: certainly cost nothing; None: keep the worst case
-    """
-
-    __slots__ = ("_chain", "cost_usd", "_settled")
-
-    def __init__(self, chain: tuple[Budget, ...], cost_usd: float) -> None:
-        self._chain = chain
-        self.cost_usd = cost_usd
-        self._settled = False
-
-    def settle(self, actual_cost_usd: Optional[float]) -> None:
-        """Replace the reservation with the real cost (None: unknown, the worst case is spent).
-        A second call does nothing."""
-        if actual_cost_usd is not None:
-            if isinstance(actual_cost_usd, bool) or not isinstance(actual_cost_usd, (int, float)):
-                raise TypeError(f"actual_cost_usd must be a number or None, got {type(actual_cost_usd).__name__}")
-            if not (actual_cost_usd >= 0 and math.isfinite(actual_cost_usd)):
-                raise ValueError(f"actual_cost_usd must be a finite number >= 0, got {actual_cost_usd!r}")
-        first = self._chain[0]
-        with first._lock:
-            if self._settled:
-                return
-            self._settled = True
-        spent = self.cost_usd if actual_cost_usd is None else float(actual_cost_usd)
-        if spent > self.cost_usd + 1e-12:
-            logger.warning("a request cost $%.6f, more than its reserved worst case $%.6f", spent, self.cost_usd)
-        for budget in self._chain:
-            with budget._lock:
-                budget._open -= 1
-                budget._reserved = max(0.0, budget._reserved - self.cost_usd) if budget._open else 0.0
-                budget._spent += spent
-
-
-class Budget:
-    """A spend cap in USD for a run (thread-safe; shared by a parent run and its children).
-
-    :meth:`reserve` runs before each attempt: it reserves the attempt's worst-case cost
-    (:func:`_estimate.worst_case_cost`: the input by the local rule, times the largest actual /
-    estimated ratio seen, with a prefix known warm at the cache-read price, the rest of the cached
-    prefix at the cache-write price and the remainder at the list price; plus ``max_tokens`` of
-    output at the list price) and raises ``ClaudeInvocationError(kind="budget")`` when
-    ``spent + reserved + worst case`` would exceed ``max_cost_usd``. So the final spend stays
-    within the cap as long as the input estimate holds (the output part is a hard bound).
-    ``settle`` replaces a reservation with the real cost. :meth:`child` makes a budget that
-    also draws on this one (delegation).
-
-    >>> budget = Budget(2.50)
-    >>> r = budget.reserve(params); ...; r.settle(reply.cost_usd)
-    >>> budget.spent, budget.reserved, budget.remaining
-    """
-
-    def __init__(self, max_cost_usd: float, *, parent: Optional[Budget] = None) -> None:
-        if isinstance(max_cost_usd, bool) or not isinstance(max_cost_usd, (int, float)):
-            raise TypeError(f"max_cost_usd must be a number >= 0, got {type(max_cost_usd).__name__}")
-        if not (max_cost_usd >= 0 and math.isfinite(max_cost_usd)):
-            raise ValueError(f"max_cost_usd must be a finite number >= 0, got {max_cost_usd!r}")
-        if parent is not None and not isinstance(parent, Budget):
-            raise TypeError(f"parent must be a Budget or None, got {type(parent).__name__}")
-        self.max_cost_usd = float(max_cost_usd)
-        self.parent = parent
-        self._lock = threading.Lock()
-        self._spent = 0.0
-        self._reserved = 0.0
-        self._open = 0  # reservations not settled yet (the sum is exactly 0 when none is)
-        self.refused = 0
-        chain: list[Budget] = [self]
-        while chain[-1].parent is not None:
-            chain.append(chain[-1].parent)  # type: ignore[arg-type]
-        self._chain = tuple(chain)
-
-    def child(self, max_cost_usd: Optional[float] = None) -> Budget:
-        """A budget for a delegated run: its own cap (default: no more than this one's), and every
-        reservation also counts here."""
-        return Budget(self.max_cost_usd if max_cost_usd is None else max_cost_usd, parent=self)
-
-    @property
-    def spent(self) -> float:
-        """USD of the settled attempts (their worst case where the real cost is unknown)."""
-        with self._lock:
-            return self._spent
-
-    @property
-    def reserved(self) -> float:
-        """USD held by attempts in flight."""
-        with self._lock:
-            return self._reserved
-
-    @property
-    def remaining(self) -> float:
-        """``max_cost_usd - spent - reserved`` (never below 0)."""
-        with self._lock:
-            return max(0.0, self.max_cost_usd - self._spent - self._reserved)
-
-    def worst_case(self, params: Mapping[str, Any]) -> float:
-        """The cost :meth:`reserve` would reserve for ``params`` now (USD)."""
-        cost = worst_case_cost(estimate_request(params))
-        if cost is None:
-            raise ClaudeInvocationError(
-                f"max_cost_usd is set but model {params.get('model')!r} has no price in PRICES: "
-                "its cost cannot be bounded (add it to claude_client.PRICES)",
-                kind="budget",
-            )
-        return cost
-
-    def reserve(self, params: Mapping[str, Any]) -> Reservation:
-        """Reserve the worst-case cost of an attempt of ``params``; raise ``kind="budget"`` when
-        it does not fit under the cap (of this budget or any parent)."""
-        cost = self.worst_case(params)
-        taken: list[Budget] = []
-        for budget in self._chain:
-            with budget._lock:
-                fits = budget._spent + budget._reserved + cost <= budget.max_cost_usd + 1e-12
-                if fits:
-                    budget._reserved += cost
-                    budget._open += 1
-                else:
-                    budget.refused += 1
-                    spent, reserved = budget._spent, budget._reserved
-            if not fits:
-                for other in taken:
-                    with other._lock:
-                        other._open -= 1
-                        other._reserved = max(0.0, other._reserved - cost) if other._open else 0.0
-                where = "" if budget is self else " (a parent budget)"
-                raise ClaudeInvocationError(
-                    f"max_cost_usd={budget.max_cost_usd:g}{where}: not started, its worst case ${cost:.4f} "
-                    f"does not fit (spent ${spent:.4f}, reserved ${reserved:.4f})",
-                    kind="budget",
-                )
-            taken.append(budget)
-        return Reservation(self._chain, cost)
-
-    def __repr__(self) -> str:
-        with self._lock:
-            return f"Budget(max_cost_usd={self.max_cost_usd:g}, spent={self._spent:.4f}, reserved={self._reserved:.4f})"

@@ -19,7 +19,7 @@ from _interrupt import InterruptToken
 from _results import ClaudeResponse
 from _retry import RetryPolicy
 from _structured import OutputSpec, send_structured
-from _tools import AgentContext, ToolCall, ToolSet, run_tool_loop
+from _tools import AgentContext, LoopState, ToolCall, ToolSet, run_tool_loop
 from _transport import send
 from _validation import check_bool, check_callable, check_optional_seconds, check_positive_int
 
@@ -73,9 +73,14 @@ class Agent:
         on_text: Optional[Callable[[str], Any]] = None,
         on_start: Optional[Callable[[], Any]] = None,
         tools: Optional[ToolSet] = None,
+        loop_state: Optional[LoopState] = None,
     ) -> ClaudeResponse:
         """Send ``params`` (with the tool loop of ``tools`` or ``self.tools``, and the output
-        schema when set) and return the final reply."""
+        schema when set) and return the final reply.
+
+        ``loop_state`` (a :class:`_tools.LoopState`, one per task) lets a caller that runs the
+        same task again after a failure resume its tool loop at the failed turn: tools that ran
+        are not run again."""
         toolset = tools if tools is not None else self.tools
         output = self.output
         if output is not None:
@@ -116,6 +121,7 @@ class Agent:
                     on_tool_call=options.on_tool_call,
                     interrupt=self.interrupt,
                     context=context,
+                    state=loop_state,
                 )
 
         return once() if output is None else send_structured(once, output)

@@ -8,23 +8,30 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from _journal import BATCH_FORMAT, JournalLock, unreadable
+from _journal import FORMAT as RUN_FORMAT
+
 logger = logging.getLogger("message_batches._batch_journal")
 
 MAX_BATCH_REQUESTS = 100_000
 MAX_BATCH_BYTES = 256 * 1024 * 1024
 
-_JOURNAL_FORMAT = "orchestrating-agents/batch-journal"
+_JOURNAL_FORMAT = BATCH_FORMAT
 _JOURNAL_VERSION = 1
 # A journal that records a retry batch is written as version 2, so that a library which does not
 # know about retry batches refuses it instead of returning the stale failures they replace.
 _RETRY_JOURNAL_VERSION = 2
-_READABLE_VERSIONS = (_JOURNAL_VERSION, _RETRY_JOURNAL_VERSION)
+# A journal whose entries carry create nonces is version 3: a library that does not add the
+# nonces to the custom_ids it matches would find none of its results.
+_NONCE_JOURNAL_VERSION = 3
+_READABLE_VERSIONS = (_JOURNAL_VERSION, _RETRY_JOURNAL_VERSION, _NONCE_JOURNAL_VERSION)
 # Result types that ``retry_failed`` submits again ("missing": the batch returned no line for it).
 _RETRYABLE = frozenset({"errored", "expired", "canceled", "missing"})
 # Bytes of ``{"requests": [`` + ``]}`` plus slack; each request adds its JSON and ", ".
@@ -146,6 +153,27 @@ def failed(requests: Sequence[Request], results: Mapping[str, Any]) -> List[Requ
     return out
 
 
+# --------------------------------------------------------------------------- wire custom_ids
+
+
+def wire_id(request: Request, entry: Mapping[str, Any]) -> str:
+    """The custom_id ``request`` carries in the batch of ``entry``: its own custom_id followed by
+    the entry's nonce (``req-3-0123456789_<nonce>``), so a batch's results name the journal entry
+    that made it. Entries journaled before nonces existed send the plain custom_id."""
+    nonce = entry.get("nonce")
+    return f"{request.custom_id}_{nonce}" if nonce else request.custom_id
+
+
+def wire_ids(entry: Mapping[str, Any], requests: Sequence[Request]) -> Dict[str, str]:
+    """``{custom_id as sent: the request's own custom_id}`` for the requests of ``entry``."""
+    return {wire_id(r, entry): r.custom_id for r in members(entry, requests)}
+
+
+def new_nonce() -> str:
+    """16 random hex digits: the id of one create call, journaled before it is sent."""
+    return secrets.token_hex(8)
+
+
 # --------------------------------------------------------------------------- journal
 
 
@@ -153,22 +181,47 @@ def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _entry(chunk: Sequence[Request], **fields: Any) -> Dict[str, Any]:
+    """A journal entry for a batch not created yet (``fields``: its range or retry indexes)."""
+    return {
+        "id": None,
+        **fields,
+        "first_custom_id": chunk[0].custom_id,
+        "last_custom_id": chunk[-1].custom_id,
+        "status": "pending",
+        "request_counts": None,
+        "seen": False,
+        "cancel_requested": False,
+        "results_fetched": False,
+        "create_started_at": None,
+        "nonce": None,
+    }
+
+
+def _run_journal(path: Path) -> ValueError:
+    return ValueError(
+        f"journal: {str(path)!r} is a run journal of invoke_parallel, not an invoke_batch journal; it was "
+        "left unchanged. Pass another journal path"
+    )
+
+
 class Journal:
     """The job's durable state. Saved atomically when ``path`` is set: written to a temp file
     which is fsynced, renamed over the journal with ``os.replace``, then the directory is fsynced
-    so the rename itself survives a power loss.
+    so the rename itself survives a power loss. While open it holds the journal's lock
+    (``_journal.JournalLock``): one process at a time.
 
     Layout (JSON)::
 
-        {"format": ..., "version": 1 (2 once "retries" is not empty),
+        {"format": ..., "version": 3 (1 and 2: journals of earlier versions),
          "fingerprint": sha256 of every request, "requests": N,
          "state": "submitting" | "running" | "ended", "created_at", "updated_at",
          "batches": [{"id", "start", "end", "first_custom_id", "last_custom_id", "status",
                       "request_counts", "seen", "cancel_requested", "results_fetched",
-                      "create_started_at", "adopted", "result_counts"}],
+                      "create_started_at", "nonce", "candidates", "adopted", "result_counts"}],
          "retries": [{"id", "round", "indexes": [request indexes re-sent], "first_custom_id",
                       "last_custom_id", "status", ... the same fields as a planned batch}],
-         "foreign_batches": [ids of adopted batches that turned out to hold none of this job's requests],
+         "foreign_batches": [ids of batches found to hold none of this job's requests],
          "results": {custom_id: <the API's result object: succeeded / errored / canceled / expired>}}
 
     ``batches`` is the job's plan: its ranges cover every request once. ``retries`` are the
@@ -176,11 +229,18 @@ class Journal:
     the failed requests of one round, with the same custom_ids, and its results replace theirs
     in ``results`` when fetched. ``result_counts`` is what an ended batch itself returned, by
     type (recorded when its results are fetched).
+
+    ``nonce`` is written (with ``create_started_at``) before the create call is sent, and every
+    request of that batch carries it in its custom_id (:func:`wire_id`): after a crash inside the
+    call, a batch is this entry's only if its results carry the nonce. ``candidates`` are the
+    batches that may be it, watched until they end and their results tell. Version 3 marks the
+    nonces (a library that does not know them refuses the journal); versions 1 and 2 are read.
     """
 
-    def __init__(self, path: Optional[Path], data: Dict[str, Any]) -> None:
+    def __init__(self, path: Optional[Path], data: Dict[str, Any], lock: Optional[JournalLock] = None) -> None:
         self.path = path
         self.data = data
+        self._lock = lock
 
     @property
     def batches(self) -> List[Dict[str, Any]]:
@@ -200,30 +260,26 @@ class Journal:
         """Every batch of the job: the planned ones, then the retries (oldest first)."""
         return self.batches + self.retries
 
+    @property
+    def foreign(self) -> List[str]:
+        """Ids of batches found to belong to another job (never taken, never canceled)."""
+        return self.data.setdefault("foreign_batches", [])
+
     def all_fetched(self) -> bool:
         return all(b["results_fetched"] for b in self.entries)
+
+    def arm(self, entry: Dict[str, Any]) -> None:
+        """Give ``entry`` a nonce before its create call (the journal becomes version 3)."""
+        if not entry.get("nonce"):
+            entry["nonce"] = new_nonce()
+        self.data["version"] = max(int(self.data.get("version", _JOURNAL_VERSION)), _NONCE_JOURNAL_VERSION)
 
     def add_retry(self, chunks: Sequence[Sequence[Request]]) -> List[Dict[str, Any]]:
         """Journal a retry round (one entry per chunk of failed requests) before creating it."""
         round_no = 1 + max((int(e.get("round", 1)) for e in self.retries), default=0)
-        added = [
-            {
-                "id": None,
-                "round": round_no,
-                "indexes": [r.index for r in chunk],
-                "first_custom_id": chunk[0].custom_id,
-                "last_custom_id": chunk[-1].custom_id,
-                "status": "pending",
-                "request_counts": None,
-                "seen": False,
-                "cancel_requested": False,
-                "results_fetched": False,
-                "create_started_at": None,
-            }
-            for chunk in chunks
-        ]
+        added = [_entry(chunk, round=round_no, indexes=[r.index for r in chunk]) for chunk in chunks]
         self.data.setdefault("retries", []).extend(added)
-        self.data["version"] = _RETRY_JOURNAL_VERSION
+        self.data["version"] = max(int(self.data.get("version", _JOURNAL_VERSION)), _RETRY_JOURNAL_VERSION)
         self.data["state"] = "submitting"
         self.save()
         return added
@@ -237,66 +293,93 @@ class Journal:
         ranges: Sequence[tuple],
         model: str,
     ) -> Journal:
-        if path is not None and path.exists() and not cls._is_empty(path):
-            data = cls._load(path)
-            if data.get("fingerprint") != fingerprint:
-                raise ValueError(
-                    f"journal: {str(path)!r} belongs to a different job (its prompts or parameters "
-                    f"differ from this call's: {data.get('requests')} requests, fingerprint "
-                    f"{str(data.get('fingerprint'))[:12]}; this call: {len(requests)} requests, "
-                    f"fingerprint {fingerprint[:12]}). Pass another journal path, or delete the file "
-                    f"if that job's batches are no longer needed."
-                )
-            cls._check_plan(path, data, len(requests))
-            logger.info("invoke_batch: resuming from journal %s (%d batches)", path, len(data["batches"]))
-            return cls(path, data)
-        data = {
+        """The journal at ``path`` (None: in memory only), locked for this process until
+        :meth:`close`. A file that is not a batch journal of this job is refused (``ValueError``)
+        and left unchanged; nothing is sent before this returns."""
+        if path is None:
+            return cls(None, cls._new_data(fingerprint, requests, ranges, model))
+        cls._check(path, cls._read(path), fingerprint, len(requests))  # before a lock file is made
+        lock = JournalLock.acquire(path)
+        try:
+            data = cls._read(path)  # again, under the lock: the one that counts
+            if data is not None:
+                cls._check(path, data, fingerprint, len(requests))
+                logger.info("invoke_batch: resuming from journal %s (%d batches)", path, len(data["batches"]))
+                return cls(path, data, lock)
+            journal = cls(path, cls._new_data(fingerprint, requests, ranges, model), lock)
+            try:
+                journal.save()  # fails here, before any request, when the path is not writable
+            except OSError as exc:
+                raise unreadable(path, exc, "write") from None
+            return journal
+        except BaseException:
+            lock.release()
+            raise
+
+    def close(self) -> None:
+        """Release the journal's lock (idempotent)."""
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.release()
+
+    @staticmethod
+    def _new_data(fingerprint: str, requests: Sequence[Request], ranges: Sequence[tuple], model: str) -> Dict[str, Any]:
+        return {
             "format": _JOURNAL_FORMAT,
-            "version": _JOURNAL_VERSION,
+            "version": _NONCE_JOURNAL_VERSION,
             "fingerprint": fingerprint,
             "requests": len(requests),
             "model": model,
             "state": "submitting",
             "created_at": _now_iso(),
             "updated_at": _now_iso(),
-            "batches": [
-                {
-                    "id": None,
-                    "start": start,
-                    "end": end,
-                    "first_custom_id": requests[start].custom_id,
-                    "last_custom_id": requests[end - 1].custom_id,
-                    "status": "pending",
-                    "request_counts": None,
-                    "seen": False,
-                    "cancel_requested": False,
-                    "results_fetched": False,
-                    "create_started_at": None,
-                }
-                for start, end in ranges
-            ],
+            "batches": [_entry(requests[start:end], start=start, end=end) for start, end in ranges],
             "results": {},
         }
-        journal = cls(path, data)
-        journal.save()  # fails here, before any request, when the path is not writable
-        return journal
+
+    @classmethod
+    def _check(cls, path: Path, data: Optional[Dict[str, Any]], fingerprint: str, n: int) -> None:
+        if data is None:
+            return
+        if data.get("fingerprint") != fingerprint:
+            raise ValueError(
+                f"journal: {str(path)!r} belongs to a different job (its prompts or parameters "
+                f"differ from this call's: {data.get('requests')} requests, fingerprint "
+                f"{str(data.get('fingerprint'))[:12]}; this call: {n} requests, "
+                f"fingerprint {fingerprint[:12]}). Pass another journal path, or delete the file "
+                f"if that job's batches are no longer needed."
+            )
+        cls._check_plan(path, data, n)
 
     @staticmethod
-    def _is_empty(path: Path) -> bool:
-        """A 0-byte file (e.g. made by ``tempfile.mkstemp``) is a new journal, not a damaged one."""
+    def _read(path: Path) -> Optional[Dict[str, Any]]:
+        """The journal's data; None for a new journal (no file, or a 0-byte one such as
+        ``tempfile.mkstemp`` makes). Anything else that is not a batch journal is refused."""
         try:
-            return path.is_file() and path.stat().st_size == 0
-        except OSError:
-            return False
-
-    @staticmethod
-    def _load(path: Path) -> Dict[str, Any]:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise unreadable(path, exc) from None
+        if not raw:
+            return None
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"journal: {str(path)!r} exists but is not a readable batch journal ({exc})") from None
+            data = json.loads(raw)
+        except ValueError as exc:
+            first = raw.split(b"\n", 1)[0]
+            try:
+                head = json.loads(first)
+            except ValueError:
+                head = None
+            if isinstance(head, dict) and head.get("format") == RUN_FORMAT:
+                raise _run_journal(path) from None
+            raise ValueError(
+                f"journal: {str(path)!r} exists but is not a readable batch journal ({exc}); it was left unchanged"
+            ) from None
+        if isinstance(data, dict) and data.get("format") == RUN_FORMAT:
+            raise _run_journal(path)
         if not isinstance(data, dict) or data.get("format") != _JOURNAL_FORMAT:
-            raise ValueError(f"journal: {str(path)!r} exists but is not an invoke_batch journal")
+            raise ValueError(f"journal: {str(path)!r} exists but is not an invoke_batch journal; it was left unchanged")
         if data.get("version") not in _READABLE_VERSIONS:
             raise ValueError(
                 f"journal: {str(path)!r} has version {data.get('version')!r}; this library reads versions "
@@ -369,6 +452,3 @@ def fsync_dir(directory: Path) -> None:
         logger.debug("invoke_batch: cannot fsync the journal directory %s: %s", directory, exc)
     finally:
         os.close(fd)
-
-
-# --------------------------------------------------------------------------- the run

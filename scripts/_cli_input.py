@@ -19,7 +19,19 @@ __all__ = ["PROMPT_KEYS", "check_text", "collect_prompts", "read_path", "read_sh
 
 #: Keys a JSONL prompt line may carry.
 PROMPT_KEYS = frozenset(
-    {"prompt", "system", "task_id", "category", "model", "max_tokens", "temperature", "cache_system", "cache_prompt"}
+    {
+        "prompt",
+        "system",
+        "task_id",
+        "category",
+        "model",
+        "max_tokens",
+        "temperature",
+        "cache_system",
+        "cache_prompt",
+        "effort",
+        "thinking",
+    }
 )
 
 
@@ -166,9 +178,11 @@ def _check_item(item: dict, where: str) -> dict:
     prompt = item.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise UsageError(f"{where}: 'prompt' must be a non-empty string")
-    for key in ("system", "category", "model"):
+    for key in ("system", "category", "model", "effort"):
         if key in item and item[key] is not None and not isinstance(item[key], str):
             raise UsageError(f"{where}: {key!r} must be a string")
+    if "thinking" in item and not isinstance(item["thinking"], (str, dict)):
+        raise UsageError(f"{where}: 'thinking' must be a string (e.g. \"adaptive\") or an object")
     if "task_id" in item:
         tid = item["task_id"]
         if isinstance(tid, bool) or not isinstance(tid, (str, int)) or str(tid) == "":
@@ -241,9 +255,11 @@ def collect_prompts(args: argparse.Namespace, stdin: IO[str]) -> list[dict]:
                 raise UsageError(f"{where}: task_id {item['task_id']!r} is already used by {seen[item['task_id']]}")
             seen[item["task_id"]] = where
     _assign_default_task_ids(items, wheres, seen)
-    for item in items:
-        if args.temperature is not None and "temperature" not in item:
-            item["temperature"] = args.temperature
+    for item in items:  # the run-wide options fill in what a prompt does not set itself
+        for key in ("temperature", "effort", "thinking"):
+            value = getattr(args, key, None)
+            if value is not None and key not in item:
+                item[key] = value
     return items
 
 

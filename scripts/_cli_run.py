@@ -88,10 +88,10 @@ class Execution:
         return [make(i) for i in range(len(self.items))]
 
     def _common(self) -> dict:
-        import claude_client
+        from _models import DEFAULT_MODEL
 
         return dict(
-            model=self.args.model or claude_client.DEFAULT_MODEL,
+            model=self.args.model or DEFAULT_MODEL,
             max_tokens=self.args.max_tokens,
             max_workers=self.args.workers,
             shared_system=self.shared_system,
@@ -231,7 +231,8 @@ def run_options(args: argparse.Namespace) -> dict[str, Any]:
 def validate_with_library(items: list[dict], args: argparse.Namespace, shared_system: Optional[str]) -> None:
     """Let the library validate every prompt and the ``--tool`` functions before any request is sent
     (ValueError / TypeError -> usage)."""
-    from _requests import DEFAULT_MODEL, prompt_specs  # the library's one request builder
+    from _models import DEFAULT_MODEL
+    from _requests import prompt_specs  # the library's one request builder
     from _tools import ToolSet  # the library's tool schemas (from signature and docstring)
 
     try:

@@ -23,6 +23,7 @@ from _emulator_wire import _ApiError, _new_id, _rfc3339
 
 if TYPE_CHECKING:
     from _emulator_messages import _Computed
+    from _models import ModelInfo
 
 _CUSTOM_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _BATCH_MAX_REQUESTS = 100_000
@@ -66,11 +67,15 @@ class _BatchesMixin:
         def _wall(self) -> float: ...
         def _base_headers(self, request: web.Request) -> dict[str, str]: ...
         async def _json_body(self, request: web.Request) -> Any: ...
+        def _admit_model(
+            self, body: dict[str, Any], betas: str = "", *, batch: bool = False, count_tokens: bool = False
+        ) -> ModelInfo: ...
         def _compute(
             self,
             body: dict[str, Any],
             prompt: str,
             plan: Any,
+            info: ModelInfo,
             *,
             service_tier: str = "standard",
             default_ttl: float | None = None,
@@ -106,10 +111,11 @@ class _BatchesMixin:
             _validate_messages_body(params)
             if params.get("stream") is True:
                 raise _ApiError(400, "stream: streaming is not supported in message batches")
+            info = self._admit_model(params, batch=True)  # each request is validated when it is processed
             prompt, groups = _prompt_and_groups(params)
             plan = _build_plan(groups, 1, {**self._settings, "ttft_ms": 0, "chunk_delay_ms": 0})
             plan.invalid_output = _invalid_output(params, [], 1)
-            comp = self._compute(params, prompt, plan, service_tier="batch")
+            comp = self._compute(params, prompt, plan, info, service_tier="batch")
         except _ApiError as err:
             return {
                 "type": "errored",

@@ -44,6 +44,13 @@ DIRECTIVE_KEYS: dict[str, str] = {
     "invalid_output": "structured output: the reply misses a required field (invalid for the schema) on the first "
     "N tries; tries = attempt of the identical body + assistant turns in the conversation; "
     "read in every user message",
+    "think": "thinking tokens of this reply when it thinks (default by effort: low 2, medium 4, high 8, xhigh 12, "
+    "max 16); N >= max_tokens gives a reply of only the thinking block, stop_reason max_tokens",
+    "refuse": "a bare flag ([[refuse]]): HTTP 200, content [], stop_reason refusal, stop_details "
+    "{type: refusal, category, explanation}; input billed, no output",
+    "category": "the refusal's category: cyber | bio | frontier_llm | reasoning_extraction | general_harms | "
+    "none (null, the default)",
+    "stop": "model_context_window_exceeded: stop with that stop_reason after the first half of the reply's words",
 }
 """Directive keys understood inside ``[[key=value ...]]`` groups."""
 
@@ -59,10 +66,30 @@ _TIMED_KEYS = frozenset(
         "stall_pings",
         "ttft_ms",
         "delay_ms",
+        "refuse",
+        "category",
+        "stop",
     }
 )
+#: Keys that may stand alone in a group, as flags (``[[refuse]]`` means ``[[refuse=1]]``).
+_FLAG_KEYS = frozenset({"refuse"})
+#: ``category=`` values (the SDK's ``RefusalStopDetails.category``; ``none`` is null).
+REFUSAL_CATEGORIES = ("cyber", "bio", "frontier_llm", "reasoning_extraction", "general_harms")
+_STOP_REASONS = ("model_context_window_exceeded",)
 _INT_KEYS = frozenset(
-    {"fail", "error_after", "stall_after", "stall_pings", "words", "times", "preamble", "pause_turns", "invalid_output"}
+    {
+        "fail",
+        "error_after",
+        "stall_after",
+        "stall_pings",
+        "words",
+        "times",
+        "preamble",
+        "pause_turns",
+        "invalid_output",
+        "think",
+        "refuse",
+    }
 )
 _FLOAT_KEYS = frozenset({"ttft_ms", "delay_ms", "retry_after", "retry_after_ms"})
 _GROUP_RE = re.compile(r"\[\[([^\[\]]*)\]\]")
@@ -89,6 +116,10 @@ class _Plan:
     preamble: int = 0
     pause_turns: int = 0
     invalid_output: int = 0
+    think: int | None = None
+    refuse: int = 0
+    category: str | None = None
+    stop: str | None = None
 
 
 def _text_of(content: Any) -> str:
@@ -110,6 +141,9 @@ def _parse_group(text: str) -> dict[str, str] | None:
         return None
     out: dict[str, str] = {}
     for tok in tokens:
+        if tok in _FLAG_KEYS:
+            out[tok] = "1"
+            continue
         m = _TOKEN_RE.match(tok)
         if not m:
             return None
@@ -188,6 +222,14 @@ def _build_plan(groups: list[dict[str, str]], attempt: int, settings: dict[str, 
                 value = raw
             elif key == "should_retry" and raw not in ("true", "false"):
                 raise _ApiError(400, f"directive should_retry: expected true or false, got {raw!r}")
+            elif key == "category":
+                if raw not in REFUSAL_CATEGORIES + ("none",):
+                    raise _ApiError(400, f"directive category: expected one of {', '.join(REFUSAL_CATEGORIES)}, none")
+                value = None if raw == "none" else raw
+            elif key == "stop" and raw not in _STOP_REASONS:
+                raise _ApiError(400, f"directive stop: expected {' or '.join(_STOP_REASONS)}, got {raw!r}")
+            elif key == "think" and value < 0:
+                raise _ApiError(400, f"directive think: expected an integer >= 0, got {raw!r}")
             setattr(plan, key, value)
     return plan
 

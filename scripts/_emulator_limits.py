@@ -1,8 +1,9 @@
 """The emulator's rate limits: token buckets, admission control and the ``anthropic-ratelimit-*`` headers.
 
-One global request bucket (``rate_limit_requests`` per ``rate_limit_window_s``) and per-model
+One global request bucket (``rate_limit_requests`` per ``rate_limit_window_s``) and per-pool
 ``rpm`` / ``itpm`` / ``otpm`` buckets holding one "minute" (``rate_limit_minute_s``) of their
-limit. :class:`_RateLimitsMixin` is mixed into :class:`anthropic_emulator.Emulator`.
+limit; a pool is the catalogue's ``ModelInfo.pool`` (all Opus 4.x models share one), an id the
+catalogue lacks is a pool of its own. :class:`_RateLimitsMixin` is mixed into :class:`anthropic_emulator.Emulator`.
 Private to :mod:`anthropic_emulator`.
 """
 
@@ -13,6 +14,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Protocol
 
 from _emulator_wire import _ApiError, _rfc3339
+from _models import CATALOGUE
 
 _NOMINAL_TOKEN_LIMIT = 10_000_000
 
@@ -132,6 +134,11 @@ class _RateLimitsMixin:
         h["anthropic-ratelimit-tokens-reset"] = tightest[2]
         return h
 
+    def _pool_for(self, model: str) -> str:
+        """The rate-limit pool of ``model`` (``extra_models`` ids share their target's pool)."""
+        info = CATALOGUE.get(model) or CATALOGUE.get(self._settings["extra_models"].get(model, ""))
+        return info.pool if info is not None else model
+
     def _current_bucket(self, now: float) -> _Bucket | None:
         n, window = self._settings["rate_limit_requests"], self._settings["rate_limit_window_s"]
         if n is None:
@@ -142,7 +149,7 @@ class _RateLimitsMixin:
         return self._bucket
 
     def _model_bucket(self, model: str, kind: str, now: float) -> _Bucket | None:
-        """The per-model ``rpm`` / ``itpm`` / ``otpm`` bucket, None when that limit is unset (lock held).
+        """The ``rpm`` / ``itpm`` / ``otpm`` bucket of ``model``'s pool, None when that limit is unset (lock held).
 
         A bucket holds one "minute" (``rate_limit_minute_s`` seconds) of its limit and refills at
         limit / minute continuously; changing the limit or the minute starts a full new bucket.
@@ -151,10 +158,11 @@ class _RateLimitsMixin:
         if limit is None:
             return None
         minute = float(self._settings["rate_limit_minute_s"])
-        cur = self._model_buckets.get((model, kind))
+        pool = self._pool_for(model)
+        cur = self._model_buckets.get((pool, kind))
         if cur is None or cur[0] != limit or cur[1] != minute:
             cur = (limit, minute, _Bucket(limit, minute, now))
-            self._model_buckets[(model, kind)] = cur
+            self._model_buckets[(pool, kind)] = cur
         return cur[2]
 
     def _rate_limit_check(self, model: str, comp: _Charge, max_tokens: int) -> _ApiError | None:
@@ -188,7 +196,9 @@ class _RateLimitsMixin:
         ):
             mb = self._model_bucket(model, kind, now)
             if mb is not None:
-                checks.append((mb, amount, f"{mb.capacity:,} {what} per {per} (model {model})"))
+                pool = self._pool_for(model)
+                where = f"model {model}" if pool == model else f"model {model}, pool {pool}"
+                checks.append((mb, amount, f"{mb.capacity:,} {what} per {per} ({where})"))
         waits = [(b.wait(now, amount), what) for b, amount, what in checks]
         late = [(w, what) for w, what in waits if w > 0]
         if late:

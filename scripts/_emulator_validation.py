@@ -1,7 +1,9 @@
 """The emulator's request validation: a 400 naming the field, like the Messages API.
 
-Covers the body, content blocks, tools and tool_choice, tool_use / tool_result pairing,
-``cache_control`` and ``output_config``. Private to :mod:`anthropic_emulator`.
+Covers the body (sampling parameters are refused at any value, as under API version 2026-10-21),
+content blocks (thinking blocks included), tools and tool_choice, tool_use / tool_result pairing,
+``cache_control`` and ``output_config``. The rules of the model a request names are in
+:mod:`_emulator_rules`. Private to :mod:`anthropic_emulator`.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ from typing import Any
 
 from _emulator_tokens import _CACHE_TTLS, _count_cache_controls, _iter_blocks
 from _emulator_wire import _ApiError
+from _models import EFFORT_LEVELS
 
 _TOOL_CHOICES = frozenset({"auto", "any", "tool", "none"})
-_EFFORTS = frozenset({"low", "medium", "high", "xhigh", "max"})
+#: Sampling parameters the API no longer accepts (any value answers 400 "<name>: Extra inputs are not permitted").
+SAMPLING_PARAMS = ("temperature", "top_p", "top_k")
 _TOOL_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
 
 
@@ -68,19 +72,9 @@ def _validate_messages_body(body: Any, *, require_max_tokens: bool = True) -> No
                     raise _ApiError(400, f"system.{j}.text: system: text content blocks must be non-empty")
         elif not isinstance(system, str):
             raise _ApiError(400, "system: Input should be a valid string or list of text blocks")
-    for name in ("temperature", "top_p"):
-        if name in body and body[name] is not None:
-            v = body[name]
-            if not isinstance(v, (int, float)) or isinstance(v, bool):
-                raise _ApiError(400, f"{name}: Input should be a valid number")
-            if v < 0:
-                raise _ApiError(400, f"{name}: Input should be greater than or equal to 0")
-            if v > 1:
-                raise _ApiError(400, f"{name}: Input should be less than or equal to 1")
-    if "top_k" in body and body["top_k"] is not None:
-        v = body["top_k"]
-        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-            raise _ApiError(400, "top_k: Input should be an integer greater than or equal to 0")
+    for name in SAMPLING_PARAMS:  # removed in API version 2026-10-21, at any value
+        if name in body:
+            raise _ApiError(400, f"{name}: Extra inputs are not permitted")
     if "stop_sequences" in body and body["stop_sequences"] is not None:
         ss = body["stop_sequences"]
         if not isinstance(ss, list) or not all(isinstance(s, str) for s in ss):
@@ -121,6 +115,12 @@ def _validate_blocks(blocks: list[Any], where: str, role: str) -> None:
             for key, typ in (("id", str), ("name", str), ("input", dict)):
                 if not isinstance(block.get(key), typ):
                     raise _ApiError(400, f"{at}.{key}: Field required")
+        elif kind in ("thinking", "redacted_thinking"):
+            if role != "assistant":
+                raise _ApiError(400, f"{at}: {kind} blocks are only allowed in assistant messages")
+            for key in ("thinking", "signature") if kind == "thinking" else ("data",):
+                if not isinstance(block.get(key), str):
+                    raise _ApiError(400, f"{at}.{kind}.{key}: Field required")
         elif kind == "tool_result":
             if role != "user":
                 raise _ApiError(400, f"{at}: tool_result blocks are only allowed in user messages")
@@ -231,8 +231,9 @@ def _output_schema(body: dict[str, Any]) -> dict[str, Any] | None:
         unknown = sorted(set(config) - {"format", "effort"})
         if unknown:
             raise _ApiError(400, f"output_config.{unknown[0]}: Extra inputs are not permitted")
-        if config.get("effort") is not None and config["effort"] not in _EFFORTS:
-            raise _ApiError(400, f"output_config.effort: Input should be one of {sorted(_EFFORTS)}")
+        if config.get("effort") is not None and config["effort"] not in EFFORT_LEVELS:
+            levels = ", ".join(repr(e) for e in EFFORT_LEVELS)
+            raise _ApiError(400, f"output_config.effort: Input should be one of {levels}")
         fmt = config.get("format")
     if fmt is None and body.get("output_format") is not None:
         fmt, where = body["output_format"], "output_format"

@@ -51,6 +51,12 @@ ERROR_KINDS = frozenset(
 #: Kinds worth retrying; the one classification used by every retry path of the library.
 TRANSIENT_KINDS = frozenset({"rate_limit", "overloaded", "server", "connection", "timeout", "stalled"})
 
+#: Kinds of an HTTP 200 reply that is not an answer (a refusal, a reply with no text because the
+#: output hit max_tokens, a stop at the context window). The reply was paid (the error carries its
+#: ``usage`` / ``cost_usd``) and sending it again gives the same: never retried, whatever the
+#: policy or the server's ``x-should-retry``.
+REPLY_KINDS = frozenset({"refusal", "max_tokens", "context_overflow"})
+
 #: What an abort reason (set on a request's abort handle) is reported as.
 ABORT_MESSAGES = {
     "interrupted": "The request was interrupted (InterruptToken.interrupt())",
@@ -62,19 +68,32 @@ class ClaudeInvocationError(Exception):
     """A call to Claude failed.
 
     ``kind`` is one of ``auth, rate_limit, overloaded, server, connection, timeout, bad_request,
-    context_overflow, interrupted, stalled, callback, tool_turns_exceeded, invalid_output, budget``
-    (None for a failure that is not an API failure), or for one request of a message batch
-    (:func:`invoke_batch`) ``batch_errored`` (the item's result was ``errored``; ``details`` is the
-    API's error body), ``batch_expired`` or ``batch_canceled``; the full set is :data:`ERROR_KINDS`.
-    ``transient`` says whether a retry may succeed; ``retry_after`` is the server's requested wait
-    in seconds (or None). Parallel runs attach ``results`` (input order, None where failed) and
-    ``errors`` (index -> exception). The SDK exception, if any, is the ``__cause__`` (with any API
-    key redacted from it).
+    context_overflow, interrupted, stalled, callback, tool_turns_exceeded, invalid_output, budget``,
+    ``refusal`` (the model declined: an HTTP 200 reply with ``stop_reason == "refusal"``),
+    ``max_tokens`` (a reply with no text because its output, thinking included, used the whole
+    ``max_tokens``) (None for a failure that is not an API failure), or for one request of a
+    message batch (:func:`invoke_batch`) ``batch_errored`` (the item's result was ``errored``;
+    ``details`` is the API's error body), ``batch_expired`` or ``batch_canceled``; the full set is
+    :data:`ERROR_KINDS`. ``context_overflow`` is a 400 about the context window or a reply that
+    stopped with ``model_context_window_exceeded``.
+
+    ``transient`` says whether a retry may succeed (never for ``refusal``, ``max_tokens`` and
+    ``context_overflow``); ``retry_after`` is the server's requested wait in seconds (or None).
+    A failure that was paid carries ``usage`` (a :class:`Usage`) and ``cost_usd``: the reply of a
+    refusal or truncated reply, a tool loop's turns so far; ``stop_details`` is the reply's
+    ``stop_details`` as a dict (a refusal's ``category`` and ``explanation``), else None. Parallel
+    runs attach ``results`` (input order, None where failed) and ``errors`` (index -> exception).
+    The SDK exception, if any, is the ``__cause__``, sanitised: no API key in its text, body,
+    request or response (headers and content).
 
     >>> try:
     ...     invoke_claude("hi")
     ... except ClaudeInvocationError as e:
     ...     print(e.kind, e.transient, e.status_code)
+    >>> try:
+    ...     invoke_claude("[[refuse]] a request the model declines")
+    ... except ClaudeInvocationError as e:
+    ...     print(e.kind, e.stop_details["category"], e.usage.input_tokens, e.cost_usd)
     """
 
     def __init__(
@@ -90,6 +109,9 @@ class ClaudeInvocationError(Exception):
         attempts: Optional[int] = None,
         retry_after: Optional[float] = None,
         should_retry: Optional[bool] = None,
+        usage: Any = None,
+        cost_usd: Optional[float] = None,
+        stop_details: Optional[dict] = None,
     ) -> None:
         if kind is not None and kind not in ERROR_KINDS:
             raise ValueError(f"kind must be one of {sorted(ERROR_KINDS)} or None, got {kind!r}")
@@ -111,11 +133,19 @@ class ClaudeInvocationError(Exception):
         self.headers: Any = None
         # Set by batch create: the request certainly never reached the server (safe to resend).
         self.never_sent = False
+        #: The reply's ``stop_details`` (a dict) for a reply that is not an answer, else None.
+        self.stop_details = stop_details
+        if usage is not None:  # present only on a paid failure (as tool loops attach them)
+            self.usage = usage
+            self.cost_usd = cost_usd
 
     @property
     def transient(self) -> bool:
         """True when the failure is worth retrying: ``kind in TRANSIENT_KINDS``, unless the server
-        said otherwise with an ``x-should-retry: true|false`` header (as the SDK obeys it)."""
+        said otherwise with an ``x-should-retry: true|false`` header (as the SDK obeys it). A
+        reply that is not an answer (:data:`REPLY_KINDS`) is never transient."""
+        if self.kind in REPLY_KINDS:
+            return False
         if self.should_retry is not None:
             return self.should_retry
         return self.kind in TRANSIENT_KINDS
@@ -198,27 +228,52 @@ def _spellings(keys: Iterable[str]) -> tuple[str, ...]:
     return tuple(sorted(found, key=len, reverse=True))
 
 
-def _request_secrets(exc: BaseException) -> tuple[str, ...]:
-    """The key the failed request carried (it may not be registered: e.g. an injected client)."""
+#: Request / response headers whose value is a credential, whatever its text.
+_AUTH_HEADERS = frozenset({"authorization", "x-api-key", "proxy-authorization"})
+
+
+def _attr(obj: Any, name: str) -> Any:
+    """``obj.name`` or None (httpx raises RuntimeError for a request that is not set)."""
     try:
-        request = getattr(exc, "request", None)  # httpx raises RuntimeError when it is not set
+        return getattr(obj, name, None)
     except Exception:
-        return ()
-    headers = getattr(request, "headers", None)
+        return None
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and every exception reachable through ``__cause__`` and ``__context__``, once each."""
+    seen: set[int] = set()
+    out: list[BaseException] = []
+    stack: list[Optional[BaseException]] = [exc]
+    while stack and len(out) < 64:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        out.append(current)
+        stack.extend((current.__context__, current.__cause__))
+    return out
+
+
+def _request_secrets(chain: Iterable[BaseException]) -> tuple[str, ...]:
+    """The keys the failed requests carried (they may not be registered: e.g. an injected client)."""
     found = []
-    for name in ("x-api-key", "authorization"):
-        try:
-            value = headers.get(name) if headers is not None else None
-        except Exception:  # pragma: no cover - a header that cannot be decoded
-            value = None
-        if isinstance(value, str) and value.strip():
-            value = value.strip()
-            found.append(value[len("bearer ") :].strip() if value.lower().startswith("bearer ") else value)
+    for exc in chain:
+        for request in (_attr(exc, "request"), _attr(_attr(exc, "response"), "request")):
+            headers = _attr(request, "headers")
+            for name in ("x-api-key", "authorization"):
+                try:
+                    value = headers.get(name) if headers is not None else None
+                except Exception:  # pragma: no cover - a header that cannot be decoded
+                    value = None
+                if isinstance(value, str) and value.strip():
+                    value = value.strip()
+                    found.append(value[len("bearer ") :].strip() if value.lower().startswith("bearer ") else value)
     return _spellings(k for k in found if len(k) >= 8)
 
 
 def redact(value: Any, secrets: Optional[tuple[str, ...]] = None) -> Any:
-    """``value`` (a str, or dicts / lists of them) with every known key replaced."""
+    """``value`` (a str or bytes, or dicts / lists of them) with every known key replaced."""
     secrets = _variants if secrets is None else secrets
     if not secrets:
         return value
@@ -227,6 +282,13 @@ def redact(value: Any, secrets: Optional[tuple[str, ...]] = None) -> Any:
             if secret in value:
                 value = value.replace(secret, _REDACTED)
         return value
+    if isinstance(value, (bytes, bytearray)):
+        data = bytes(value)
+        for secret in secrets:
+            raw = secret.encode("utf-8", "backslashreplace")
+            if raw in data:
+                data = data.replace(raw, _REDACTED.encode())
+        return data
     if isinstance(value, dict):
         return {k: redact(v, secrets) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -234,20 +296,102 @@ def redact(value: Any, secrets: Optional[tuple[str, ...]] = None) -> Any:
     return value
 
 
-def _scrub(exc: BaseException, secrets: tuple[str, ...]) -> None:
-    """Redact ``exc`` and its cause chain in place (what a printed traceback would show)."""
-    seen: set[int] = set()
-    current: Optional[BaseException] = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
+def _clean_headers(headers: Any, secrets: tuple[str, ...], drop: frozenset[str] = frozenset()) -> list:
+    items = headers.multi_items() if hasattr(headers, "multi_items") else list(dict(headers or {}).items())
+    return [
+        (name, _REDACTED if name.lower() in _AUTH_HEADERS else redact(value, secrets))
+        for name, value in items
+        if name.lower() not in drop
+    ]
+
+
+class _Sanitizer:
+    """Replaces, in place, every request and response an exception chain holds by a copy without
+    credentials (auth headers blanked, keys redacted from URLs, headers and bodies read so far),
+    and redacts the exceptions' texts, bodies and other plain attributes."""
+
+    def __init__(self, secrets: tuple[str, ...]) -> None:
+        self.secrets = secrets
+        self._done: dict[int, Any] = {}  # id(original) -> its clean copy (a request shared stays shared)
+
+    def request(self, request: Any) -> Any:
+        if not isinstance(request, httpx2.Request):
+            return request
+        if id(request) not in self._done:
+            content = request.__dict__.get("_content")  # only a body already read (never a stream)
+            self._done[id(request)] = httpx2.Request(
+                request.method,
+                redact(str(request.url), self.secrets),
+                headers=_clean_headers(request.headers, self.secrets),
+                content=redact(content, self.secrets) if isinstance(content, bytes) else b"",
+            )
+        return self._done[id(request)]
+
+    def response(self, response: Any) -> Any:
+        if not isinstance(response, httpx2.Response):
+            return response
+        if id(response) not in self._done:
+            content = response.__dict__.get("_content")  # decoded already: the encoding headers go
+            self._done[id(response)] = httpx2.Response(
+                response.status_code,
+                headers=_clean_headers(
+                    response.headers, self.secrets, frozenset({"content-encoding", "content-length"})
+                ),
+                content=redact(content, self.secrets) if isinstance(content, bytes) else b"",
+                request=self.request(_attr(response, "request")),
+            )
+        return self._done[id(response)]
+
+    def value(self, value: Any) -> Any:
+        if isinstance(value, httpx2.Request):
+            return self.request(value)
+        if isinstance(value, httpx2.Response):
+            return self.response(value)
+        if isinstance(value, (str, bytes, bytearray, dict, list, tuple)):
+            return redact(value, self.secrets)
+        dump = getattr(value, "model_dump", None)  # a pydantic object (the SDK's error details)
+        if callable(dump) and not isinstance(value, type) and self.secrets:
+            try:
+                data = dump(mode="json")
+                clean = redact(data, self.secrets)
+                return value if clean == data else type(value).model_construct(**clean)
+            except Exception:  # pragma: no cover - a model that cannot be dumped: drop it
+                return None
+        return value
+
+    def exception(self, exc: BaseException) -> None:
         try:
-            current.args = tuple(redact(a, secrets) if isinstance(a, (str, dict, list)) else a for a in current.args)
-            for attr in ("message", "body"):
-                if isinstance(getattr(current, attr, None), (str, dict, list)):
-                    setattr(current, attr, redact(getattr(current, attr), secrets))
-        except Exception:  # pragma: no cover - an exception type with read-only attributes
+            exc.args = tuple(self.value(a) for a in exc.args)
+        except Exception:  # pragma: no cover - read-only args
             pass
-        current = current.__cause__ or current.__context__
+        for name, value in list(vars(exc).items()):
+            if name in ("__traceback__",):
+                continue
+            clean = self.value(value)
+            if clean is not value:
+                try:
+                    setattr(exc, name, clean)
+                except Exception:  # pragma: no cover - a read-only attribute
+                    pass
+        if isinstance(exc, httpx2.HTTPError) and "_request" not in vars(exc):
+            request = _attr(exc, "request")  # a property over a private slot
+            if request is not None:
+                try:
+                    exc.request = self.request(request)
+                except Exception:  # pragma: no cover
+                    pass
+
+
+def sanitize(exc: BaseException, secrets: Optional[tuple[str, ...]] = None) -> None:
+    """Make ``exc`` and its whole chain (``__cause__`` and ``__context__``) safe to show: no API
+    key in any text, body, request or response (the credential headers are blanked whatever
+    their value). In place; the SDK exceptions stay the same objects."""
+    chain = _chain(exc)
+    if secrets is None:
+        secrets = tuple(sorted(set(_variants) | set(_request_secrets(chain)), key=len, reverse=True))
+    sanitizer = _Sanitizer(secrets)
+    for current in chain:
+        sanitizer.exception(current)
 
 
 # ------------------------------------------------------------------------------ classification
@@ -296,14 +440,16 @@ def translate(exc: BaseException) -> ClaudeInvocationError:
     ``raise translate(e) from e``. A ClaudeInvocationError is returned as is.
 
     Every known API key (and the one the failed request carried) is redacted from the new error
-    and, in place, from ``exc`` and its cause chain: a printed traceback shows no key.
+    and, in place, from ``exc`` and its whole chain (:func:`sanitize`): its texts and bodies, and
+    the requests and responses it holds (credential headers blanked), so neither a printed
+    traceback nor ``error.__cause__.request.headers`` shows a key.
     """
     if isinstance(exc, ClaudeInvocationError):
         return exc
     error = _classify(exc)
-    secrets = tuple(sorted(set(_variants) | set(_request_secrets(exc)), key=len, reverse=True))
+    secrets = tuple(sorted(set(_variants) | set(_request_secrets(_chain(exc))), key=len, reverse=True))
+    sanitize(exc, secrets)
     if secrets:
-        _scrub(exc, secrets)
         error.message = redact(error.message, secrets)
         error.args = (error.message,)
         error.details = redact(error.details, secrets)

@@ -6,7 +6,10 @@ The local rule (no network), used wherever a request must be sized before it is 
   ``ceil(len(text) / 4)`` tokens (:data:`CHARS_PER_TOKEN`);
 * any other block (tools, tool_use / tool_result, images, documents) counts its compact JSON the
   same way;
-* each message adds :data:`MESSAGE_OVERHEAD_TOKENS` (role markers).
+* each message adds :data:`MESSAGE_OVERHEAD_TOKENS` (role markers);
+* on a model with the new tokenizer (Opus 4.7 and later, every 5.x model: the catalogue's
+  ``tokenizer_factor``, 1.3) a block counts ``ceil(len(text) / 4 * 1.3)``: the same text costs
+  about 30% more tokens there.
 
 The API's tokenizer differs (English prose is nearer 3.5 characters per token), so the users of
 this rule correct it from the usage that comes back (:func:`note_input_ratio`, and each admission
@@ -25,6 +28,9 @@ not count the reads toward ITPM and a budget prices them at the cache-read rate.
 ...                         "messages": [{"role": "user", "content": "x" * 400}]})
 >>> est.total, est.max_tokens
 (103, 100)
+>>> estimate_request({"model": "claude-sonnet-5-5", "max_tokens": 100,
+...                   "messages": [{"role": "user", "content": "x" * 400}]}).total
+133
 """
 
 from __future__ import annotations
@@ -36,10 +42,12 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any, Mapping, Optional, Sequence, Union
 
-from _requests import DEFAULT_MODEL, prompt_specs
-from _results import Usage, estimate_cost
+from _models import CATALOGUE, DEFAULT_MODEL, TOKENIZER_FACTORS, ModelInfo, model_info
+from _requests import prompt_specs
+from _results import Usage, estimate_cost, has_price
 from _validation import check_bool, check_model, check_positive_int
 
 logger = logging.getLogger("claude_client._estimate")
@@ -57,26 +65,84 @@ LOCAL_HIGH_FACTOR = 4.0 / 3.0
 _TTL_SECONDS = {"5m": 300.0, "1h": 3600.0}
 
 
-def count_text_tokens(text: str) -> int:
-    """Tokens of ``text`` by the local rule: ``ceil(len(text) / 4)``.
+def count_text_tokens(text: str, model: Optional[str] = None) -> int:
+    """Tokens of ``text`` by the local rule: ``ceil(len(text) / 4)``, times the tokenizer factor
+    of ``model`` when one is given (1.3 on the new tokenizer).
 
-    >>> count_text_tokens("abcde")
-    2
+    >>> count_text_tokens("abcde"), count_text_tokens("x" * 400, "claude-opus-4-7")
+    (2, 130)
     """
-    return (len(text) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN
+    return _tokens(len(text), 1.0 if model is None else tokenizer_factor(model))
+
+
+_RATIOS: dict[float, tuple[int, int]] = {}  # tokenizer factor -> (numerator, denominator)
+
+
+def _tokens(chars: int, factor: float) -> int:
+    """``ceil(chars / 4 * factor)`` in exact integers (1.3 is 13/10: no float rounding)."""
+    if factor == 1.0:
+        return (chars + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN
+    ratio = _RATIOS.get(factor)
+    if ratio is None:
+        exact = Fraction(factor).limit_denominator(1000)
+        ratio = _RATIOS[factor] = (exact.numerator, exact.denominator)
+    return -(-chars * ratio[0] // (CHARS_PER_TOKEN * ratio[1]))
+
+
+#: Retired models the catalogue no longer lists: (id prefix, minimum cacheable prefix).
+_LEGACY_CACHE_MINIMUMS = (("claude-3-haiku", 2048), ("claude-3-5-haiku", 2048), ("claude-haiku-4", 4096))
+_LEGACY_PREFIXES = ("claude-3-", "claude-sonnet-4", "claude-opus-4", "claude-haiku-4")
+
+
+def _legacy(model: str) -> bool:
+    return model.startswith(_LEGACY_PREFIXES)
+
+
+def catalogued(model: str) -> Optional[ModelInfo]:
+    """The catalogue entry of ``model``, or of the id it is a dated snapshot of (``<id>-YYYYMMDD``);
+    None for an id the catalogue does not know (no warning).
+
+    >>> catalogued("claude-opus-4-7-20260416").id
+    'claude-opus-4-7'
+    """
+    info = CATALOGUE.get(model)
+    if info is None and len(model) > 9 and model[-9] == "-" and model[-8:].isdigit():
+        info = CATALOGUE.get(model[:-9])
+    return info
+
+
+def tokenizer_factor(model: str) -> float:
+    """Tokens the API counts per token of the local rule on ``model``: the catalogue's
+    ``tokenizer_factor`` (1.3 on the new tokenizer), 1.0 for a retired model the catalogue no
+    longer lists, and the cautious 1.3 for an unknown id.
+
+    >>> tokenizer_factor("claude-sonnet-5-5"), tokenizer_factor("claude-sonnet-4-6")
+    (1.3, 1.0)
+    """
+    info = catalogued(model)
+    if info is not None:
+        return info.tokenizer_factor
+    if _legacy(model):
+        return TOKENIZER_FACTORS["old"]
+    return model_info(model).tokenizer_factor
 
 
 def min_cacheable_tokens(model: str) -> int:
-    """The API's minimum cacheable prefix for ``model`` (shorter prefixes are never cached).
+    """The API's minimum cacheable prefix for ``model`` (shorter prefixes are never cached): the
+    catalogue's ``min_cache_tokens``; for an unknown id its cautious 4096.
 
-    >>> min_cacheable_tokens("claude-sonnet-4-6"), min_cacheable_tokens("claude-haiku-4-5")
-    (1024, 4096)
+    >>> min_cacheable_tokens("claude-sonnet-5-5"), min_cacheable_tokens("claude-haiku-4-5")
+    (512, 4096)
     """
-    if model.startswith(("claude-opus-4-5", "claude-opus-4-6", "claude-haiku-4")):
-        return 4096
-    if model.startswith(("claude-3-haiku", "claude-3-5-haiku")):
-        return 2048
-    return 1024
+    info = catalogued(model)
+    if info is not None:
+        return info.min_cache_tokens
+    for prefix, tokens in _LEGACY_CACHE_MINIMUMS:
+        if model.startswith(prefix):
+            return tokens
+    if _legacy(model):
+        return 1024
+    return model_info(model).min_cache_tokens
 
 
 @dataclass(frozen=True)
@@ -99,6 +165,8 @@ class RequestEstimate:
     total: int
     breakpoints: tuple[Breakpoint, ...]
     max_tokens: int
+    #: The request's ``inference_geo`` (``"us"`` bills 1.1x on the models that take it).
+    inference_geo: Optional[str] = None
 
     @property
     def cached_prefix_tokens(self) -> int:
@@ -124,7 +192,8 @@ def _compact(block: Any) -> str:
 
 
 def estimate_request(params: Mapping[str, Any]) -> RequestEstimate:
-    """Size a Messages request body by the local rule (see the module docstring).
+    """Size a Messages request body by the local rule (see the module docstring), scaled by the
+    model's tokenizer factor.
 
     Prefix keys use Python's ``hash`` of the model and the blocks (strings cache their hash, so a
     shared system costs nothing to hash again); they are valid within this process only.
@@ -133,6 +202,7 @@ def estimate_request(params: Mapping[str, Any]) -> RequestEstimate:
     4
     """
     model = str(params.get("model", ""))
+    factor = tokenizer_factor(model)
     total = 0
     h = hash(model)
     bps: list[Breakpoint] = []
@@ -142,7 +212,7 @@ def estimate_request(params: Mapping[str, Any]) -> RequestEstimate:
         text = block if type(block) is str else _block_text(block)
         if text is None:
             text = _compact(block)
-        total += (len(text) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN
+        total += _tokens(len(text), factor)
         h = hash((h, tag, text))
         if type(block) is dict:
             cc = block.get("cache_control")
@@ -171,7 +241,14 @@ def estimate_request(params: Mapping[str, Any]) -> RequestEstimate:
             for block in content:
                 add(tag, block)
     max_tokens = params.get("max_tokens", 0)
-    return RequestEstimate(model, max(total, 1), tuple(bps), max_tokens if type(max_tokens) is int else 0)
+    geo = params.get("inference_geo")
+    return RequestEstimate(
+        model,
+        max(total, 1),
+        tuple(bps),
+        max_tokens if type(max_tokens) is int else 0,
+        geo if type(geo) is str else None,
+    )
 
 
 # ------------------------------------------------------------------------------ warm prefixes
@@ -258,10 +335,13 @@ def input_safety_factor(model: str) -> float:
 def worst_case_cost(estimate: RequestEstimate, *, warm_margin_s: float = 30.0) -> Optional[float]:
     """Worst-case USD cost of a request (None for a model without a price in ``PRICES``).
 
-    Input: the local estimate times :func:`input_safety_factor`; the longest prefix known warm
-    (for ``warm_margin_s`` more seconds) at the cache-read price, the rest of the cached prefix at
+    Input: the local estimate (the model's tokenizer factor included) times
+    :func:`input_safety_factor`; the longest prefix known warm (for ``warm_margin_s`` more
+    seconds) at the cache-read price, the rest of the cached prefix at
     the cache-write price (1.25x, 2x for a one-hour TTL), everything after it at the list price.
-    Output: ``max_tokens`` at the list price.
+    Output: ``max_tokens`` at the list price (thinking is part of the output, so this bounds it).
+    The model's catalogue prices apply (Haiku 5.5's long-prompt tier, 1.1x for
+    ``inference_geo: "us"``).
 
     >>> worst_case_cost(estimate_request(params))
     """
@@ -276,6 +356,7 @@ def worst_case_cost(estimate: RequestEstimate, *, warm_margin_s: float = 30.0) -
         cache_creation_input_tokens=math.ceil(write * factor),
         cache_read_input_tokens=math.ceil(warm * factor),
         cache_creation_1h_input_tokens=math.ceil(write_1h * factor),
+        inference_geo=estimate.inference_geo,
     )
     return estimate_cost(usage, estimate.model)
 
@@ -326,8 +407,33 @@ def _default_client() -> Any:
         return None
 
 
+#: The request fields ``count_tokens`` takes (thinking and effort are rendered into the prompt).
+_COUNT_FIELDS = ("model", "messages", "system", "tools", "tool_choice", "thinking", "output_config", "cache_control")
+
+
 def _count_body(params: Mapping[str, Any]) -> dict:
-    return {k: params[k] for k in ("model", "messages", "system", "tools", "tool_choice") if k in params}
+    return {k: params[k] for k in _COUNT_FIELDS if k in params}
+
+
+def _check_client(client: Any) -> None:
+    if client is None:
+        return
+    messages = getattr(client, "messages", None)
+    if not callable(getattr(client, "with_options", None)) or not callable(getattr(messages, "count_tokens", None)):
+        raise TypeError(
+            f"client must be an anthropic.Anthropic client (with messages.count_tokens) or None, "
+            f"got {type(client).__name__}"
+        )
+
+
+def _check_priced(specs: Sequence[Any]) -> None:
+    """Every model of the run has a price, checked before anything is sent."""
+    for model in dict.fromkeys(str(s.params.get("model", "")) for s in specs):
+        if not has_price(model):
+            raise ValueError(
+                f"model {model!r} has no price in PRICES: cannot estimate the cost "
+                f"(add it: claude_client.PRICES[{model!r}] = (input, output) USD per million tokens)"
+            )
 
 
 def _count_with_api(client: Any, bodies: Sequence[dict]) -> Optional[list[int]]:
@@ -380,8 +486,9 @@ def estimate_run_cost(
       :data:`LOCAL_LOW_FACTOR` of the local input estimate and high :data:`LOCAL_HIGH_FACTOR`
       (``input_tokens`` reports the local estimate itself).
 
-    A cache warmed by another process can make the real cost a little lower than ``low``; a model
-    missing from ``PRICES`` raises ``ValueError``.
+    A cache warmed by another process can make the real cost a little lower than ``low``.
+    Everything is checked before any request: a model missing from ``PRICES`` raises
+    ``ValueError``, a ``client`` that is not an SDK client ``TypeError``.
 
     >>> est = estimate_run_cost([{"prompt": "Summarise " + doc} for doc in docs], max_tokens=512)
     >>> est.low_usd <= est.high_usd, est.method
@@ -391,6 +498,7 @@ def estimate_run_cost(
     check_positive_int(max_tokens, "max_tokens")
     check_bool(cache_shared_system, "cache_shared_system")
     check_bool(use_count_tokens, "use_count_tokens")
+    _check_client(client)
     specs = prompt_specs(
         prompts,
         shared_system=shared_system,
@@ -400,6 +508,7 @@ def estimate_run_cost(
     )
     if not specs:
         return CostEstimate(0, 0, 0.0, 0.0, "local", 0)
+    _check_priced(specs)
     estimates = [estimate_request(s.params) for s in specs]
     totals = [e.total for e in estimates]
     prefixes = [e.cached_prefix_tokens for e in estimates]

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Optional, Sequence
 
 from _agent import Agent
 from _errors import ClaudeInvocationError
-from _interrupt import InterruptToken, subscribe, unsubscribe
+from _interrupt import InterruptToken, subscribe, unsubscribe, wait_sliced
 from _requests import PromptSpec
 from _results import ClaudeResponse, ParallelResults, totals
 
@@ -64,7 +64,11 @@ def check_callbacks(callbacks: Any, n: int) -> None:
 
 
 class _Run:
-    """One fan-out: the slots, the run's own token and the countdown to the last settled slot."""
+    """One fan-out: the slots, the run's own token and the countdown to the last settled slot.
+
+    ``done`` is set when every slot has settled; ``wake`` when the waiting thread must look
+    (every slot settled, or the run's token interrupted).
+    """
 
     def __init__(self, n: int, token: InterruptToken, on_settle: Optional[SettleHook]) -> None:
         self.results: list[Any] = [None] * n
@@ -72,9 +76,11 @@ class _Run:
         self.token = token
         self.on_settle = on_settle
         self.wake = threading.Event()
+        self.done = threading.Event()
         self._lock = threading.Lock()
         self._left = n
         if n == 0:
+            self.done.set()
             self.wake.set()
 
     def settle(self, index: int, outcome: Any, hook: bool = True) -> None:
@@ -92,6 +98,7 @@ class _Run:
             self._left -= 1
             last = self._left == 0
         if last:
+            self.done.set()
             self.wake.set()
 
     def snapshot(self, return_exceptions: bool) -> ParallelResults:
@@ -155,8 +162,8 @@ def run_parallel(
 
     wake_handle = subscribe(token, run.wake.set)
     executor = ThreadPoolExecutor(max_workers=min(max_workers, n), thread_name_prefix="claude-parallel")
-    stopped = False
-    futures: list = []
+    submitted: list[tuple[Future, int]] = []
+    stop: Optional[BaseException] = None  # what ended the wait early (Ctrl-C), if anything
     try:
         rest = specs
         if pilot:
@@ -164,33 +171,32 @@ def run_parallel(
             release_handle = subscribe(token, released.set)
             pilot_future = executor.submit(work, specs[0], released.set)
             pilot_future.add_done_callback(lambda _f: released.set())
-            futures.append(pilot_future)
-            released.wait()
+            submitted.append((pilot_future, specs[0].index))
+            wait_sliced(released)
             unsubscribe(token, release_handle)
             rest = specs[1:]
         for spec in rest:
             if token.is_interrupted():
                 run.settle(spec.index, None)
             else:
-                futures.append(executor.submit(work, spec, None))
-        run.wake.wait()
-        stopped = token.is_interrupted()
-    except BaseException as exc:
-        stopped = True
-        token.interrupt()  # e.g. Ctrl-C while waiting: abort what is in flight
-        if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, RunInterrupted):
-            _let_in_flight_settle(executor, futures)
-            raise RunInterrupted(run.snapshot(return_exceptions)) from exc
-        raise
+                submitted.append((executor.submit(work, spec, None), spec.index))
+        wait_sliced(run.wake)
+    except BaseException as exc:  # e.g. Ctrl-C while waiting: abort what is in flight
+        stop = exc
     finally:
         unsubscribe(token, wake_handle)
         if link is not None:
             unsubscribe(interrupt_token, link)  # type: ignore[arg-type]
-        if stopped:
-            _let_in_flight_settle(executor, futures)
-        else:
-            executor.shutdown(wait=True)
-
+    if stop is not None or token.is_interrupted():
+        token.interrupt()
+        second = _stop_and_settle(executor, submitted, run)
+        stop = stop or second
+    else:
+        executor.shutdown(wait=False)  # every slot has settled: the idle workers leave by themselves
+    if isinstance(stop, KeyboardInterrupt) and not isinstance(stop, RunInterrupted):
+        raise RunInterrupted(run.snapshot(return_exceptions)) from stop
+    if stop is not None:
+        raise stop
     return _finish(run, return_exceptions)
 
 
@@ -200,9 +206,23 @@ def run_parallel(
 _SETTLE_GRACE_S = 1.0
 
 
-def _let_in_flight_settle(executor: ThreadPoolExecutor, futures: list) -> None:
-    executor.shutdown(wait=False, cancel_futures=True)  # queued ones never start
-    wait(futures, timeout=_SETTLE_GRACE_S)
+def _stop_and_settle(
+    executor: ThreadPoolExecutor, submitted: Sequence[tuple[Future, int]], run: _Run
+) -> Optional[KeyboardInterrupt]:
+    """Stop the run: the queued requests never start (their slots settle now, as not started)
+    and the aborted ones get up to :data:`_SETTLE_GRACE_S` to settle theirs. Returns as soon as
+    every slot has settled (``concurrent.futures.wait`` would not: it never counts a cancelled
+    future as done). A second Ctrl-C meanwhile ends the wait and is returned."""
+    try:
+        for future, index in submitted:
+            if future.cancel():  # still queued: it will never run, so nothing else settles its slot
+                run.settle(index, None)
+        executor.shutdown(wait=False, cancel_futures=True)
+        wait_sliced(run.done, _SETTLE_GRACE_S)
+    except KeyboardInterrupt as exc:
+        executor.shutdown(wait=False, cancel_futures=True)
+        return exc
+    return None
 
 
 def _finish(run: _Run, return_exceptions: bool) -> ParallelResults:

@@ -13,6 +13,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from typing import Callable, Optional
 
 logger = logging.getLogger("claude_client._interrupt")
@@ -59,8 +60,9 @@ class InterruptToken:
             self._event.clear()
 
     def wait(self, timeout: Optional[float] = None) -> bool:
-        """Block until interrupted (True) or until ``timeout`` seconds pass (False)."""
-        return self._flag or self._event.wait(timeout) or self._flag
+        """Block until interrupted (True) or until ``timeout`` seconds pass (False); Ctrl-C
+        reaches a main thread waiting here at once (the wait is sliced)."""
+        return self._flag or wait_sliced(self._event, timeout) or self._flag
 
     def _fire(self) -> None:
         with self._lock:
@@ -98,6 +100,23 @@ def check_token(token: object, name: str = "interrupt_token") -> Optional[Interr
     if token is not None and not isinstance(token, InterruptToken):
         raise TypeError(f"{name} must be an InterruptToken or None, got {type(token).__name__}")
     return token
+
+
+#: The longest a waiting thread blocks in one go: a signal delivered to another thread (whose C
+#: handler only flags it) is handled by the main thread within one slice.
+WAIT_SLICE_S = 0.05
+
+
+def wait_sliced(event: threading.Event, timeout: Optional[float] = None) -> bool:
+    """``event.wait(timeout)`` in slices of :data:`WAIT_SLICE_S`, never one untimed block, so a
+    Ctrl-C reaches a waiting main thread at once; True when the event is set."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not event.is_set():
+        left = WAIT_SLICE_S if deadline is None else min(WAIT_SLICE_S, deadline - time.monotonic())
+        if left <= 0:
+            return False
+        event.wait(left)
+    return True
 
 
 def _run_callback(callback: Callable[[], None]) -> None:

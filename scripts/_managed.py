@@ -13,7 +13,7 @@ import logging
 import random
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from _agent import Agent
@@ -21,7 +21,8 @@ from _errors import ClaudeInvocationError, translate
 from _fanout import RunInterrupted, check_callbacks
 from _interrupt import InterruptToken, subscribe, unsubscribe
 from _limits import ConcurrencyLimiter, RateLimitGate, add_listener, remove_listener, wait_for_slot
-from _requests import DEFAULT_MODEL, prompt_specs
+from _models import DEFAULT_MODEL
+from _requests import prompt_specs
 from _results import ParallelResults, totals
 from _retry import NO_RETRY, RetryPolicy
 from _runs import (
@@ -34,7 +35,7 @@ from _runs import (
     run_hooks,
     wants_pilot,
 )
-from _tools import ToolSet
+from _tools import LoopState, ToolSet
 from _transport import get_client
 from _validation import check_callable, check_positive_int
 from task_state import TaskState, TaskTracker, TerminalReason
@@ -42,8 +43,8 @@ from task_state import TaskState, TaskTracker, TerminalReason
 logger = logging.getLogger("orchestration._managed")
 
 _MANAGED_KEYS = frozenset({"task_id", "category"})
-_LEAVE_GRACE_S = 3.0  # after Ctrl-C, how long the aborted workers get to record their tasks
-_POLL_S = 0.05  # fallback wake-up of idle workers (interrupts and releases also wake them at once)
+_LEAVE_GRACE_S = 3.0  # after an interrupt, at most this long for the aborted workers to record their tasks
+_POLL_S = 0.05  # fallback wake-up of idle workers and of the driving thread (events wake them at once)
 
 
 @dataclass
@@ -54,6 +55,8 @@ class _Task:
     params: dict
     on_text: Optional[Callable[[str], Any]] = None
     toolset: Optional[ToolSet] = None
+    #: Where the task's tool loop stands: a retry resumes at the failed turn (no tool runs twice).
+    loop_state: LoopState = field(default_factory=LoopState)
 
 
 def _validate_managed_prompts(prompts: Any, where: str = "prompts") -> List[Dict[str, Any]]:
@@ -133,6 +136,9 @@ class _ManagedRun:
         self.results: Dict[int, Any] = {}
         self.errors: Dict[int, BaseException] = {}
         self.fatal: Optional[BaseException] = None
+        #: Set when something the driving thread waits for happens (a stop, a worker leaving).
+        self.changed = threading.Event()
+        self.workers_left = 0
         self._pilot = pilot
         self._hold = pilot is not None  # hold the others until the pilot's response has begun
         for pos, task in enumerate(tasks):
@@ -142,11 +148,13 @@ class _ManagedRun:
     def set_workers(self, workers: int) -> None:
         with self._cond:
             self._max_cap = self._cap = float(workers)
+            self.workers_left = workers
 
     def _stopped(self) -> bool:
         return self.fatal is not None or (self.token is not None and self.token.is_interrupted())
 
     def wake(self) -> None:
+        self.changed.set()
         with self._cond:
             self._cond.notify_all()
 
@@ -168,10 +176,18 @@ class _ManagedRun:
                     self._attempt(pos)
         except BaseException as exc:  # a bug or a misused shared limiter/tracker: stop the run, re-raise
             logger.exception("managed worker failed; stopping the run")
+            self._stop_with(exc)
+        finally:
             with self._cond:
-                if self.fatal is None:
-                    self.fatal = exc
-                self._cond.notify_all()
+                self.workers_left -= 1
+            self.changed.set()
+
+    def _stop_with(self, exc: BaseException) -> None:
+        with self._cond:
+            if self.fatal is None:
+                self.fatal = exc
+            self._cond.notify_all()
+        self.changed.set()
 
     def _next_task(self) -> Optional[Tuple[int, bool]]:
         """The next task and whether it holds a limiter slot already (else: queue for one)."""
@@ -248,12 +264,19 @@ class _ManagedRun:
         task = self.tasks[pos]
         on_start = self._release_hold if pos == self._pilot else None
         response = error = None
+        stop: Optional[BaseException] = None
         try:
             self.tracker.claim(task.task_id)
             self.tracker.start(task.task_id)
             self.hooks.begin(task.index)
             try:
-                response = self.agent.run(task.params, on_start=on_start, on_text=task.on_text, tools=task.toolset)
+                response = self.agent.run(
+                    task.params,
+                    on_start=on_start,
+                    on_text=task.on_text,
+                    tools=task.toolset,
+                    loop_state=task.loop_state,
+                )
             except Exception as exc:
                 error = translate(exc)
                 if error is not exc:
@@ -261,8 +284,18 @@ class _ManagedRun:
                 if error.kind == "rate_limit" and error.retry_after:
                     # before the slot goes back, so no woken worker sends inside the pause
                     self.gate.pause_for(min(error.retry_after, self.policy.max_retry_after_s))
+            except BaseException as exc:  # KeyboardInterrupt / SystemExit in a tool: the run ends as on Ctrl-C
+                stop = exc
         finally:
             self.limiter.release(task.category)
+        if stop is not None:
+            with self._cond:
+                self._running.discard(pos)
+                self.tracker.cancel(task.task_id, TerminalReason.INTERRUPTED)
+                self._pending -= 1
+            self._stop_with(stop)
+            self.token.interrupt()  # abort the other requests in flight
+            return
         if pos == self._pilot:
             self._release_hold()  # the pilot ended before its response began (failure): release the rest
         if error is not None and error.kind == "stalled" and self.on_stall is not None:
@@ -332,7 +365,8 @@ class _ManagedRun:
                     continue  # its worker records the outcome
                 info = self.tracker.get(task.task_id)
                 if not info.is_terminal:
-                    reason = TerminalReason.CANCELLED if self.fatal is not None else TerminalReason.INTERRUPTED
+                    failed = isinstance(self.fatal, Exception)  # a bug, not a Ctrl-C-like stop
+                    reason = TerminalReason.CANCELLED if failed else TerminalReason.INTERRUPTED
                     self.tracker.cancel(task.task_id, reason)
 
 
@@ -370,13 +404,18 @@ def invoke_parallel_managed(
     journal: Any = None,
     retry_failed: bool = False,
     progress: Any = False,
+    effort: Optional[str] = None,
+    thinking: Any = None,
 ) -> ParallelResults:
     """Run many prompts with retries, concurrency limits, a shared rate-limit pause and a task tracker.
 
     Each prompt dict takes the keys of :func:`claude_client.invoke_parallel` (``prompt``,
-    ``system``, ``temperature``, ``cache_system``, ``cache_prompt``, ``model``, ``max_tokens``)
-    plus ``task_id`` (a unique non-empty str; default ``f"task-{index}"`` as in the seed) and
-    ``category`` (the limiter category; default None). Everything is validated before any request.
+    ``system``, ``cache_system``, ``cache_prompt``, ``model``, ``max_tokens``, ``effort``,
+    ``thinking``, ``tools``) plus ``task_id`` (a unique non-empty str; default ``f"task-{index}"``
+    as in the seed) and ``category`` (the limiter category; default None). ``effort`` (``"low"`` ...
+    ``"max"``: ``output_config.effort``) and ``thinking`` (a dict such as ``{"type": "adaptive"}``
+    or ``"adaptive"`` / ``"disabled"`` / ``"between_tools"``) apply to every prompt that does not
+    set its own. Everything is validated before any request.
 
     Steps:
 
@@ -399,25 +438,34 @@ def invoke_parallel_managed(
        a slot nor a worker, then goes before newer tasks. A 429 carrying ``retry-after`` pauses
        dispatch for every worker of the run until it has passed. ``on_stall(task_id, seconds)`` is
        called on a stall. Attempts per task: at most ``max_retries + 1`` (SDK retries are off).
+       A tool agent's retry resumes its tool loop at the failed turn: tools that ran are not run
+       again, so a tool agent sends the same requests and runs its tools as often as under
+       :func:`invoke_with_retry` (the attempts of all its turns count against ``max_retries``).
+       A reply that is not an answer (kinds ``refusal``, ``max_tokens``, ``context_overflow``)
+       is never retried: it ends in its slot with its ``usage`` and ``cost_usd``.
     ``callbacks[i](chunk)`` (optional, one per prompt, as in
     :func:`claude_client.invoke_parallel_streaming`) gets every text chunk of prompt ``i`` on a
     worker thread; a retried task streams again from the start (the tracker's RUNNING state with
     a higher ``attempt`` says so).
 
     5. ``interrupt_token.interrupt()`` stops dispatch, aborts the requests in flight and returns
-       promptly; unfinished tasks end CANCELLED / ``INTERRUPTED`` with None in their slot.
+       promptly (well within 0.2 s); unfinished tasks end CANCELLED / ``INTERRUPTED`` with None in
+       their slot. Ctrl-C, or a ``KeyboardInterrupt`` / ``SystemExit`` raised in a tool, does the
+       same and raises :class:`claude_client.RunInterrupted` carrying what finished.
 
     Returns a :class:`claude_client.ParallelResults` in input order: the reply where a task
     succeeded, otherwise None. Failures do not raise: ``results.errors`` maps index -> the final
     ``ClaudeInvocationError`` (with ``.attempts``, last cause chained) and the tracker says why each
     task ended (pass your own ``tracker`` to read it). ``return_exceptions=True`` puts those errors in
-    their slots instead of None. ``results.usage`` / ``results.cost_usd`` sum the successful requests
-    of this run (results taken over from the tracker by reconcile are not counted again).
+    their slots instead of None. ``results.usage`` / ``results.cost_usd`` sum what this run paid:
+    the successful requests and what the final errors carry (a refusal's reply, a tool loop's turns)
+    (results taken over from the tracker by reconcile are not counted again).
 
     >>> tracker = TaskTracker()
     >>> results = invoke_parallel_managed(
     ...     [{"prompt": "a", "task_id": "a", "category": "search"}, {"prompt": "b", "task_id": "b"}],
-    ...     max_workers=8, concurrency_limiter=ConcurrencyLimiter(8, {"search": 2}), tracker=tracker)
+    ...     max_workers=8, concurrency_limiter=ConcurrencyLimiter(8, {"search": 2}), tracker=tracker,
+    ...     effort="low")
     >>> tracker.reason_counts()["succeeded"], results.errors
     """
     check_positive_int(max_workers, "max_workers")
@@ -455,6 +503,8 @@ def invoke_parallel_managed(
             model=model,
             max_tokens=max_tokens,
             extra_keys=_MANAGED_KEYS | AGENT_KEYS,
+            effort=effort,
+            thinking=thinking,
         )
 
     originals = _validate_managed_prompts(prompts)
@@ -595,8 +645,9 @@ def _run_managed(
         out = list(slots)
         for index, response in list(run.results.items()):
             out[index] = response
-        # not results taken over by reconcile; journaled ones count (the list's own results)
-        usage, cost = totals(list(run.results.values()) + [restored[i] for i in restored])
+        # not results taken over by reconcile; journaled ones count (the list's own results); a
+        # final error counts what its task paid (a refusal's reply, a tool loop's turns)
+        usage, cost = totals(list(run.results.values()) + [restored[i] for i in restored], errors=run.errors.values())
         all_errors = {**errors, **run.errors}
         if return_exceptions:
             for index, err in all_errors.items():
@@ -606,8 +657,10 @@ def _run_managed(
     try:
         if tasks:
             _drive(run, min(max_workers, len(tasks)))
-    except KeyboardInterrupt as exc:
-        if isinstance(exc, RunInterrupted):
+    except (KeyboardInterrupt, SystemExit) as exc:
+        # Ctrl-C, or a KeyboardInterrupt / SystemExit raised in a tool (the run's ``fatal``); a
+        # SystemExit of the driving thread itself (a handler calling sys.exit) goes on as it is
+        if isinstance(exc, RunInterrupted) or (isinstance(exc, SystemExit) and exc is not run.fatal):
             raise
         raise RunInterrupted(settled()) from exc
     finally:
@@ -617,30 +670,34 @@ def _run_managed(
 
 
 def _drive(run: _ManagedRun, workers: int) -> None:
-    """Run the workers until every task has ended or the run is interrupted."""
+    """Run the workers until every task has ended or the run is stopped (an interrupt, Ctrl-C,
+    a crashed worker, a KeyboardInterrupt / SystemExit in a tool).
+
+    This thread never blocks without a timeout (a signal is handled within ``_POLL_S``), and a
+    stop waits once, at most ``_LEAVE_GRACE_S``, for the aborted workers to record their tasks
+    (they leave at once: their sockets are shut down); a second Ctrl-C ends even that wait.
+    """
     run.set_workers(workers)
     handle = subscribe(run.token, run.wake)
     add_listener(run.limiter, run.wake)
     threads = [threading.Thread(target=run.worker, name=f"claude-managed-{i}", daemon=True) for i in range(workers)]
+    leaving = False  # the one grace has begun: a Ctrl-C now ends it, never starts another
     try:
         for t in threads:
             t.start()
-        for t in threads:
-            while t.is_alive():
-                t.join(0.1)
-                if run._stopped():
-                    run.token.interrupt()  # a crashed worker (fatal) stops the others' requests too
-                    # in-flight requests were aborted by the token; their workers leave at once
-                    t.join(5.0)
-                    if t.is_alive():  # pragma: no cover - defensive
-                        logger.warning("worker %s still busy 5 s after the interrupt", t.name)
-                        break
+        while run.workers_left > 0:
+            if run._stopped():
+                run.token.interrupt()  # a crashed worker (fatal) stops the others' requests too
+                leaving = True
+                _leave(run, threads)
+                break
+            run.changed.wait(_POLL_S)
+            run.changed.clear()
     except BaseException:
         # e.g. Ctrl-C in the caller's thread: abort what is in flight, let the workers leave, re-raise
         run.token.interrupt()
-        deadline = time.monotonic() + _LEAVE_GRACE_S  # aborted workers leave at once; a slow one is left
-        for t in threads:
-            t.join(max(0.0, deadline - time.monotonic()))
+        if not leaving:
+            _leave(run, threads)
         raise
     finally:
         remove_listener(run.limiter, run.wake)
@@ -648,6 +705,19 @@ def _drive(run: _ManagedRun, workers: int) -> None:
         run.cancel_leftovers()
     if run.fatal is not None:
         raise run.fatal
+
+
+def _leave(run: _ManagedRun, threads: List[threading.Thread]) -> None:
+    """Wait (once, at most ``_LEAVE_GRACE_S``, in short steps) for the stopped workers to leave."""
+    deadline = time.monotonic() + _LEAVE_GRACE_S
+    while run.workers_left > 0:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            busy = [t.name for t in threads if t.is_alive()]
+            logger.warning("workers %s still busy %.1f s after the stop; leaving them", busy, _LEAVE_GRACE_S)
+            return
+        run.changed.wait(min(_POLL_S, left))
+        run.changed.clear()
 
 
 invoke_parallel_managed.__module__ = "orchestration"

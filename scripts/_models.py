@@ -21,6 +21,7 @@ True
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from dataclasses import dataclass, field
 from typing import Optional
@@ -135,6 +136,8 @@ class ModelInfo:
     price_estimated: bool = False
     known: bool = True
     notes: str = ""
+    #: When the model was deprecated (ISO date), for deprecated models.
+    deprecated: Optional[str] = None
 
     @property
     def tokenizer_factor(self) -> float:
@@ -403,6 +406,7 @@ _ENTRIES: tuple[ModelInfo, ...] = (
         rejects_prefill=True,
         pool="mythos-preview",
         price_estimated=True,
+        deprecated="2026-06-09",
         notes="price not published: priced as the Mythos 5 line; the SDK dates its end of life 2026-06-30",
     ),
     ModelInfo(
@@ -482,6 +486,7 @@ _ENTRIES: tuple[ModelInfo, ...] = (
         default_effort="high",
         inference_geo=False,
         pool="opus-4",
+        deprecated="2026-11-23",
     ),
 )
 
@@ -567,9 +572,20 @@ def is_known(model: str) -> bool:
     return model in CATALOGUE
 
 
+_DATED = re.compile(r"^(?P<alias>.+)-20\d{6}$")
+
+
 def pool_of(model: str) -> str:
-    """The rate-limit pool of ``model`` (an unknown id is a pool of its own)."""
+    """The rate-limit pool of ``model``: a dated snapshot the catalogue does not list shares its
+    alias's pool; any other unknown id is a pool of its own.
+
+    >>> pool_of("claude-opus-4-8") == pool_of("claude-opus-4-5-20251101") == pool_of("claude-opus-4-7-20260416")
+    True
+    """
     info = CATALOGUE.get(model)
+    if info is None:
+        dated = _DATED.match(model)
+        info = CATALOGUE.get(dated.group("alias")) if dated else None
     return info.pool if info is not None else model
 
 

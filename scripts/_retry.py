@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, TypeVar
 
-from _errors import ClaudeInvocationError, is_api_failure, translate
+from _errors import REPLY_KINDS, ClaudeInvocationError, is_api_failure, translate
 from _interrupt import InterruptToken
 from _validation import check_bool, check_number
 
@@ -344,8 +344,10 @@ def run(
     replaces the policy's) says to retry, waiting ``policy.wait`` between attempts (cut short by
     ``interrupt``: kind ``interrupted``).
 
-    The last error is raised with ``.attempts`` set. Other exceptions (programming errors)
-    propagate unchanged on the first attempt.
+    The last error is raised with ``.attempts`` set. A reply that is not an answer (kinds
+    ``refusal``, ``max_tokens``, ``context_overflow``) is never retried, whatever the condition.
+    Other exceptions (programming errors) propagate unchanged on the first attempt. Each retry
+    is logged at INFO on ``claude_client._retry``.
     """
     attempt = 0
     while True:
@@ -354,7 +356,11 @@ def run(
             return attempt_fn(attempt)
         except ClaudeInvocationError as error:
             error.attempts = attempt
-            if policy.stop(RetryState(attempt, error)) or not (retry or policy.retry)(error):
+            if (
+                error.kind in REPLY_KINDS
+                or policy.stop(RetryState(attempt, error))
+                or not (retry or policy.retry)(error)
+            ):
                 raise
             last = error
         delay = policy.delay_for(attempt, last, rng)

@@ -14,8 +14,9 @@ from _admission import Budget, RateLimits, controller_for
 from _agent import Agent, ToolOptions
 from _interrupt import InterruptToken, check_token
 from _journal import RunJournal, check_path
+from _models import DEFAULT_MODEL
 from _progress import Progress
-from _requests import DEFAULT_MODEL, PromptSpec, single_request
+from _requests import PromptSpec, single_request
 from _results import ClaudeResponse
 from _retry import RetryPolicy
 from _structured import OutputSpec
@@ -207,10 +208,13 @@ def run_single(
     stream: bool = False,
     on_text: Optional[Callable[[str], Any]] = None,
     policy: Optional[RetryPolicy] = None,
+    effort: Optional[str] = None,
+    thinking: Any = None,
     **agent_options: Any,
 ) -> ClaudeResponse:
     """One request (``invoke_claude`` and ``invoke_with_retry``): validated, built, sent through
-    its agent; ``policy`` None means the client's SDK-style retries."""
+    its agent; ``policy`` None means the client's SDK-style retries. ``effort`` / ``thinking``
+    go to the builder (``output_config.effort`` / ``thinking``)."""
     check_token(interrupt_token)
     stall = check_optional_seconds(stall_timeout, "stall_timeout")
     options = AgentOptions.checked(**agent_options)
@@ -224,6 +228,8 @@ def run_single(
         cache_prompt=cache_prompt,
         messages=messages,
         extra=extra or {},
+        effort=effort,
+        thinking=thinking,
     )
     client = get_client(api_key=api_key, base_url=base_url)
     options.limit(client, [params])

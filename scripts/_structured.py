@@ -3,14 +3,15 @@
 :class:`OutputSpec` adds ``output_config.format`` to a request body exactly as the SDK's
 ``messages.parse(output_format=Model)`` does (same schema transformation, same dict) and validates
 the reply: the model instance for a Pydantic model (pydantic validates it), the decoded value for a
-JSON-schema dict (checked by a small validator of the common keywords: no new dependency).
+JSON-schema dict (checked by a small validator of the common keywords: no new dependency). A
+schema dict is itself checked (:func:`_request_rules.check_json_schema`) before anything is sent.
 :func:`send_structured` sends, parses, and retries once when the reply does not validate.
 
 >>> class City(pydantic.BaseModel):
 ...     name: str
 ...     population: int
 >>> spec = OutputSpec.from_user(City)
->>> params = spec.apply({"model": "claude-sonnet-4-6", "max_tokens": 500,
+>>> params = spec.apply({"model": "claude-sonnet-5-5", "max_tokens": 500,
 ...                      "messages": [{"role": "user", "content": "Largest city in Japan?"}]})
 >>> reply = send_structured(lambda: send(params, client=get_client()), spec)
 >>> reply.parsed.name, reply.usage.output_tokens
@@ -28,6 +29,7 @@ from typing import Any, Callable, Mapping, Optional
 import pydantic
 
 from _errors import ClaudeInvocationError
+from _request_rules import check_json_schema
 from _results import ClaudeResponse
 from _validation import is_mapping
 
@@ -79,7 +81,8 @@ class OutputSpec:
     def from_user(cls, output_schema: Any, name: str = "output_schema") -> Optional[OutputSpec]:
         """An OutputSpec from a Pydantic model class (or a type pydantic can build a schema for) or a
         JSON-schema dict; None for None, an OutputSpec as is. ``TypeError`` for anything else,
-        ``ValueError`` for a dict that is not a schema or a type with no JSON schema.
+        ``ValueError`` for a dict that is not a valid JSON schema (the message names the JSON path,
+        e.g. ``$.required``) or a type with no JSON schema.
 
         >>> OutputSpec.from_user(None) is None
         True
@@ -96,6 +99,7 @@ class OutputSpec:
                 json.dumps(schema)
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"{name} must be JSON-serializable: {exc}") from exc
+            check_json_schema(schema, name)  # a real schema check, before anything is sent
             return cls(schema=schema)
         if isinstance(output_schema, type) or hasattr(output_schema, "__origin__"):
             try:

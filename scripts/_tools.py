@@ -7,8 +7,11 @@
 * :func:`run_tool_loop` runs the conversation: send a turn (through the caller's ``send_turn``, which
   owns retries, streaming, stall, admission and budget), run the tools the reply asks for, send the
   results back, until the model answers; ``pause_turn`` replies are sent back to be continued.
-* :func:`make_delegate_tool` builds the ``delegate`` tool: the model hands a list of tasks to
-  parallel sub-agents (depth-limited), whose usage and cost roll up into the parent's reply.
+* :func:`make_delegate_tool` (from :mod:`_delegation`, re-exported here) builds the ``delegate``
+  tool: the model hands a list of tasks to parallel sub-agents (depth-limited), whose usage and
+  cost roll up into the parent's reply.
+* :class:`LoopState` lets a caller that retries a tool agent (managed runs) resume its loop at
+  the turn that failed, so no tool runs twice.
 
 >>> def add(a: int, b: int) -> int:
 ...     '''Add two integers.'''
@@ -31,11 +34,12 @@ import time
 import typing
 import weakref
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
+from _delegation import AgentContext, ChildRun, DelegateTool, Delegation, make_delegate_tool, sdk_tools
 from _errors import ABORT_MESSAGES, ClaudeInvocationError
 from _interrupt import InterruptToken, subscribe, unsubscribe
-from _requests import MAX_CACHE_BREAKPOINTS, count_breakpoints, with_cache_control
+from _requests import MAX_CACHE_BREAKPOINTS, check_request_rules, count_breakpoints, with_cache_control
 from _results import ClaudeResponse, ParallelResults, Usage
 from _validation import check_bool, check_callable, check_optional_seconds, check_positive_int, is_mapping
 
@@ -45,6 +49,7 @@ __all__ = [
     "AgentContext",
     "ChildRun",
     "DelegateTool",
+    "LoopState",
     "ToolCall",
     "ToolSet",
     "make_delegate_tool",
@@ -58,13 +63,6 @@ _TOOL_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
 
 # Blocks that may not carry cache_control (the moving breakpoint skips them).
 _UNCACHEABLE = frozenset({"thinking", "redacted_thinking"})
-
-
-def _sdk_tools() -> Any:
-    """The SDK's function-tool helpers (imported on first use: they pull in docstring_parser)."""
-    from anthropic.lib import tools as sdk_tools
-
-    return sdk_tools
 
 
 # ------------------------------------------------------------------------------ records
@@ -88,45 +86,6 @@ class ToolCall:
     id: str = ""
 
 
-@dataclass(frozen=True)
-class ChildRun:
-    """One sub-agent run by the ``delegate`` tool: its task, answer (or error) and what it used.
-
-    >>> reply.children[0].task, reply.children[0].usage.output_tokens, reply.children[0].cost_usd
-    """
-
-    task: str
-    depth: int
-    text: Optional[str]
-    usage: Usage
-    cost_usd: Optional[float]
-    error: Optional[BaseException] = None
-    tool_calls: tuple = ()
-    children: tuple = ()
-
-
-@dataclass(frozen=True)
-class AgentContext:
-    """Where an agent runs: its delegation ``depth`` (0 = the top-level agent) and what its
-    sub-agents share with it (``interrupt`` token, spend ``budget``, concurrency ``limiter``,
-    anything else in ``extra``). :func:`run_tool_loop` hands it to the ``delegate`` tool, which
-    gives its sub-agents :meth:`child` (one level deeper).
-
-    >>> AgentContext(depth=0, interrupt=token).child().depth
-    1
-    """
-
-    depth: int = 0
-    interrupt: Optional[InterruptToken] = None
-    budget: Any = None
-    limiter: Any = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-    def child(self) -> AgentContext:
-        """The context of this agent's sub-agents (same token, budget and limiter; depth + 1)."""
-        return replace(self, depth=self.depth + 1)
-
-
 # ------------------------------------------------------------------------------ tools
 _token_tls = threading.local()
 
@@ -143,125 +102,6 @@ class _Tool:
     schema: dict
     run: Optional[Callable[[Any], Any]] = None  # None: a server tool, run by the API
     delegate: Optional[DelegateTool] = None
-
-
-class DelegateTool:
-    """The ``delegate`` tool: the model hands independent tasks to parallel sub-agents.
-
-    Input ``{"tasks": [str, ...]}``; the tool calls ``run_parallel_tasks(tasks, child_context)``
-    and returns the answers in task order as a JSON list (a failed task reads ``"ERROR: ..."``).
-    The tool loop adds the sub-agents' usage and cost (``.usage`` / ``.cost_usd`` of what
-    ``run_parallel_tasks`` returns, e.g. a :class:`ParallelResults`) to the parent's totals and lists
-    each sub-agent in the reply's ``children``. Agents at depth ``max_depth`` get no delegate tool.
-    Build it with :func:`make_delegate_tool`.
-    """
-
-    name = "delegate"
-
-    def __init__(self, run_parallel_tasks: Callable[[list[str], AgentContext], Any], max_depth: int = 1) -> None:
-        if not callable(run_parallel_tasks):
-            raise TypeError(f"run_parallel_tasks must be callable, got {type(run_parallel_tasks).__name__}")
-        check_positive_int(max_depth, "max_depth")
-        self.run_parallel_tasks = run_parallel_tasks
-        self.max_depth = max_depth
-        self.schema = _delegate_schema()
-
-    def run(self, tool_input: Any, context: AgentContext) -> _Delegation:
-        """Run the tasks of ``tool_input`` as sub-agents one level below ``context``."""
-        tasks = tool_input.get("tasks") if is_mapping(tool_input) else None
-        if not isinstance(tasks, list) or not tasks or not all(isinstance(t, str) and t.strip() for t in tasks):
-            raise ValueError("delegate needs {'tasks': [non-empty strings]}, got " + json.dumps(tool_input)[:200])
-        if context.depth >= self.max_depth:
-            raise ValueError(f"delegation depth limit reached (max_depth={self.max_depth})")
-        child = context.child()
-        results = self.run_parallel_tasks(list(tasks), child)
-        return _Delegation(list(tasks), child.depth, results)
-
-    def __repr__(self) -> str:
-        return f"DelegateTool(max_depth={self.max_depth})"
-
-
-def _delegate_stub(tasks: list[str]) -> str:  # pragma: no cover - only its signature is used
-    """Hand independent sub-tasks to parallel sub-agents and get their answers back, in order.
-
-    Each task must be self-contained: the sub-agent sees only the task text.
-
-    Args:
-        tasks: one self-contained instruction per sub-agent
-    """
-    raise NotImplementedError
-
-
-_delegate_schema_cache: list[dict] = []
-
-
-def _delegate_schema() -> dict:
-    if not _delegate_schema_cache:
-        tool = _sdk_tools().beta_tool(_delegate_stub, name=DelegateTool.name)
-        schema = dict(tool.to_dict())
-        schema["input_schema"] = dict(schema["input_schema"])
-        props = dict(schema["input_schema"].get("properties") or {})
-        if "tasks" in props:
-            props["tasks"] = {**props["tasks"], "minItems": 1}
-        schema["input_schema"]["properties"] = props
-        _delegate_schema_cache.append(schema)
-    return _delegate_schema_cache[0]
-
-
-def make_delegate_tool(
-    run_parallel_tasks: Callable[[list[str], AgentContext], Any], max_depth: int = 1
-) -> DelegateTool:
-    """The ``delegate`` tool (see :class:`DelegateTool`), to put in a ``tools`` list.
-
-    >>> def run_tasks(tasks, ctx):
-    ...     return invoke_parallel([{"prompt": t} for t in tasks], interrupt_token=ctx.interrupt)
-    >>> toolset = ToolSet.from_user([make_delegate_tool(run_tasks, max_depth=1)])
-    """
-    return DelegateTool(run_parallel_tasks, max_depth)
-
-
-@dataclass
-class _Delegation:
-    tasks: list[str]
-    depth: int
-    results: Any
-
-    def answers(self) -> list[str]:
-        errors = getattr(self.results, "errors", None) or {}
-        out = []
-        for i in range(len(self.tasks)):
-            item = self.results[i] if i < len(self.results) else None
-            if isinstance(item, BaseException) or (item is None and i in errors):
-                error = item if isinstance(item, BaseException) else errors[i]
-                out.append(f"ERROR: {error}")
-            elif item is None:
-                out.append("ERROR: no answer")
-            else:
-                out.append(str(item))
-        return out
-
-    def children(self) -> list[ChildRun]:
-        errors = getattr(self.results, "errors", None) or {}
-        runs = []
-        for i, task in enumerate(self.tasks):
-            item = self.results[i] if i < len(self.results) else None
-            if isinstance(item, ClaudeResponse):
-                runs.append(
-                    ChildRun(
-                        task,
-                        self.depth,
-                        str(item),
-                        item.usage,
-                        item.cost_usd,
-                        None,
-                        tuple(item.tool_calls or ()),
-                        tuple(item.children or ()),
-                    )
-                )
-            else:
-                error = item if isinstance(item, BaseException) else errors.get(i)
-                runs.append(ChildRun(task, self.depth, None if item is None else str(item), Usage(), 0.0, error))
-        return runs
 
 
 def _without_token(fn: Callable) -> Callable:
@@ -316,7 +156,7 @@ def _function_tool(fn: Callable, where: str) -> _Tool:
         raise ValueError(f"{where}: cannot read the signature of {fn!r}: {exc}") from exc
     target = _without_token(fn) if wants_token else fn
     try:
-        sdk_tool = _sdk_tools().beta_tool(target)
+        sdk_tool = sdk_tools().beta_tool(target)
         schema = dict(sdk_tool.to_dict())
     except Exception as exc:
         raise ValueError(
@@ -333,12 +173,12 @@ def _function_tool(fn: Callable, where: str) -> _Tool:
 
 def _entry_tool(entry: Any, where: str) -> _Tool:
     """One ``tools`` entry as a _Tool (ValueError naming ``where`` when it is not a usable tool)."""
-    sdk_tools = _sdk_tools()
+    sdk = sdk_tools()
     if isinstance(entry, DelegateTool):
         return _Tool(entry.name, entry.schema, None, entry)
-    if isinstance(entry, (sdk_tools.BetaAsyncFunctionTool, sdk_tools.BetaAsyncBuiltinFunctionTool)):
+    if isinstance(entry, (sdk.BetaAsyncFunctionTool, sdk.BetaAsyncBuiltinFunctionTool)):
         raise ValueError(f"{where}: {type(entry).__name__} is async; use beta_tool (sync) or a plain function")
-    if isinstance(entry, (sdk_tools.BetaFunctionTool, sdk_tools.BetaBuiltinFunctionTool)):
+    if isinstance(entry, (sdk.BetaFunctionTool, sdk.BetaBuiltinFunctionTool)):
         schema = dict(entry.to_dict())
         return _Tool(str(schema.get("name") or entry.name), schema, entry.call)
     if is_mapping(entry):
@@ -544,7 +384,7 @@ def _work(call: _Call, token: Optional[InterruptToken], context: AgentContext, w
             call.output = tool.delegate.run(call.use.get("input"), context)
         else:
             call.output = tool.run(call.use.get("input"))  # type: ignore[misc]
-    except BaseException as exc:  # a tool's failure is reported to the model, never raised here
+    except BaseException as exc:  # an Exception is reported to the model; the loop re-raises the rest
         call.error = exc
     finally:
         _token_tls.token = previous
@@ -552,6 +392,51 @@ def _work(call: _Call, token: Optional[InterruptToken], context: AgentContext, w
         call.done = True
         if wake is not None:
             wake.set()
+
+
+#: How often a thread waiting for its tools looks up (signals are handled between waits).
+_POLL_S = 0.05
+
+
+@dataclass
+class LoopState:
+    """Where a tool loop stands, for a caller that runs it again after a failed turn (managed
+    runs): :func:`run_tool_loop` given a state whose turn failed (``pending``) resends that turn
+    with the transcript, tool calls, usage and turn count it had, instead of starting over, so no
+    tool runs twice. It is saved when a turn's request fails and cleared when the loop ends
+    otherwise. One state per task; not shared between threads.
+
+    >>> state = LoopState()
+    >>> try:
+    ...     run_tool_loop(params, toolset=toolset, send_turn=send_once, state=state)
+    ... except ClaudeInvocationError as error:
+    ...     if error.transient:   # later: the same call resumes at the failed turn
+    ...         reply = run_tool_loop(params, toolset=toolset, send_turn=send_once, state=state)
+    """
+
+    transcript: Optional[list] = None
+    records: list = field(default_factory=list)
+    children: list = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    cost: Optional[float] = 0.0
+    turns: int = 0
+    previous_mark: Optional[int] = None
+
+    @property
+    def pending(self) -> bool:
+        """True when a turn failed and the next run resumes there."""
+        return self.transcript is not None
+
+    def save(self, loop: _Loop, transcript: list, turns: int, previous_mark: Optional[int]) -> None:
+        self.transcript = list(transcript)
+        self.records = list(loop.records)
+        self.children = list(loop.children)
+        self.usage, self.cost = loop.usage, loop.cost
+        self.turns, self.previous_mark = turns, previous_mark
+
+    def clear(self) -> None:
+        self.transcript, self.records, self.children = None, [], []
+        self.usage, self.cost, self.turns, self.previous_mark = Usage(), 0.0, 0, None
 
 
 def _interrupted(where: str) -> ClaudeInvocationError:
@@ -657,24 +542,28 @@ class _Loop:
                         call.seconds = now - call.started
                         self.finish(call)
                 return
-            self.wake.wait(None if deadline is None else deadline - now)
+            # Never an untimed wait: a signal (Ctrl-C) reaches this thread within _POLL_S.
+            self.wake.wait(_POLL_S if deadline is None else min(_POLL_S, deadline - now))
             self.wake.clear()
 
     def finish(self, call: _Call) -> None:
         call.reported = True
+        if call.error is not None and not isinstance(call.error, Exception):
+            # KeyboardInterrupt, SystemExit ... in a tool end the run as a Ctrl-C does
+            raise call.error
         name = str(call.use.get("name"))
         output: Any
         if call.error is not None:
             exc = call.error
             text = str(exc) if not call.done else _error_text(exc)
             logger.info("tool %s failed: %s", name, text.splitlines()[0] if text else type(exc).__name__)
-            tool_error = _sdk_tools().ToolError
+            tool_error = sdk_tools().ToolError
             content = _result_content(exc.content) if isinstance(exc, tool_error) else text
             results = getattr(exc, "results", None)
             if isinstance(results, ParallelResults):  # a delegation that failed part-way: count what it used
                 self.add(results.usage, results.cost_usd)
             output, is_error = text, True
-        elif isinstance(call.output, _Delegation):
+        elif isinstance(call.output, Delegation):
             delegation = call.output
             usage = getattr(delegation.results, "usage", None)
             self.add(
@@ -734,6 +623,7 @@ def run_tool_loop(
     on_tool_call: Optional[Callable[[ToolCall], Any]] = None,
     interrupt: Optional[InterruptToken] = None,
     context: Optional[AgentContext] = None,
+    state: Optional[LoopState] = None,
 ) -> ClaudeResponse:
     """Run a conversation with tools until the model answers; the final reply with the whole run.
 
@@ -754,6 +644,15 @@ def run_tool_loop(
     to its end and its result is dropped. A tool that declares ``interrupt_token`` gets the token
     and can stop itself. ``on_tool_call(record)`` runs on this thread at each call's start (output
     None) and end (a :class:`ToolCall`); if it raises, the loop stops (kind ``callback``).
+
+    Only an ``Exception`` in a tool becomes a tool error: a ``KeyboardInterrupt`` or
+    ``SystemExit`` raised in a tool (on whatever thread it runs) is raised by the loop, as a
+    Ctrl-C would be. The assistant content goes back unchanged (``thinking`` and
+    ``redacted_thinking`` blocks as received, in order); the loop never sets ``tool_choice`` nor
+    ends a request with an assistant turn except to continue a ``pause_turn``. A failed turn
+    raises its error with the loop's ``usage`` and ``cost_usd`` so far (the failed reply's own
+    included, e.g. a refusal); with a :class:`LoopState` ``state``, running the loop again resumes
+    at that turn.
 
     More than ``max_tool_turns`` turns asking for tools (or paused) raise
     ``ClaudeInvocationError(kind="tool_turns_exceeded")`` whose ``messages`` (also
@@ -796,6 +695,9 @@ def run_tool_loop(
     if context.interrupt is None and interrupt is not None:
         context = replace(context, interrupt=interrupt)
 
+    if state is not None and not isinstance(state, LoopState):
+        raise TypeError(f"state must be a LoopState or None, got {type(state).__name__}")
+
     toolset = toolset.for_depth(context.depth)
     base = dict(params)
     schemas = toolset.schemas
@@ -803,14 +705,24 @@ def run_tool_loop(
         base["tools"] = schemas
     else:
         base.pop("tools", None)
+    check_request_rules(base, where="the tool loop's request")
     loop = _Loop(toolset, tool_timeout, parallel_tools, on_tool_call, interrupt, context)
-    loop.transcript = transcript = list(messages)
+    turns = 0
+    previous_mark: Optional[int] = None
+    if state is not None and state.pending:  # resume at the turn that failed
+        transcript = list(state.transcript or ())
+        loop.records, loop.children = list(state.records), list(state.children)
+        loop.usage, loop.cost = state.usage, state.cost
+        turns, previous_mark = state.turns, state.previous_mark
+        logger.debug("resuming a tool loop at turn %d (%d tool calls already run)", turns + 1, len(loop.records))
+    else:
+        transcript = list(messages)
+    loop.transcript = transcript
     room = MAX_CACHE_BREAKPOINTS - (
         count_breakpoints(base.get("tools")) + count_breakpoints(base.get("system")) + count_breakpoints(transcript)
     )
-    previous_mark: Optional[int] = None
-    turns = 0
     handle = subscribe(interrupt, loop.wake.set) if interrupt is not None else None
+    sent = False  # the failure (if any) is a turn's request
     try:
         while True:
             if interrupt is not None and interrupt.is_interrupted():
@@ -819,10 +731,17 @@ def run_tool_loop(
             marks = [last] if room >= 1 else []
             if room >= 2 and previous_mark is not None and previous_mark != last:
                 marks.append(previous_mark)
-            previous_mark = last
+            prior_mark, previous_mark = previous_mark, last
             request = dict(base)
             request["messages"] = _request_messages(transcript, marks) if marks else list(transcript)
-            reply = send_turn(request)
+            try:
+                reply = send_turn(request)
+            except ClaudeInvocationError as error:
+                _charge(loop, error)
+                if state is not None:
+                    state.save(loop, transcript, turns, prior_mark)
+                sent = True
+                raise
             if not isinstance(reply, ClaudeResponse):
                 raise TypeError(f"send_turn must return a ClaudeResponse, got {type(reply).__name__}")
             loop.add(reply.usage, reply.cost_usd)
@@ -854,6 +773,18 @@ def run_tool_loop(
     finally:
         if handle is not None:
             unsubscribe(interrupt, handle)  # type: ignore[arg-type]
+        if state is not None and not sent:
+            state.clear()  # ended (answered, or failed outside a request): the next run starts over
+
+
+def _charge(loop: _Loop, error: ClaudeInvocationError) -> None:
+    """A failed turn's error: what that reply paid (a refusal, a truncated reply) joins the loop's
+    totals, and the error carries the loop's usage and cost so far."""
+    paid = getattr(error, "usage", None)
+    if isinstance(paid, Usage):
+        loop.add(paid, getattr(error, "cost_usd", None))
+    error.usage = loop.usage  # type: ignore[attr-defined]
+    error.cost_usd = loop.cost  # type: ignore[attr-defined]
 
 
 def _turns_exceeded(loop: _Loop, limit: int) -> ClaudeInvocationError:

@@ -352,6 +352,10 @@ def send(
     Before each attempt, ``budget`` (a run's spend cap) reserves its worst-case cost and the
     admission controller of (key, base URL, model) waits until it fits the rate limits; after
     it, both learn what it really used (usage and the ``anthropic-ratelimit-*`` headers).
+
+    A reply that is not an answer raises (after it is accounted as paid), never retried: kinds
+    ``refusal``, ``max_tokens`` (no text: the output, thinking included, used all of max_tokens)
+    and ``context_overflow`` (see :func:`reply_error`).
     """
     if policy is None:
         policy = default_policy(client)
@@ -413,19 +417,89 @@ def send(
                     reservation.settle(0.0)  # never sent, or refused by the API before a reply: nothing billed
                 else:
                     reservation.settle(None)  # unknown: the worst case stays spent
+        not_an_answer = reply_error(reply)
+        if not_an_answer is not None:  # settled above as the paid reply it is; never retried
+            raise not_an_answer
         return reply
 
     return run(attempt, policy, interrupt=interrupt)
 
 
 def _failure(exc: BaseException, call: _Call) -> ClaudeInvocationError:
-    """The library error for an attempt that raised ``exc`` (the one translation point)."""
+    """The library error for an attempt that raised ``exc`` (the one translation point, which
+    also sanitises ``exc``: it is chained as the cause)."""
+    error = translate(exc)
     if call.reason in ABORT_MESSAGES:
         error = ClaudeInvocationError(ABORT_MESSAGES[call.reason or ""], kind=call.reason)
     else:
-        error = translate(exc)
         error.headers = getattr(getattr(exc, "response", None), "headers", None)
     error.mid_response = call.started
+    return error
+
+
+# ------------------------------------------------------------------------------ replies
+def _stop_details(message: Any) -> Optional[dict]:
+    details = getattr(message, "stop_details", None)
+    if details is None:
+        return None
+    if hasattr(details, "model_dump"):
+        return details.model_dump(mode="json")
+    return dict(details) if isinstance(details, dict) else {"value": details}
+
+
+def _has_answer(reply: ClaudeResponse) -> bool:
+    """The reply has text or asks for a tool (thinking blocks alone are no answer)."""
+    return bool(str.__str__(reply).strip()) or any(
+        b.get("type") in ("tool_use", "server_tool_use") for b in reply.content
+    )
+
+
+def reply_error(reply: ClaudeResponse) -> Optional[ClaudeInvocationError]:
+    """The error for an HTTP 200 reply that is not an answer (None for an answer): a refusal
+    (kind ``refusal``), a reply whose output hit ``max_tokens`` before any text or tool call
+    (``max_tokens``), a stop at the context window (``context_overflow``). Each carries the
+    reply's ``usage``, ``cost_usd``, ``request_id`` and ``stop_details``; none is ever retried."""
+    stop = reply.stop_reason
+    if stop not in ("refusal", "max_tokens", "model_context_window_exceeded"):
+        return None
+    if stop == "max_tokens" and _has_answer(reply):
+        return None  # a cut reply with text: the caller reads stop_reason
+    details: Optional[dict] = getattr(reply, "stop_details", None)
+    usage = reply.usage
+    where = f"{reply.model or 'the model'}, request {reply.request_id or 'unknown'}"
+    if stop == "refusal":
+        category = (details or {}).get("category")
+        explanation = (details or {}).get("explanation")
+        why = f": {str(explanation).rstrip('. ')}" if explanation else ""
+        message = (
+            f"Claude declined the request (stop_reason refusal{f', category {category}' if category else ''}; "
+            f"{where}){why}. Sending the same request again gives the same answer: rephrase it"
+        )
+        kind = "refusal"
+    elif stop == "max_tokens":
+        thinking = getattr(usage, "thinking_tokens", None)
+        spent = f"{usage.output_tokens} output tokens" + (f", {thinking} of them thinking" if thinking else "")
+        message = (
+            f"The reply has no text: its output reached max_tokens ({spent}; {where}). Raise max_tokens "
+            "or lower effort= (less thinking)"
+        )
+        kind = "max_tokens"
+    else:
+        message = (
+            f"The reply stopped at the model's context window (stop_reason model_context_window_exceeded; {where})"
+            ": shorten the prompt or the history, or lower max_tokens"
+        )
+        kind = "context_overflow"
+    error = ClaudeInvocationError(
+        message,
+        details={"stop_reason": stop, "text": str.__str__(reply), "content": reply.content},
+        kind=kind,
+        request_id=reply.request_id,
+        usage=usage,
+        cost_usd=reply.cost_usd,
+        stop_details=details,
+    )
+    error.headers = reply.headers
     return error
 
 
@@ -454,8 +528,15 @@ def _create(params: dict, client: anthropic.Anthropic, call: _Call) -> ClaudeRes
         _tls.call = previous
         call.detach()
     request_id = headers.get("request-id") if headers is not None else getattr(message, "_request_id", None)
+    return _reply(message, request_id, params, headers)
+
+
+def _reply(message: Any, request_id: Optional[str], params: dict, headers: Any) -> ClaudeResponse:
     reply = response_from_message(message, request_id, str(params.get("model", "")))
     reply.headers = headers
+    details = _stop_details(message)
+    if details is not None:  # a refusal's category and explanation
+        reply.stop_details = details  # type: ignore[attr-defined]
     return reply
 
 
@@ -516,9 +597,7 @@ def _stream(
         call.detach()
         if watched:
             stall_watch.unwatch(call)
-    reply = response_from_message(message, headers.get("request-id"), str(params.get("model", "")))
-    reply.headers = headers
-    return reply
+    return _reply(message, headers.get("request-id"), params, headers)
 
 
 def _run_user_callback(call: _Call, fn: Callable, arg: Any, name: str) -> None:

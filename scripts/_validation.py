@@ -73,11 +73,34 @@ def check_model(model: Any, name: str = "model") -> str:
     return model
 
 
+#: The Messages API default temperature: the one value the public ``temperature=`` still takes
+#: (it is simply not sent).
+DEFAULT_TEMPERATURE = 1.0
+
+
+def removed_sampling(param: str, value: Any, name: Optional[str] = None, where: str = "") -> ValueError:
+    """The error for a sampling parameter (``temperature``, ``top_p``, ``top_k``) the API removed."""
+    return ValueError(
+        f"{name or param}={value!r}{where} cannot be sent: {param} was removed from the Messages API (API version "
+        "2026-10-21 rejects it on every model); use effort= ('low'..'max') to trade quality for speed and cost"
+    )
+
+
 def check_temperature(temperature: Any, name: str = "temperature") -> float:
+    """``temperature`` if it is the API default 1.0 (which is not sent): every other value is
+    refused, since API version 2026-10-21 removed the parameter.
+
+    >>> check_temperature(1.0)
+    1.0
+    >>> check_temperature(0.2)  # ValueError: ... temperature was removed from the Messages API ...
+    """
     if not _is_number(temperature):
-        raise TypeError(f"{name} must be a number in [0, 1], got {type(temperature).__name__}")
-    if not 0.0 <= temperature <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {temperature}")
+        raise TypeError(
+            f"{name} must be a number (only the default 1.0 is accepted: the API removed temperature), "
+            f"got {type(temperature).__name__}"
+        )
+    if temperature != DEFAULT_TEMPERATURE:
+        raise removed_sampling("temperature", temperature, name)
     return temperature
 
 

@@ -1,8 +1,8 @@
 """A local, deterministic emulator of the Anthropic Messages API, for tests and benchmarks.
 
 It speaks the same HTTP the official ``anthropic`` SDK speaks (JSON and server-sent-event
-streaming on ``POST /v1/messages``, ``POST /v1/messages/count_tokens`` and the Message Batches
-endpoints), so code under test runs unmodified with ``base_url`` pointed at it::
+streaming on ``POST /v1/messages``, ``POST /v1/messages/count_tokens``, the Message Batches
+endpoints and the Models API), so code under test runs unmodified with ``base_url`` pointed at it::
 
     import anthropic
     from anthropic_emulator import Emulator
@@ -24,8 +24,9 @@ Replies and token counts are a documented, deterministic function of the request
 * reply = the scripted reply for the prompt (:meth:`Emulator.script`) or ``"Echo: " + prompt``;
   ``words=N`` (or the ``reply_words`` setting) cycles the reply's words to exactly N words;
   the reply is cut to ``max_tokens`` words (``stop_reason="max_tokens"``);
-* one ``content_block_delta`` per word; output tokens = words sent;
-* tokens of a text = ``ceil(len(text) / 4)``; input tokens = tools + system + message blocks (other
+* one ``content_block_delta`` per word; output tokens = thinking tokens + words sent;
+* tokens of a text = ``ceil(len(text) / 4)`` (times 1.3, rounded up, on new-tokenizer models:
+  :func:`count_text_tokens` with a model); input tokens = tools + system + message blocks (other
   blocks, tool_use / tool_result included, count their compact JSON); output tokens = words sent + the
   compact JSON of tool blocks. ``"x"`` and ``[{"type": "text", "text": "x"}]`` are the same tokens and
   the same cache prefix (content or system).
@@ -38,19 +39,29 @@ fewer than ``tool_turns`` tool_result turns; a last user turn of tool_result blo
 tool_result pairing, non-empty text). ``output_config.format`` (json_schema) replies with a minimal
 instance of the schema (:func:`schema_instance`); ``invalid_output=N`` breaks the first N tries.
 
+Today's API (version 2026-10-21), from the model catalogue (``_models``): a 404 ``model: <id>`` for
+ids it lacks (the ``extra_models`` setting maps test ids to catalogued ones); 400s with the API's
+texts for sampling parameters, prefill and forced ``tool_choice`` where the model refuses them,
+thinking types and effort levels it lacks, ``max_tokens`` above its maximum; thinking on where the
+model thinks by default (a signed ``thinking`` block first, thinking tokens by effort, counted in
+``output_tokens`` and ``output_tokens_details``), and the round trip of those blocks checked on every
+request; ``[[refuse]]`` and ``[[stop=model_context_window_exceeded]]`` directives.
+
 Rate limits: ``rate_limit_requests`` / ``rate_limit_window_s`` (one global request bucket) and per
-model ``rate_limit_rpm`` / ``rate_limit_itpm`` / ``rate_limit_otpm`` buckets holding one "minute"
-(``rate_limit_minute_s`` seconds, default 60) of their limit, refilled continuously on the emulator
-clock; ITPM charges input + cache-write tokens (not cache reads), OTPM charges ``max_tokens`` at
-admission and refunds down to the real output at the end; a 429 carries ``retry-after``.
+rate-limit pool (``ModelInfo.pool``) ``rate_limit_rpm`` / ``rate_limit_itpm`` / ``rate_limit_otpm``
+buckets holding one "minute" (``rate_limit_minute_s`` seconds, default 60) of their limit, refilled
+continuously on the emulator clock; ITPM charges input + cache-write tokens (not cache reads), OTPM
+charges ``max_tokens`` at admission and refunds down to the real output at the end; a 429 carries ``retry-after``.
 
 Run standalone with ``python -m anthropic_emulator --port 8080`` (``--help`` lists the flags).
 
 The implementation is split into private modules (none imports this one back):
 ``_emulator_wire`` (errors, ids, the request record, SSE), ``_emulator_tokens`` (token counting,
-cache prefixes), ``_emulator_validation``, ``_emulator_directives``, ``_emulator_tools`` (replies:
-tool use, structured output), ``_emulator_limits`` (rate limits), ``_emulator_messages`` and
-``_emulator_batches`` (the endpoints, mixed into :class:`Emulator`). See references/emulator.md.
+cache prefixes), ``_emulator_validation`` (request shapes), ``_emulator_rules`` (the model's rules),
+``_emulator_thinking`` (signatures, round-trip checks), ``_emulator_directives``, ``_emulator_tools``
+(replies: tool use, structured output), ``_emulator_limits`` (rate limits), ``_emulator_messages``,
+``_emulator_batches`` and ``_emulator_models`` (the endpoints, mixed into :class:`Emulator`). See
+references/emulator.md.
 """
 
 from __future__ import annotations
@@ -60,6 +71,7 @@ import asyncio
 import dataclasses
 import hashlib
 import logging
+import secrets
 import signal
 import sys
 import threading
@@ -74,6 +86,9 @@ from _emulator_directives import DIRECTIVE_KEYS, _global_groups, _split_directiv
 from _emulator_directives import tool_directive as tool_directive
 from _emulator_limits import _Bucket, _RateLimitsMixin
 from _emulator_messages import _CacheEntry, _MessagesMixin
+from _emulator_models import _ModelsMixin
+from _emulator_rules import check_extra_models
+from _emulator_thinking import ThinkingSigner
 from _emulator_tokens import count_text_tokens
 from _emulator_tools import _check_script
 from _emulator_tools import schema_instance as schema_instance
@@ -105,11 +120,12 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "rate_limit_itpm": None,
     "rate_limit_otpm": None,
     "rate_limit_minute_s": 60.0,
+    "extra_models": {},
 }
 """Every setting with its default (constructor keywords, ``configure()``, CLI flags)."""
 
 
-class Emulator(_MessagesMixin, _RateLimitsMixin, _BatchesMixin):
+class Emulator(_MessagesMixin, _RateLimitsMixin, _BatchesMixin, _ModelsMixin):
     """The Anthropic Messages API on 127.0.0.1, on its own thread and event loop.
 
     Use as a context manager (or ``start()`` / ``stop()``)::
@@ -137,6 +153,7 @@ class Emulator(_MessagesMixin, _RateLimitsMixin, _BatchesMixin):
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._clock_offset = 0.0
+        self._thinking = ThinkingSigner(secrets.token_bytes(32))
         self._clear_state()
 
     # ------------------------------------------------------------------ settings and state
@@ -173,6 +190,8 @@ class Emulator(_MessagesMixin, _RateLimitsMixin, _BatchesMixin):
             raise ValueError("api_key: expected None or a string")
         if "directives" in settings and not isinstance(settings["directives"], str):
             raise ValueError(f"directives: expected a string, got {type(settings['directives']).__name__}")
+        if "extra_models" in settings:
+            settings = {**settings, "extra_models": check_extra_models(settings["extra_models"])}
         return settings
 
     def _clear_state(self) -> None:
@@ -194,6 +213,7 @@ class Emulator(_MessagesMixin, _RateLimitsMixin, _BatchesMixin):
         self._model_buckets: dict[tuple[str, str], tuple[int, float, _Bucket]] = {}
         self._batches: dict[str, _Batch] = {}
         self._global_groups_cache: tuple[str, list[dict[str, str]]] = ("", [])
+        self._thinking.clear()  # issued thinking turns are forgotten; signatures stay valid
 
     def configure(self, **settings: Any) -> None:
         """Change settings at run time, e.g. ``emu.configure(chunk_delay_ms=5, max_concurrent=10)``."""
@@ -412,6 +432,8 @@ class Emulator(_MessagesMixin, _RateLimitsMixin, _BatchesMixin):
         app.router.add_delete("/v1/messages/batches/{id}", self._h_batch_delete)
         app.router.add_post("/v1/messages/batches/{id}/cancel", self._h_batch_cancel)
         app.router.add_get("/v1/messages/batches/{id}/results", self._h_batch_results)
+        app.router.add_get("/v1/models", self._h_models_list)
+        app.router.add_get("/v1/models/{model_id}", self._h_models_retrieve)
         runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port, backlog=2048, reuse_address=True)
@@ -573,6 +595,12 @@ def _build_parser() -> argparse.ArgumentParser:
     def _opt_str(v: str) -> str | None:
         return None if v == "" else v
 
+    def _model_map(v: str) -> dict[str, str]:
+        pairs = [p.split("=", 1) for p in v.split(",") if p.strip()]
+        if any(len(p) != 2 for p in pairs):
+            raise argparse.ArgumentTypeError(f"expected ID=CATALOGUED_ID[,ID=CATALOGUED_ID...], got {v!r}")
+        return {k.strip(): t.strip() for k, t in pairs}
+
     types: dict[str, Callable[[str], Any]] = {
         "api_key": _opt_str,
         "ttft_ms": float,
@@ -591,6 +619,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "rate_limit_itpm": _opt_int,
         "rate_limit_otpm": _opt_int,
         "rate_limit_minute_s": float,
+        "extra_models": _model_map,
     }
     for name, default in DEFAULT_SETTINGS.items():
         p.add_argument(

@@ -35,6 +35,7 @@ This module is the public face; the pipeline behind it lives in the private ``_*
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from typing import Any, Callable, Optional, Union
 
@@ -52,13 +53,15 @@ from _credentials import (
     get_anthropic_api_key,
     reset_client,
 )
-from _errors import ERROR_KINDS, TRANSIENT_KINDS, ClaudeInvocationError, MissingAPIKeyError
+from _errors import ERROR_KINDS, TRANSIENT_KINDS, ClaudeInvocationError, MissingAPIKeyError, is_api_failure, translate
 from _estimate import CostEstimate, estimate_run_cost
 from _fanout import RunInterrupted, check_callbacks, run_parallel
 from _interrupt import InterruptToken
 from _json_reply import parse_json_response
-from _requests import AVAILABLE_MODELS, DEFAULT_MODEL, MAX_CACHE_BREAKPOINTS, prompt_specs
+from _models import CATALOGUE, DEFAULT_MODEL, EFFORT_LEVELS, MODEL_ADVICE, THINKING_TYPES, ModelInfo, unknown_model
+from _requests import AVAILABLE_MODELS, MAX_CACHE_BREAKPOINTS, prompt_specs
 from _results import PRICES, ClaudeResponse, ParallelResults, Usage, estimate_cost
+from _retry import run as run_with_retries
 from _runs import (
     AGENT_KEYS,
     AgentOptions,
@@ -71,14 +74,17 @@ from _runs import (
 )
 from _stall import StallDetector
 from _tools import make_delegate_tool
-from _transport import default_policy, get_client
+from _transport import default_policy, get_client, no_retry_client
 from _validation import check_bool, check_callable, check_positive_int
 from message_batches import invoke_batch
 
 __all__ = [
     "DEFAULT_MODEL",
+    "EFFORT_LEVELS",
     "ERROR_KINDS",
+    "MODEL_ADVICE",
     "PRICES",
+    "THINKING_TYPES",
     "TRANSIENT_KINDS",
     "ClaudeInvocationError",
     "ClaudeResponse",
@@ -86,6 +92,7 @@ __all__ = [
     "CostEstimate",
     "InterruptToken",
     "MissingAPIKeyError",
+    "ModelInfo",
     "ParallelResults",
     "RateLimits",
     "RunInterrupted",
@@ -98,6 +105,7 @@ __all__ = [
     "get_anthropic_api_key",
     "get_available_models",
     "get_client",
+    "get_model_info",
     "invoke_batch",
     "invoke_claude",
     "invoke_claude_json",
@@ -108,6 +116,8 @@ __all__ = [
     "parse_json_response",
     "reset_client",
 ]
+
+logger = logging.getLogger("claude_client")
 
 # Constants re-exported for callers that read them from this module.
 _CONSTANTS = (
@@ -147,6 +157,8 @@ def invoke_claude(
     on_tool_call: Optional[Callable[[Any], Any]] = None,
     max_cost_usd: Optional[float] = None,
     rate_limits: Optional[RateLimits] = None,
+    effort: Optional[str] = None,
+    thinking: Union[str, dict, None] = None,
     **kwargs: Any,
 ) -> ClaudeResponse:
     """Send one request and return the reply text as a :class:`ClaudeResponse` (a ``str``).
@@ -155,11 +167,17 @@ def invoke_claude(
     put a cache breakpoint on the last system block / the last user block. ``streaming=True``
     (or an ``interrupt_token`` / ``stall_timeout``) streams internally; nothing is printed.
     A ``max_tokens`` so large that the SDK requires streaming (e.g. 64000) is streamed too.
-    Other keyword arguments (``top_p``, ``stop_sequences``, ``tools``, ``metadata``...) go to the
-    SDK call.
+    Other keyword arguments (``stop_sequences``, ``metadata``...) go to the SDK call.
 
-    >>> reply = invoke_claude("Summarise: ...", system="Be brief.", max_tokens=200)
-    >>> reply.stop_reason, reply.usage.output_tokens, reply.cost_usd
+    ``effort`` (``"low"`` ... ``"max"``, the levels the model accepts: :data:`EFFORT_LEVELS`)
+    sets ``output_config.effort``; ``thinking`` (``"adaptive"``, ``"disabled"``,
+    ``"between_tools"`` or a dict such as ``{"type": "adaptive"}``) sets the ``thinking`` field
+    (5.x models think by default; the reply's text leaves thinking out, ``reply.content`` keeps
+    its blocks). ``temperature`` stays for compatibility: the API removed sampling parameters, so
+    any value but 1.0 (and ``top_p`` / ``top_k``) is refused before sending; use ``effort``.
+
+    >>> reply = invoke_claude("Summarise: ...", system="Be brief.", max_tokens=200, effort="low")
+    >>> reply.stop_reason, reply.usage.output_tokens, reply.usage.thinking_tokens, reply.cost_usd
     """
     check_bool(streaming, "streaming")
     return run_single(
@@ -185,6 +203,8 @@ def invoke_claude(
         on_tool_call=on_tool_call,
         max_cost_usd=max_cost_usd,
         rate_limits=rate_limits,
+        effort=effort,
+        thinking=thinking,
     )
 
 
@@ -211,6 +231,8 @@ def invoke_claude_streaming(
     on_tool_call: Optional[Callable[[Any], Any]] = None,
     max_cost_usd: Optional[float] = None,
     rate_limits: Optional[RateLimits] = None,
+    effort: Optional[str] = None,
+    thinking: Union[str, dict, None] = None,
     **kwargs: Any,
 ) -> ClaudeResponse:
     """Stream a reply; ``callback(chunk)`` gets each text chunk in order, on this thread.
@@ -219,6 +241,8 @@ def invoke_claude_streaming(
     ``ClaudeInvocationError(kind="callback")`` is raised, chained from the callback's exception.
     ``stall_timeout`` (seconds) aborts a stream with no content event for that long
     (kind ``stalled``; pings do not count); ``interrupt_token`` aborts it from another thread.
+    Thinking is not streamed to the callback (only text); ``effort`` / ``thinking`` as in
+    :func:`invoke_claude`.
 
     >>> chunks = []
     >>> text = invoke_claude_streaming("Write a haiku", callback=chunks.append, stall_timeout=60)
@@ -250,23 +274,138 @@ def invoke_claude_streaming(
         on_tool_call=on_tool_call,
         max_cost_usd=max_cost_usd,
         rate_limits=rate_limits,
+        effort=effort,
+        thinking=thinking,
     )
 
 
-def get_available_models() -> list[str]:
-    """The current Claude model ids (a new list; :data:`DEFAULT_MODEL` is among them).
+def get_available_models(*, api_key: Optional[str] = None, base_url: Optional[str] = None) -> list[str]:
+    """The model ids you can use now, newest first (a new list; :data:`DEFAULT_MODEL` is among them).
 
-    A fixed list kept with the library (no request is sent); any model id the API accepts can
-    be passed as ``model=``, listed here or not.
+    Read from the Models API (``GET /v1/models``, every page) with the shared client of
+    ``api_key`` / ``base_url``; when the API cannot be asked (no key configured, a server without
+    ``/v1/models``, no connection) it is the bundled model catalogue's list
+    (:data:`AVAILABLE_MODELS`). Other API failures raise :class:`ClaudeInvocationError`. Any id
+    the API accepts can be passed as ``model=``, listed here or not.
 
-    >>> "claude-sonnet-4-6" in get_available_models()
+    >>> "claude-sonnet-5-5" in get_available_models()
     True
     >>> invoke_claude("hi", model=get_available_models()[0])
     """
-    models = list(AVAILABLE_MODELS)
+    listed = _listed_models(api_key, base_url)
+    models = list(AVAILABLE_MODELS) if listed is None else list(dict.fromkeys(str(m.id) for m in listed))
     if DEFAULT_MODEL not in models:
         models.append(DEFAULT_MODEL)
     return models
+
+
+def get_model_info(
+    model: str = DEFAULT_MODEL,
+    *,
+    from_api: bool = False,
+    api_key: Optional[str] = None,
+    base_url: Optional[str] = None,
+) -> ModelInfo:
+    """What the library knows of ``model``: limits, prices, tokenizer, cache minimum, thinking and
+    effort rules, rate-limit pool (a :class:`ModelInfo` of the bundled catalogue; no request).
+
+    An id the catalogue lacks gets a cautious stand-in (``known`` False, ``pricing`` None). With
+    ``from_api=True`` the Models API (``GET /v1/models/{model}``) is asked too, and what it says
+    (name, lifecycle, retirement, context window, max output, thinking types, effort levels)
+    replaces the catalogue's; the catalogue fills in the rest (prices, tokenizer, pool ...).
+
+    >>> info = get_model_info("claude-haiku-5-5")
+    >>> info.max_output, info.default_effort, info.pricing.input, info.min_cache_tokens
+    (128000, 'medium', 0.1, 512)
+    """
+    if not isinstance(model, str) or not model.strip():
+        raise (TypeError if not isinstance(model, str) else ValueError)(
+            f"model must be a non-empty model id such as {DEFAULT_MODEL!r}, got {model!r}"
+        )
+    check_bool(from_api, "from_api")
+    info = CATALOGUE.get(model) or unknown_model(model)
+    if not from_api:
+        return info
+    client = get_client(api_key=api_key, base_url=base_url)
+    view = no_retry_client(client)
+
+    def attempt(_number: int) -> Any:
+        try:
+            return view.models.retrieve(model)
+        except Exception as exc:
+            if is_api_failure(exc):
+                raise translate(exc) from exc
+            raise
+
+    return _merged(info, run_with_retries(attempt, default_policy(client), what="Models API retrieve"))
+
+
+#: Most pages :func:`get_available_models` reads (1,000 models each): a guard against a server
+#: that always says ``has_more``.
+_MAX_MODEL_PAGES = 50
+
+
+def _listed_models(api_key: Optional[str], base_url: Optional[str]) -> Optional[list[Any]]:
+    """Every model the Models API lists (each page through the one retry loop), or None when it
+    cannot be asked: no key, no ``/v1/models`` (404), no connection."""
+    try:
+        client = get_client(api_key=api_key, base_url=base_url)
+    except MissingAPIKeyError:
+        logger.info("No API key configured: the available models are the catalogue's")
+        return None
+    view = no_retry_client(client)
+
+    def page(after: Optional[str]) -> Any:
+        def attempt(_number: int) -> Any:
+            try:
+                return view.models.list(limit=1000, after_id=after) if after else view.models.list(limit=1000)
+            except Exception as exc:
+                if is_api_failure(exc):
+                    raise translate(exc) from exc
+                raise
+
+        return run_with_retries(attempt, default_policy(client), what="Models API list")
+
+    models: list[Any] = []
+    after: Optional[str] = None
+    try:
+        for _ in range(_MAX_MODEL_PAGES):
+            listing = page(after)
+            models.extend(listing.data or [])
+            if not listing.has_more or not listing.last_id or listing.last_id == after:
+                break
+            after = listing.last_id
+    except ClaudeInvocationError as error:
+        if error.status_code == 404 or error.kind in ("connection", "timeout"):
+            logger.info("The Models API could not be read (%s): the available models are the catalogue's", error)
+            return None
+        raise
+    return models
+
+
+def _merged(info: ModelInfo, api: Any) -> ModelInfo:
+    """``info`` with what the Models API's ``api`` entry says put over the catalogue's values."""
+    changes: dict[str, Any] = {"display_name": api.display_name or info.display_name}
+    if api.lifecycle and api.lifecycle != info.api_lifecycle:
+        changes["lifecycle"] = api.lifecycle
+    if api.retires_at is not None:
+        changes["retires"] = api.retires_at.date().isoformat()
+    if api.created_at is not None and api.created_at.year > 1970:
+        changes["released"] = api.created_at.date().isoformat()
+    if api.line:
+        changes["line"] = api.line
+    if api.max_input_tokens:
+        changes["context_window"] = api.max_input_tokens
+    if api.max_tokens:
+        changes["max_output"] = api.max_tokens
+    caps = api.capabilities
+    if caps is not None:
+        kinds = caps.thinking.types
+        changes["thinking_types"] = frozenset(k for k in THINKING_TYPES if getattr(kinds, k).supported)
+        effort = caps.effort
+        supported = [level for level in EFFORT_LEVELS if getattr(getattr(effort, level, None), "supported", False)]
+        changes["efforts"] = tuple(supported) if effort.supported else ()
+    return replace(info, **changes)
 
 
 def invoke_claude_json(
@@ -284,6 +423,8 @@ def invoke_claude_json(
     base_url: Optional[str] = None,
     interrupt_token: Optional[InterruptToken] = None,
     stall_timeout: Optional[float] = None,
+    effort: Optional[str] = None,
+    thinking: Union[str, dict, None] = None,
     **kwargs: Any,
 ) -> Union[dict, list]:
     """:func:`invoke_claude` (same parameters), then :func:`parse_json_response` of the reply.
@@ -308,6 +449,8 @@ def invoke_claude_json(
         base_url=base_url,
         interrupt_token=interrupt_token,
         stall_timeout=stall_timeout,
+        effort=effort,
+        thinking=thinking,
         **kwargs,
     )
     return parse_json_response(str(reply))
@@ -338,11 +481,15 @@ def invoke_parallel(
     journal: Any = None,
     retry_failed: bool = False,
     progress: Any = False,
+    effort: Optional[str] = None,
+    thinking: Union[str, dict, None] = None,
 ) -> ParallelResults:
     """Run many prompts concurrently; results in input order as a :class:`ParallelResults`.
 
-    Each prompt is a dict: ``prompt`` (required), ``system``, ``temperature``, ``cache_system``,
-    ``cache_prompt``, ``model``, ``max_tokens``. A request's system is ``shared_system`` first,
+    Each prompt is a dict: ``prompt`` (required), ``system``, ``cache_system``, ``cache_prompt``,
+    ``model``, ``max_tokens``, ``effort``, ``thinking``, ``tools`` (and ``temperature``, refused
+    unless 1.0: the API removed it). ``effort`` / ``thinking`` (as in :func:`invoke_claude`) apply
+    to every prompt that does not set its own. A request's system is ``shared_system`` first,
     then the prompt's own ``system``. ``max_workers`` is not capped (the old limit of 10 is
     lifted; mind your rate limits). With ``cache_shared_system=True`` one pilot request goes
     first and the rest start when its response begins, so they read the cache instead of
@@ -354,7 +501,7 @@ def invoke_parallel(
     ``interrupt_token`` that gets interrupted, the call returns at once with the finished results
     and None elsewhere.
 
-    >>> results = invoke_parallel([{"prompt": "2+2?"}, {"prompt": "3+3?"}], max_tokens=50)
+    >>> results = invoke_parallel([{"prompt": "2+2?"}, {"prompt": "3+3?", "effort": "medium"}], effort="low")
     >>> list(results), results.usage.output_tokens, results.cost_usd
     """
     return _parallel(callbacks=None, **locals())  # every parameter, as given
@@ -386,6 +533,8 @@ def invoke_parallel_streaming(
     journal: Any = None,
     retry_failed: bool = False,
     progress: Any = False,
+    effort: Optional[str] = None,
+    thinking: Union[str, dict, None] = None,
 ) -> ParallelResults:
     """:func:`invoke_parallel` with one streaming callback per prompt (``callbacks[i](chunk)``).
 
@@ -424,6 +573,8 @@ def invoke_parallel_interruptible(
     journal: Any = None,
     retry_failed: bool = False,
     progress: Any = False,
+    effort: Optional[str] = None,
+    thinking: Union[str, dict, None] = None,
 ) -> ParallelResults:
     """:func:`invoke_parallel` that can be stopped: ``interrupt_token.interrupt()`` from any thread.
 
@@ -456,6 +607,8 @@ def _parallel(
     journal: Any,
     retry_failed: bool,
     progress: Any,
+    effort: Optional[str],
+    thinking: Any,
     **agent_options: Any,
 ) -> ParallelResults:
     check_positive_int(max_workers, "max_workers")
@@ -473,6 +626,8 @@ def _parallel(
         model=model,
         max_tokens=max_tokens,
         extra_keys=AGENT_KEYS,
+        effort=effort,
+        thinking=thinking,
     )
     attach_prompt_tools(specs)
     check_callbacks(callbacks, len(specs))
@@ -502,6 +657,11 @@ def _parallel(
         )
 
 
+_DELEGATE_OPTIONS = frozenset(
+    {"model", "max_tokens", "max_workers", "shared_system", "cache_shared_system", "effort", "thinking"}
+)
+
+
 def delegate_tool(max_depth: int = 1, **invoke_parallel_options: Any) -> Any:
     """A tool named ``delegate`` (input ``{"tasks": [str, ...]}``) that fans the tasks out to
     sub-agents with :func:`invoke_parallel` and returns their answers in order.
@@ -509,38 +669,38 @@ def delegate_tool(max_depth: int = 1, **invoke_parallel_options: Any) -> Any:
     Sub-agents share the parent's interrupt token, spend cap and tools; one at ``max_depth`` gets
     no ``delegate`` tool. The parent reply's ``usage`` / ``cost_usd`` include every sub-agent, and
     ``reply.children`` breaks them down. ``invoke_parallel_options``: ``model``, ``max_tokens``,
-    ``max_workers``, ``shared_system``, ``cache_shared_system``.
+    ``max_workers``, ``shared_system``, ``cache_shared_system``, ``effort``, ``thinking``
+    (checked now, before any request).
 
-    >>> reply = invoke_claude("Research A and B in parallel.", tools=[delegate_tool(max_depth=1), search])
+    >>> helper = delegate_tool(max_depth=1, model="claude-haiku-5-5", effort="low")
+    >>> reply = invoke_claude("Research A and B in parallel.", tools=[helper, search])
     >>> reply.children[0].task, reply.cost_usd
     """
     check_positive_int(max_depth, "max_depth")
-    allowed = {"model", "max_tokens", "max_workers", "shared_system", "cache_shared_system"}
-    unknown = sorted(set(invoke_parallel_options) - allowed)
+    unknown = sorted(set(invoke_parallel_options) - _DELEGATE_OPTIONS)
     if unknown:
-        raise TypeError(f"delegate_tool() got unexpected option(s) {unknown}; allowed: {sorted(allowed)}")
+        raise TypeError(f"delegate_tool() got unexpected option(s) {unknown}; allowed: {sorted(_DELEGATE_OPTIONS)}")
     options = dict(invoke_parallel_options)
-    prompt_specs(
-        [{"prompt": "check"}],
-        shared_system=options.get("shared_system"),
-        cache_shared_system=options.get("cache_shared_system", False),
-        model=options.get("model", DEFAULT_MODEL),
-        max_tokens=options.get("max_tokens", 4096),
-    )
-    check_positive_int(options.get("max_workers", 5), "max_workers")
 
-    def run_tasks(tasks: list, context: Any) -> ParallelResults:
-        parent = context.extra["agent"]
-        child = replace(parent, depth=context.depth, tools=context.extra["toolset"], output=None)
-        specs = prompt_specs(
+    def specs_for(tasks: list) -> list:
+        return prompt_specs(
             [{"prompt": task} for task in tasks],
             shared_system=options.get("shared_system"),
             cache_shared_system=options.get("cache_shared_system", False),
             model=options.get("model", DEFAULT_MODEL),
             max_tokens=options.get("max_tokens", 4096),
+            effort=options.get("effort"),
+            thinking=options.get("thinking"),
         )
+
+    specs_for(["check"])
+    check_positive_int(options.get("max_workers", 5), "max_workers")
+
+    def run_tasks(tasks: list, context: Any) -> ParallelResults:
+        parent = context.extra["agent"]
+        child = replace(parent, depth=context.depth, tools=context.extra["toolset"], output=None)
         return run_parallel(
-            specs,
+            specs_for(tasks),
             agent=child,
             max_workers=options.get("max_workers", 5),
             callbacks=None,

@@ -14,11 +14,20 @@ Examples::
     orchestrate --tool my_tools:lookup --tool ./calc.py:add --max-tool-turns 5 "What is 2+3?"
     orchestrate --file prompts.jsonl --max-cost 2.50 --journal run.journal
     orchestrate --file prompts.jsonl --dry-run --format jsonl
+    orchestrate --model claude-haiku-5-5 --effort low --file prompts.txt
     python -m orchestrate --help
 
 Exit status: 0 every prompt succeeded, 1 some failed, 2 bad usage (arguments, unreadable
 input), 130 interrupted by Ctrl-C (SIGINT), 143 stopped by SIGTERM (``timeout``, a CI cancel,
 ``docker stop``): either way requests in flight are aborted and completed results are written.
+A signal during start-up (before any prompt runs) ends the command at once with the same status
+and a one-line message, never a traceback.
+
+``--effort LEVEL`` (``low`` ... ``max``) and ``--thinking TYPE`` (``adaptive``, ``disabled``,
+``between_tools``) set ``output_config.effort`` / ``thinking`` for every prompt that does not set
+its own (JSONL keys ``effort`` / ``thinking``); a level or type the model does not accept is a
+usage error (exit 2) before any request. ``--temperature`` stays for old scripts: the API removed
+sampling parameters, so any value but 1 is refused (exit 2): use ``--effort``.
 
 ``--file`` (and prompts on stdin): the input is JSONL when the file name ends in ``.jsonl`` /
 ``.ndjson`` or its first non-blank line starts with ``{``, and then every non-blank line must be
@@ -57,22 +66,20 @@ This module parses the arguments; the work is done by private modules, one conce
 from __future__ import annotations
 
 import argparse
-import logging
 import math
 import os
+import signal
 import sys
+import threading
 from typing import IO, Any, Callable, Optional, Sequence
 
-from _cli_common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, PROG, UsageError, isatty
-from _cli_connection import connection
-from _cli_display import Display, NoticeHandler
-from _cli_estimate import dry_run
-from _cli_input import collect_prompts, read_shared_system
-from _cli_output import open_output
-from _cli_run import execute, validate_with_library
-from _cli_tools import load_tools
+from _cli_common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, PROG, UsageError, isatty
 
 __all__ = ["main"]
+
+# Everything else (the library, the SDK, the other _cli_* modules) is imported inside main(), after
+# the start-up signal handling is in place: a Ctrl-C or SIGTERM during those imports is an exit
+# status and a one-line message, never a traceback.
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -102,6 +109,9 @@ _temperature = _number(float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
 
 def _build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and documentation tools)."""
+    from _models import EFFORT_LEVELS  # the catalogue (no I/O, light)
+    from _request_rules import THINKING_SHORTHANDS
+
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Fan prompts out to parallel Claude calls; results in input order on stdout, "
@@ -120,7 +130,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--file",
         metavar="FILE",
         help="prompts, one per line, or JSONL objects with keys prompt, system, "
-        "task_id, category, model, max_tokens, temperature ('-' for stdin). "
+        "task_id, category, model, max_tokens, effort, thinking ('-' for stdin). "
         "The input is JSONL if FILE ends in .jsonl/.ndjson or its first non-blank "
         "line starts with '{' (then every non-blank line must be a JSON object); "
         "else each non-blank line is a prompt, and a line that is a JSON object "
@@ -139,7 +149,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "path and must exist, a directory is an error",
     )
     run = p.add_argument_group("model and run")
-    run.add_argument("-m", "--model", help="model for every prompt (default: the library's default)")
+    run.add_argument(
+        "-m", "--model", help="model for every prompt without its own (default: the library's, claude-sonnet-5-5)"
+    )
     run.add_argument("-w", "--workers", type=_positive_int, default=5, help="prompts in flight at once (default 5)")
     run.add_argument(
         "--max-tokens",
@@ -149,7 +161,21 @@ def _build_parser() -> argparse.ArgumentParser:
         help="maximum output tokens per prompt (default 4096)",
     )
     run.add_argument(
-        "--temperature", type=_temperature, metavar="T", help="sampling temperature for prompts that do not set one"
+        "--effort",
+        choices=EFFORT_LEVELS,
+        help="output_config.effort for prompts that do not set one (the levels the model accepts; "
+        "default: the model's own)",
+    )
+    run.add_argument(
+        "--thinking",
+        choices=THINKING_SHORTHANDS,
+        help="thinking type for prompts that do not set one (default: the model's; 5.x models think adaptively)",
+    )
+    run.add_argument(
+        "--temperature",
+        type=_temperature,
+        metavar="T",
+        help="kept for old scripts: the API removed sampling parameters, so only 1 is accepted (use --effort)",
     )
     sysg = run.add_mutually_exclusive_group()
     sysg.add_argument("--system", metavar="TEXT", help="system prompt shared by every prompt")
@@ -228,12 +254,63 @@ def _build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM during start-up, raised by :func:`_startup_signals`' handler (a KeyboardInterrupt,
+    so every cleanup path treats it like Ctrl-C)."""
+
+
+def _startup_signals() -> Callable[[], None]:
+    """Make SIGINT raise KeyboardInterrupt and SIGTERM :class:`_Terminated` from now on (the run
+    installs its own handlers later); returns what puts the previous handlers back. Only the main
+    thread can set handlers: elsewhere (``main()`` called from a worker thread) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise _Terminated()
+
+    previous = {
+        signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
+        signal.SIGTERM: signal.signal(signal.SIGTERM, on_term),
+    }
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+    return restore
+
+
+def _forget_unhandled_interrupt() -> None:
+    """Clear CPython's "a KeyboardInterrupt went unhandled" mark, which ``exec()`` of source text
+    sets when the interrupt lands inside such code (``dataclasses`` and ``namedtuple`` build their
+    methods that way during the imports) and which the interpreter, at exit, turns into a death by
+    SIGINT (status -2) whatever status ``main()`` returned. A successful ``exec()`` clears it."""
+    exec("None")  # noqa: S102 - a constant: only resets the interpreter's flag
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 failures, 2 usage, 130 SIGINT, 143 SIGTERM).
 
     >>> import orchestrate
     >>> orchestrate.main(["--help"])  # doctest: +SKIP
     """
+    restore = _startup_signals()  # first of all: before the heavy imports
+    stderr = sys.stderr
+    try:
+        return _parse_and_run(argv)
+    except KeyboardInterrupt as exc:  # Ctrl-C / SIGTERM before the run's own handlers were in place
+        terminated = isinstance(exc, _Terminated)
+        if stderr is not None:
+            stderr.write(f"{PROG}: {'terminated' if terminated else 'interrupted'}\n")
+            stderr.flush()
+        _forget_unhandled_interrupt()
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+    finally:
+        restore()
+
+
+def _parse_and_run(argv: Optional[Sequence[str]]) -> int:
     stdin, stdout, stderr = sys.stdin, sys.stdout, sys.stderr
     parser = _build_parser()
     args = parser.parse_args(list(argv) if argv is not None else None)  # exits 2 on bad arguments
@@ -250,13 +327,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         stderr.write(f"{PROG}: error: {exc}\n")
         stderr.flush()
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        stderr.write(f"{PROG}: interrupted\n")
-        return EXIT_INTERRUPTED
 
 
 def _check_options(args: argparse.Namespace) -> None:
-    """Options that only make sense together, and a ``--journal`` path that can be written."""
+    """Options that only make sense together, a model id that is one, and a ``--journal`` path
+    that can be written."""
+    from _models import DEFAULT_MODEL
+
+    if args.model is not None and not args.model.strip():
+        raise UsageError(f"--model: expected a model id such as {DEFAULT_MODEL}, got {args.model!r}")
     if args.retry_failed and not args.journal:
         raise UsageError("--retry-failed needs --journal PATH (the journal of the run to resume)")
     if args.max_tool_turns is not None and not args.tool:
@@ -271,6 +350,12 @@ def _check_options(args: argparse.Namespace) -> None:
 
 def _main(args: argparse.Namespace, stdin: IO[str], stdout: IO[str], stderr: IO[str]) -> int:
     """Read and check every input (usage errors before any request), then run with notices shown."""
+    import logging
+
+    from _cli_display import Display, NoticeHandler
+    from _cli_input import collect_prompts, read_shared_system
+    from _cli_tools import load_tools
+
     _check_options(args)
     items = collect_prompts(args, stdin)
     shared_system = read_shared_system(args, stdin)
@@ -295,11 +380,16 @@ def _run_main(
     items: list[dict],
     shared_system: Optional[str],
     fmt: str,
-    display: Display,
+    display: Any,
     stdout: IO[str],
     stderr: IO[str],
 ) -> int:
     """Connect (the API or the offline emulator), validate with the library, then estimate or run."""
+    from _cli_connection import connection
+    from _cli_estimate import dry_run
+    from _cli_output import open_output
+    from _cli_run import execute, validate_with_library
+
     notice = (lambda text: None) if args.quiet else display.notice
     # api_key / base_url passed to the library for this run only
     with connection(args, notice) as connect:

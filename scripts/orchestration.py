@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 from _errors import ClaudeInvocationError
 from _limits import ConcurrencyLimiter, LimiterTimeoutError, RateLimitGate
 from _managed import final_error, invoke_parallel_managed, resolve_policy
-from _requests import DEFAULT_MODEL
+from _models import DEFAULT_MODEL
 from _results import ClaudeResponse, ParallelResults
 from _retry import (
     DEFAULT_MAX_RETRY_AFTER_S,
@@ -84,6 +84,8 @@ _NAMED = (
     "on_tool_call",
     "max_cost_usd",
     "rate_limits",
+    "effort",
+    "thinking",
 )
 
 
@@ -101,9 +103,10 @@ def invoke_with_retry(
     """:func:`claude_client.invoke_claude` with retries of transient failures.
 
     Takes the same keyword arguments as ``invoke_claude`` (``model``, ``system``, ``max_tokens``,
-    ``temperature``, ``cache_system``, ``cache_prompt``, ``messages``, ``api_key``, ``base_url``,
-    ``interrupt_token``, ``stall_timeout``, SDK extras such as ``stop_sequences``); bad arguments
-    raise before any request. The SDK's own retries are switched off, so ``max_retries=3``
+    ``effort``, ``thinking``, ``cache_system``, ``cache_prompt``, ``messages``, ``api_key``,
+    ``base_url``, ``interrupt_token``, ``stall_timeout``, SDK extras such as ``stop_sequences``);
+    bad arguments raise before any request (``temperature`` other than 1.0 too: the API removed
+    it, use ``effort=``). The SDK's own retries are switched off, so ``max_retries=3``
     (the default) means at most 4 HTTP requests: a persistent 529 reaches the server
     exactly 4 times, a 401 once. Between attempts it waits ``policy.delay_for(...)``: capped
     exponential backoff with jitter, never less than the server's ``retry-after`` /
@@ -118,7 +121,7 @@ def invoke_with_retry(
     ``is_continuation=True`` (seed parameter) waits a fixed ``base_delay_ms`` between attempts
     (still never less than ``retry-after``).
 
-    >>> reply = invoke_with_retry("Summarise ...", max_retries=3, base_delay_ms=500, max_tokens=300)
+    >>> reply = invoke_with_retry("Summarise ...", max_retries=3, base_delay_ms=500, max_tokens=300, effort="low")
     """
     check_bool(is_continuation, "is_continuation")
     if is_continuation and policy is None:  # a fixed short delay: the cap equals the base, no jitter
@@ -149,11 +152,14 @@ def invoke_parallel_with_reconciliation(
     max_retries: int = 3,
     stall_timeout: Optional[float] = None,
     on_stall: Optional[Callable[[str, float], Any]] = None,
+    effort: Optional[str] = None,
+    thinking: Any = None,
     **managed_kwargs: Any,
 ) -> ParallelResults:
-    """The seed's name for :func:`invoke_parallel_managed` (same behaviour and extra keywords).
+    """The seed's name for :func:`invoke_parallel_managed` (same behaviour and extra keywords;
+    ``effort`` / ``thinking`` apply to every prompt that does not set its own).
 
-    >>> results = invoke_parallel_with_reconciliation(prompts, reconcile=lambda ps, tracker: ps[:10])
+    >>> results = invoke_parallel_with_reconciliation(prompts, reconcile=lambda ps, tracker: ps[:10], effort="low")
     """
     return invoke_parallel_managed(
         prompts,
@@ -166,5 +172,7 @@ def invoke_parallel_with_reconciliation(
         max_retries=max_retries,
         stall_timeout=stall_timeout,
         on_stall=on_stall,
+        effort=effort,
+        thinking=thinking,
         **managed_kwargs,
     )

@@ -32,6 +32,8 @@ pytestmark = pytest.mark.timeout(120)
 MODEL = claude_client.DEFAULT_MODEL
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 MINUTE_S = 6.0  # the emulator's scaled minute in these tests
+#: ~2,000 tokens on the default model's (new) tokenizer: ceil(6,160 / 4 * 1.3) = 2,002
+BLOCK = "abcd" * 1540
 
 
 @pytest.fixture(autouse=True)
@@ -168,7 +170,7 @@ def test_itpm_bound_run_meets_no_429_and_keeps_throughput(client_env: Emulator) 
     client_env.configure(rate_limit_itpm=limit, rate_limit_minute_s=MINUTE_S)
     client = claude_client.get_client()
     controller_for(client, MODEL, RateLimits(minute_s=MINUTE_S))
-    prompts = [{"prompt": f"{i} " + "abcd" * 2000} for i in range(90)]  # ~2,000 tokens each
+    prompts = [{"prompt": f"{i} " + BLOCK} for i in range(90)]  # ~2,000 tokens each
     started = time.perf_counter()
     results = claude_client.invoke_parallel(prompts, max_workers=16, max_tokens=64, return_exceptions=True)
     wall = time.perf_counter() - started
@@ -180,10 +182,42 @@ def test_itpm_bound_run_meets_no_429_and_keeps_throughput(client_env: Emulator) 
     assert _fraction_of_limit(charged, limit, wall) >= 0.85, wall
 
 
+def test_models_of_one_pool_share_one_controller(client_env: Emulator) -> None:
+    client = claude_client.get_client()
+    opus_47 = controller_for(client, "claude-opus-4-7")
+    assert controller_for(client, "claude-opus-4-8") is opus_47 and opus_47.pool == "opus-4"
+    assert controller_for(client, "claude-opus-4-5-20251101") is opus_47  # a dated snapshot too
+    assert controller_for(client, "claude-opus-4-7-20260416") is opus_47  # one the catalogue does not list
+    assert controller_for(client, "claude-opus-5-5") is not opus_47  # Opus 5.5 has limits of its own
+    assert controller_for(client, "claude-fable-5") is controller_for(client, "claude-fable-5-1")
+    assert controller_for(client, "claude-future-test-model") is not controller_for(client, MODEL)
+    assert opus_47.snapshot()["pool"] == "opus-4"
+
+
+def test_two_models_of_one_pool_meet_no_429_at_the_pools_limit(client_env: Emulator) -> None:
+    limit = 120_000
+    client_env.configure(rate_limit_itpm=limit, rate_limit_minute_s=MINUTE_S)
+    client = claude_client.get_client()
+    controller_for(client, "claude-opus-4-7", RateLimits(minute_s=MINUTE_S))
+    models = ("claude-opus-4-7", "claude-opus-4-8")
+    # ~2,000 tokens each on their (new) tokenizer; one ITPM bucket for both models
+    prompts = [{"prompt": f"{i} " + BLOCK, "model": models[i % 2]} for i in range(90)]
+    started = time.perf_counter()
+    results = claude_client.invoke_parallel(prompts, max_workers=16, max_tokens=64, return_exceptions=True)
+    wall = time.perf_counter() - started
+    assert not results.errors, {i: str(e) for i, e in results.errors.items()}
+    assert {r.model for r in client_env.message_requests()} == set(models)
+    stats = client_env.stats()
+    assert stats["rate_limited"] <= 0.02 * len(prompts), stats["rate_limited"]
+    charged = results.usage.input_tokens + results.usage.cache_creation_input_tokens
+    assert charged >= 90 * 2000
+    assert _fraction_of_limit(charged, limit, wall) >= 0.8, wall  # it used the pool, not half of it
+
+
 def test_minute_is_inferred_from_reset_headers(client_env: Emulator) -> None:
     limit = 60_000
     client_env.configure(rate_limit_itpm=limit, rate_limit_minute_s=MINUTE_S)
-    prompts = [{"prompt": f"{i} " + "abcd" * 2000} for i in range(45)]  # 90k tokens: 1.5 buckets
+    prompts = [{"prompt": f"{i} " + BLOCK} for i in range(45)]  # 90k tokens: 1.5 buckets
     started = time.perf_counter()
     results = claude_client.invoke_parallel(prompts, max_workers=16, max_tokens=64, return_exceptions=True)
     wall = time.perf_counter() - started
@@ -235,7 +269,7 @@ claude_client.reset_client()
 claude_client.configure(max_retries=6)  # a shared key: a retried 429 is the normal cost of a race
 client = claude_client.get_client()
 controller_for(client, claude_client.DEFAULT_MODEL, RateLimits(minute_s=float(sys.argv[2])))
-prompts = [{"prompt": f"{os.getpid()} {i} " + "abcd" * 2000} for i in range(int(sys.argv[3]))]
+prompts = [{"prompt": f"{os.getpid()} {i} " + "abcd" * 1540} for i in range(int(sys.argv[3]))]  # ~2,000 tokens
 started = time.perf_counter()
 results = claude_client.invoke_parallel(prompts, max_workers=8, max_tokens=32, return_exceptions=True)
 errors = sorted({str(e)[:120] for e in results.errors.values()})

@@ -27,6 +27,11 @@ def creates(emu):
     return [r for r in emu.requests if r.method == "POST" and r.path == "/v1/messages/batches"]
 
 
+def base_id(custom_id):
+    """A request's own custom_id: the custom_id sent, without the nonce of its batch."""
+    return custom_id.rsplit("_", 1)[0]
+
+
 def on_path(emu, suffix, method=None):
     return [r for r in emu.requests if r.path.endswith(suffix) and (method is None or r.method == method)]
 
@@ -48,13 +53,19 @@ def test_results_in_input_order_with_usage_and_batch_price(client_env):
     body = creates(client_env)[0].body
     ids = [r["custom_id"] for r in body["requests"]]
     assert len(set(ids)) == n and all(cid.startswith(f"req-{i}-") for i, cid in enumerate(ids))
-    # usage summed over the items; batch price is half the standard price
-    assert results.usage.output_tokens == sum(len(r.split()) for r in results)
+    assert len({cid.rsplit("_", 1)[1] for cid in ids}) == 1  # one nonce for the batch
+    assert {r["params"]["model"] for r in body["requests"]} == {"claude-sonnet-5-5"}  # the default model
+    # The default model thinks (adaptive, effort high): a thinking block first, which the text leaves out.
+    assert [b["type"] for b in results[3].content] == ["thinking", "text"]
+    assert results[3].content[0]["signature"] and results[3] == "Echo: item 3"
+    # usage summed over the items: output includes the thinking tokens (8 each at effort high)
+    assert results.usage.thinking_tokens == 8 * n
+    assert results.usage.output_tokens == sum(len(r.split()) for r in results) + 8 * n
     assert results.usage.input_tokens == sum(r.usage.input_tokens for r in results)
     u = results.usage
-    standard = (u.input_tokens * 3.0 + u.output_tokens * 15.0) / 1e6  # claude-sonnet-4-6 list price
+    standard = (u.input_tokens * 2.0 + u.output_tokens * 10.0) / 1e6  # claude-sonnet-5-5 list price
     assert results.cost_usd == pytest.approx(standard * 0.5)
-    assert results[3].usage.output_tokens == 3 and results[3].stop_reason == "end_turn"
+    assert results[3].usage.output_tokens == 3 + 8 and results[3].stop_reason == "end_turn"
 
 
 def test_results_jsonl_out_of_order_still_land_in_their_slots(client_env):
@@ -66,30 +77,41 @@ def test_results_jsonl_out_of_order_still_land_in_their_slots(client_env):
     assert all(r.split()[0] == "Echo:" for r in results)
 
 
-def test_custom_ids_are_deterministic(client_env):
+def test_custom_ids_are_deterministic_with_a_nonce_per_batch(client_env):
     client_env.configure(batch_seconds_per_request=FAST)
     invoke_batch(prompts_of(5), poll_interval=0.05)
     invoke_batch(prompts_of(5), poll_interval=0.05)
     first, second = creates(client_env)
-    assert [r["custom_id"] for r in first.body["requests"]] == [r["custom_id"] for r in second.body["requests"]]
+    assert [base_id(r["custom_id"]) for r in first.body["requests"]] == [
+        base_id(r["custom_id"]) for r in second.body["requests"]
+    ]
+    # Each batch carries a nonce of its own, so its results name the create call that made it.
+    nonces = [{r["custom_id"].rsplit("_", 1)[1] for r in c.body["requests"]} for c in (first, second)]
+    assert all(len(n) == 1 for n in nonces) and nonces[0] != nonces[1]
+    assert all(len(r["custom_id"]) <= 64 for r in first.body["requests"])
     invoke_batch(prompts_of(5), max_tokens=50, poll_interval=0.05)
     third = creates(client_env)[2]
-    assert [r["custom_id"] for r in third.body["requests"]] != [r["custom_id"] for r in first.body["requests"]]
+    assert [base_id(r["custom_id"]) for r in third.body["requests"]] != [
+        base_id(r["custom_id"]) for r in first.body["requests"]
+    ]
 
 
 def test_same_prompt_dicts_as_invoke_parallel(client_env):
     client_env.configure(batch_seconds_per_request=FAST)
     prompts = [
-        {"prompt": "a", "system": "be brief", "temperature": 0.2, "max_tokens": 2},
+        {"prompt": "a", "system": "be brief", "temperature": 1.0, "max_tokens": 50, "effort": "low"},
         {"prompt": "b c d e", "model": "claude-haiku-4-5"},
     ]
     results = invoke_batch(prompts, shared_system="shared", poll_interval=0.05)
     assert results[0] == "Echo: a" and results[1] == "Echo: b c d e"
     sent = {r["custom_id"].split("-")[1]: r["params"] for r in creates(client_env)[0].body["requests"]}
-    assert sent["0"]["max_tokens"] == 2 and sent["0"]["temperature"] == 0.2
-    assert sent["1"]["model"] == "claude-haiku-4-5"
+    assert sent["0"]["max_tokens"] == 50 and "temperature" not in sent["0"]  # the default is not sent
+    assert sent["0"]["output_config"] == {"effort": "low"}
+    assert sent["1"]["model"] == "claude-haiku-4-5" and "output_config" not in sent["1"]
     assert "stream" not in sent["0"]
     assert results[1].model == "claude-haiku-4-5"
+    assert [b["type"] for b in results[1].content] == ["text"]  # Haiku 4.5 does not think by default
+    assert results[0].usage.thinking_tokens == 2  # effort low
 
 
 def test_empty_prompt_list_sends_nothing(client_env, tmp_path):
@@ -271,18 +293,20 @@ def test_timeout_leaves_batches_running_and_resume_finishes(client_env, tmp_path
     assert len(creates(client_env)) == 1
 
 
-def _crash_during_create(journal: Path) -> None:
-    """Rewrite a journal as a run killed inside the create call leaves it: no id recorded."""
+def _crash_during_create(journal: Path, ago: float = 1.0) -> None:
+    """Rewrite a journal as a run killed inside the create call ``ago`` seconds ago leaves it: the
+    nonce and the start of the call recorded, no batch id."""
     data = json.loads(journal.read_text())
     for b in data["batches"]:
-        b.update(id=None, status="pending", seen=False, request_counts=None, create_started_at=time.time() - 1,
+        assert b["nonce"]
+        b.update(id=None, status="pending", seen=False, request_counts=None, create_started_at=time.time() - ago,
                  results_fetched=False, cancel_requested=False)
     data["state"] = "submitting"
     data["results"] = {}
     journal.write_text(json.dumps(data))
 
 
-def test_crash_during_create_adopts_the_created_batch(client_env, tmp_path):
+def test_crash_during_create_adopts_the_created_batch_by_its_nonce(client_env, tmp_path):
     client_env.configure(batch_seconds_per_request=0.05)
     journal = tmp_path / "job.json"
     token = InterruptToken()
@@ -293,14 +317,15 @@ def test_crash_during_create_adopts_the_created_batch(client_env, tmp_path):
     results = invoke_batch(prompts_of(4), journal=journal, poll_interval=0.05)
     assert list(results) == [f"Echo: item {i}" for i in range(4)]
     assert len(creates(client_env)) == 1  # found through the batches list, not submitted again
-    assert json.loads(journal.read_text())["batches"][0]["id"] == original
+    entry = json.loads(journal.read_text())["batches"][0]
+    assert entry["id"] == original and entry["adopted"] is True and entry["candidates"] == []
 
 
 def test_crash_during_create_without_a_batch_submits_again(client_env, tmp_path):
     client_env.configure(batch_seconds_per_request=FAST)
     journal = tmp_path / "job.json"
     invoke_batch(prompts_of(3), journal=journal, poll_interval=0.05)
-    _crash_during_create(journal)
+    _crash_during_create(journal, ago=60)  # long enough ago that a create that reached the server took effect
     client_env.reset()  # the server has no such batch
     client_env.configure(batch_seconds_per_request=FAST)
     results = invoke_batch(prompts_of(3), journal=journal, poll_interval=0.05)
@@ -492,32 +517,83 @@ def test_empty_journal_file_is_a_new_journal(client_env, tmp_path):
     assert list(again) == list(results) and len(creates(client_env)) == 1
 
 
-def test_adopted_batch_of_another_job_is_dropped_and_resubmitted(client_env, tmp_path, caplog):
+def test_batch_of_another_job_is_watched_never_taken(client_env, tmp_path, caplog):
     client_env.configure(batch_seconds_per_request=FAST)
     journal = tmp_path / "a.json"
     invoke_batch(prompts_of(4, prefix="job A"), journal=journal, poll_interval=0.05)
-    _crash_during_create(journal)  # job A died inside create, before reaching the server
+    _crash_during_create(journal, ago=60)  # job A died inside create, before reaching the server
     client_env.reset()
     client_env.configure(batch_seconds_per_request=FAST)
     # Meanwhile another job with the same key submits a batch of the same size.
     other = invoke_batch(prompts_of(4, prefix="job B"), poll_interval=0.05)
     assert list(other) == [f"Echo: job B {i}" for i in range(4)]
     foreign = creates(client_env)[0]
-    with caplog.at_level("WARNING", logger="message_batches"):
+    with caplog.at_level("INFO", logger="message_batches"):
         results = invoke_batch(prompts_of(4, prefix="job A"), journal=journal, poll_interval=0.05)
     assert list(results) == [f"Echo: job A {i}" for i in range(4)]
     assert results.errors == {}
-    assert "belongs to another job" in caplog.text
+    assert "may be its batch" in caplog.text and "another job's requests" in caplog.text
     assert len(creates(client_env)) == 2  # job A's requests were submitted once more
     data = json.loads(journal.read_text())
     assert data["state"] == "ended"
     foreign_id = [b["id"] for b in client_env.batches()][0]
     assert data["foreign_batches"] == [foreign_id] and data["batches"][0]["id"] != foreign_id
-    assert creates(client_env)[1].body["requests"][0]["custom_id"] != foreign.body["requests"][0]["custom_id"]
+    assert data["batches"][0].get("adopted") is not True
+    assert base_id(creates(client_env)[1].body["requests"][0]["custom_id"]) != base_id(
+        foreign.body["requests"][0]["custom_id"])
     # A re-run after completion sends nothing.
     before = len(client_env.requests)
     assert list(invoke_batch(prompts_of(4, prefix="job A"), journal=journal, poll_interval=0.05)) == list(results)
     assert len(client_env.requests) == before
+
+
+def test_old_journal_that_adopted_another_jobs_batch_is_reset(client_env, tmp_path, caplog):
+    """A version-1 journal (no nonces) whose entry took over a batch without proof: its results
+    hold none of the job's requests, so the entry is submitted again."""
+    client_env.configure(batch_seconds_per_request=FAST)
+    invoke_batch(prompts_of(3, prefix="job B"), poll_interval=0.05)
+    foreign_id = client_env.batches()[0]["id"]
+    journal = tmp_path / "a.json"
+    invoke_batch(prompts_of(3, prefix="job A"), journal=journal, poll_interval=0.05)
+    data = json.loads(journal.read_text())
+    data["version"], data["state"], data["results"] = 1, "running", {}
+    entry = data["batches"][0]
+    for key in ("nonce", "candidates", "result_counts"):
+        entry.pop(key, None)
+    entry.update(id=foreign_id, status="ended", seen=True, adopted=True, results_fetched=False)
+    journal.write_text(json.dumps(data))
+    with caplog.at_level("WARNING", logger="message_batches"):
+        results = invoke_batch(prompts_of(3, prefix="job A"), journal=journal, poll_interval=0.05)
+    assert list(results) == [f"Echo: job A {i}" for i in range(3)]
+    assert "belongs to another job" in caplog.text
+    assert len(creates(client_env)) == 3
+    data = json.loads(journal.read_text())
+    assert data["foreign_batches"] == [foreign_id] and data["version"] == 3 and data["batches"][0]["nonce"]
+
+
+def test_a_create_that_lands_late_is_taken_not_submitted_twice(client_env, tmp_path):
+    """Right after a crash inside create no batch may be visible yet (the request may still be on
+    its way): the re-run waits for the create to settle, and takes the batch when it shows up."""
+    import anthropic
+
+    client_env.configure(batch_seconds_per_request=FAST)
+    journal = tmp_path / "job.json"
+    invoke_batch(prompts_of(3), journal=journal, poll_interval=0.05)
+    body = creates(client_env)[0].body
+    _crash_during_create(journal, ago=0.5)
+    client_env.reset()  # the server has no batch of the job yet
+    client_env.configure(batch_seconds_per_request=FAST)
+    sdk = anthropic.Anthropic(base_url=client_env.base_url, api_key="sk-ant-test", max_retries=0)
+    landed = []
+
+    def late(progress):  # the cut-short create reaches the server while the re-run waits
+        if not landed:
+            landed.append(sdk.messages.batches.create(requests=body["requests"]).id)
+
+    results = invoke_batch(prompts_of(3), journal=journal, poll_interval=0.05, on_progress=late)
+    assert list(results) == ["Echo: item 0", "Echo: item 1", "Echo: item 2"]
+    assert len(creates(client_env)) == 1  # the late one only
+    assert json.loads(journal.read_text())["batches"][0]["id"] == landed[0]
 
 
 def test_interrupt_reports_failed_cancels_as_still_running(client_env, tmp_path, caplog):
@@ -587,8 +663,10 @@ _CHILD_CTRL_C = textwrap.dedent(
 
 
 @pytest.mark.parametrize("on_interrupt", ["cancel", "leave"])
-def test_ctrl_c_during_create_finds_the_created_batch(client_env, tmp_path, on_interrupt):
-    """A real SIGINT while the create call waits for its answer (the server has made the batch)."""
+def test_ctrl_c_during_create_journals_the_batch_it_may_have_made(client_env, tmp_path, on_interrupt):
+    """A real SIGINT while the create call waits for its answer (the server has made the batch):
+    the batch cannot be told from another job's until it ends, so it is journaled as a candidate,
+    not canceled; the re-run proves it is the job's by its nonce and collects it."""
     client_env.configure(batch_seconds_per_request=5.0, batch_create_delay_ms=3000)
     journal = tmp_path / "job.json"
     code = _CHILD_CTRL_C.format(scripts=str(SCRIPTS), journal=str(journal), on_interrupt=on_interrupt)
@@ -611,27 +689,30 @@ def test_ctrl_c_during_create_finds_the_created_batch(client_env, tmp_path, on_i
     assert "KeyboardInterrupt" in out, err
     (batch,) = client_env.batches()
     assert "no batch was running" not in err
-    data = json.loads(journal.read_text())
-    assert data["batches"][0]["id"] == batch["id"] and data["batches"][0]["adopted"] is True
-    cancels = on_path(client_env, "/cancel", "POST")
-    if on_interrupt == "cancel":
-        assert [r.path for r in cancels] == [f"/v1/messages/batches/{batch['id']}/cancel"]
-        assert f"canceled batches {batch['id']}" in err
-    else:
-        assert cancels == []
-        assert f"batches {batch['id']} are left running" in err
-        client_env.configure(batch_create_delay_ms=0)
-        client_env.advance_clock(60)
-        results = invoke_batch(prompts_of(3), journal=journal, poll_interval=0.05)
-        assert list(results) == ["Echo: item 0", "Echo: item 1", "Echo: item 2"]
-        assert len(creates(client_env)) == 1  # resumed, not submitted again
+    entry = json.loads(journal.read_text())["batches"][0]
+    assert entry["id"] is None and entry["candidates"] == [batch["id"]]
+    assert all(r["custom_id"].endswith("_" + entry["nonce"]) for r in creates(client_env)[0].body["requests"])
+    assert on_path(client_env, "/cancel", "POST") == []  # never cancels a batch it cannot prove its own
+    assert f"{batch['id']} may be the batch it made" in err and str(journal) in err
+    client_env.configure(batch_create_delay_ms=0)
+    client_env.advance_clock(60)
+    results = invoke_batch(prompts_of(3), journal=journal, poll_interval=0.05)
+    assert list(results) == ["Echo: item 0", "Echo: item 1", "Echo: item 2"]
+    assert len(creates(client_env)) == 1  # resumed, not submitted again
+    entry = json.loads(journal.read_text())["batches"][0]
+    assert entry["id"] == batch["id"] and entry["adopted"] is True
 
 
 # --------------------------------------------------------------------------- retry_failed
 
 
 def custom_ids(record):
-    return [r["custom_id"] for r in record.body["requests"]]
+    """The requests' own custom_ids (each batch adds its nonce)."""
+    return [base_id(r["custom_id"]) for r in record.body["requests"]]
+
+
+def params_of(record):
+    return [r["params"] for r in record.body["requests"]]
 
 
 def _job_with_expired(client_env, journal, n=6):
@@ -684,7 +765,7 @@ def test_retry_failed_finishes_canceled_requests_without_resending_the_others(cl
     assert list(results) == [f"Echo: item {i}" for i in range(6)] and results.errors == {}
     original, retry = creates(client_env)
     assert custom_ids(retry) == custom_ids(original)[3:]  # the succeeded requests were not re-sent
-    assert retry.body["requests"] == original.body["requests"][3:]  # same custom_ids and params
+    assert params_of(retry) == params_of(original)[3:]  # same custom_ids and params
     assert len(client_env.batches()) == 2
     # Usage and cost: each request paid once, exactly like a run that was never interrupted.
     assert results.usage.output_tokens == sum(r.usage.output_tokens for r in results)
@@ -703,7 +784,7 @@ def test_retry_failed_resubmits_expired_requests_and_journals_the_retry(client_e
     assert [getattr(r, "kind", "ok") for r in first] == ["ok", "ok"] + ["batch_expired"] * 4
     ok_ids = [r.id for r in first[:2]]
     data = json.loads(journal.read_text())
-    assert data["version"] == 1 and "retries" not in data
+    assert data["version"] == 3 and "retries" not in data
 
     results = invoke_batch(prompts_of(6), journal=journal, poll_interval=0.05, retry_failed=True)
     assert list(results) == [f"Echo: item {i}" for i in range(6)]
@@ -711,16 +792,17 @@ def test_retry_failed_resubmits_expired_requests_and_journals_the_retry(client_e
     original, retry = creates(client_env)
     assert custom_ids(retry) == custom_ids(original)[2:]
     data = json.loads(journal.read_text())
-    assert data["version"] == 2 and data["state"] == "ended"
+    assert data["version"] == 3 and data["state"] == "ended"
     (entry,) = data["retries"]
+    assert entry["nonce"] and entry["nonce"] != data["batches"][0]["nonce"]
     assert entry["indexes"] == [2, 3, 4, 5] and entry["round"] == 1
     assert entry["id"] == client_env.batches()[1]["id"] and entry["results_fetched"] is True
     assert entry["first_custom_id"] == custom_ids(original)[2] and entry["last_custom_id"] == custom_ids(original)[5]
     assert entry["result_counts"] == {"succeeded": 4}
     assert data["batches"][0]["result_counts"] == {"succeeded": 2, "expired": 4}
     assert all(data["results"][cid]["type"] == "succeeded" for cid in custom_ids(original))
-    assert results.usage.output_tokens == 6 * 3 and results.cost_usd == pytest.approx(sum(r.cost_usd for r in results))
-    # A re-run reads the version-2 journal and sends nothing.
+    assert results.usage.output_tokens == 6 * (3 + 8) and results.cost_usd == pytest.approx(sum(r.cost_usd for r in results))
+    # A re-run reads the journal and sends nothing.
     before = len(client_env.requests)
     assert list(invoke_batch(prompts_of(6), journal=journal, poll_interval=0.05)) == list(results)
     assert len(client_env.requests) == before
@@ -749,10 +831,11 @@ def test_retry_failed_resends_errored_requests_once_per_call(client_env, tmp_pat
     results = invoke_batch(prompts, journal=journal, poll_interval=0.05, retry_failed=True, return_exceptions=True)
     assert [getattr(r, "kind", "ok") for r in results] == ["ok", "ok", "batch_errored", "ok"]
     original, retry = creates(client_env)  # one retry round in this call, not a loop
-    assert retry.body["requests"] == [original.body["requests"][2]]
+    assert custom_ids(retry) == [custom_ids(original)[2]] and params_of(retry) == [params_of(original)[2]]
     assert client_env.batches()[1]["id"] in str(results[2])  # the error names the retry batch
     invoke_batch(prompts, journal=journal, poll_interval=0.05, retry_failed=True, return_exceptions=True)
-    assert len(creates(client_env)) == 3 and creates(client_env)[2].body == retry.body
+    assert len(creates(client_env)) == 3
+    assert custom_ids(creates(client_env)[2]) == custom_ids(retry) and params_of(creates(client_env)[2]) == params_of(retry)
     assert [e["round"] for e in json.loads(journal.read_text())["retries"]] == [1, 2]
     before = len(client_env.requests)
     with pytest.raises(ClaudeInvocationError) as info:
@@ -848,7 +931,7 @@ def test_crash_during_the_retry_create_adopts_the_retry_batch(client_env, tmp_pa
     data = json.loads(journal.read_text())
     entry = data["retries"][0]
     entry.update(id=None, status="pending", seen=False, request_counts=None, results_fetched=False,
-                 create_started_at=time.time() - 1)
+                 create_started_at=time.time() + 90_000 - 1)  # on the server's clock, moved on a day
     del entry["result_counts"]
     for cid in custom_ids(creates(client_env)[1]):
         data["results"][cid] = {"type": "expired"}
@@ -926,6 +1009,7 @@ def test_crash_during_create_finds_the_batch_past_the_first_page(client_env, tmp
         sdk.messages.batches.create(requests=one)
     # The create started (on the server's clock) just before the batch it made.
     _crash_during_create_at(journal, time.time() + 1000 - 1)
+    client_env.advance_clock(60)  # the job's batch has ended: its results tell at once whose it is
     made = len(creates(client_env))
     lists_before = len(on_path(client_env, "/v1/messages/batches", "GET"))
     results = invoke_batch(prompts_of(4), journal=journal, poll_interval=0.05)
@@ -954,3 +1038,95 @@ def test_max_cost_usd_submits_only_what_fits_the_cap(client_env):
     assert results.cost_usd <= cap
     with pytest.raises(ValueError, match="max_cost_usd"):
         invoke_batch(prompts, max_cost_usd=-1)
+
+
+# --------------------------------------------------------------------------- today's API (effort, thinking, rules)
+
+
+def test_effort_and_thinking_reach_every_request_and_a_prompt_overrides_them(client_env):
+    client_env.configure(batch_seconds_per_request=FAST)
+    prompts = [{"prompt": "a"}, {"prompt": "b", "effort": "max"}, {"prompt": "c", "thinking": "between_tools"}]
+    results = invoke_batch(prompts, effort="low", thinking="adaptive", poll_interval=0.05)
+    assert list(results) == ["Echo: a", "Echo: b", "Echo: c"]
+    sent = [r["params"] for r in creates(client_env)[0].body["requests"]]
+    assert [p["output_config"] for p in sent] == [{"effort": "low"}, {"effort": "max"}, {"effort": "low"}]
+    assert [p["thinking"] for p in sent] == [{"type": "adaptive"}, {"type": "adaptive"}, {"type": "between_tools"}]
+    assert [r.usage.thinking_tokens for r in results[:2]] == [2, 16]  # the emulator thinks by effort
+    assert all(r.usage.output_tokens == 2 + r.usage.thinking_tokens for r in results[:2])
+
+
+@pytest.mark.parametrize(
+    "prompts, kwargs, match",
+    [
+        ([{"prompt": "x", "temperature": 0.2}], {}, r"temperature.*removed"),
+        ([{"prompt": "x"}], {"effort": "xhigh", "model": "claude-sonnet-4-6"}, "effort='xhigh'"),
+        ([{"prompt": "x"}], {"effort": "extreme"}, "effort"),
+        ([{"prompt": "x"}], {"thinking": "disabled"}, r"thinking=\{'type': 'disabled'\}"),
+        ([{"prompt": "x"}], {"thinking": "between_tools", "effort": "max"}, "between_tools"),
+        ([{"prompt": "x"}], {"max_tokens": 300_001}, r"max_tokens=300001.*300000 tokens in a batch"),
+        ([{"prompt": "x", "max_tokens": 200_000}], {"model": "claude-fable-5-1"}, "128000 tokens in a batch"),
+        ([{"prompt": "x"}], {"output_schema": {"type": "object"}, "max_tokens": 300_001}, "max_tokens"),
+    ],
+)
+def test_request_rules_are_checked_with_the_batch_maximum_before_anything_is_sent(client_env, tmp_path, prompts,
+                                                                                  kwargs, match):
+    journal = tmp_path / "j.json"
+    with pytest.raises(ValueError, match=match):
+        invoke_batch(prompts, journal=journal, poll_interval=0.05, **kwargs)
+    assert client_env.requests == [] and not journal.exists()
+
+
+def test_the_batch_maximum_output_is_accepted_with_its_beta(client_env):
+    import _batch_journal
+    import _batch_run
+    import _requests
+
+    client_env.configure(batch_seconds_per_request=FAST)
+    results = invoke_batch([{"prompt": "long"}], max_tokens=200_000, poll_interval=0.05)  # > 128K real-time
+    assert list(results) == ["Echo: long"]
+    assert creates(client_env)[0].body["requests"][0]["params"]["max_tokens"] == 200_000
+
+    def chunk(max_tokens, model="claude-sonnet-5-5"):
+        specs = _requests.prompt_specs([{"prompt": "x"}], shared_system=None, cache_shared_system=False,
+                                       model=model, max_tokens=max_tokens, batch=True)
+        return _batch_journal.prepare(specs)
+
+    assert _batch_run.create_headers(chunk(200_000)) == {"anthropic-beta": "output-300k-2026-03-24"}
+    assert _batch_run.create_headers(chunk(128_000)) is None  # the real-time maximum needs no beta
+
+
+def test_refused_and_thinking_only_replies_fail_in_their_slots_and_count_what_they_paid(client_env):
+    client_env.configure(batch_seconds_per_request=FAST)
+    prompts = [{"prompt": "fine"}, {"prompt": "no [[refuse category=cyber]]"},
+               {"prompt": "deep [[think=500]]", "max_tokens": 100}]
+    results = invoke_batch(prompts, poll_interval=0.05, return_exceptions=True)
+    assert results[0] == "Echo: fine"
+    refused, truncated = results[1], results[2]
+    assert refused.kind == "refusal" and not refused.transient and refused.stop_details["category"] == "cyber"
+    assert "prompts[1]" in str(refused) and refused.usage.input_tokens > 0
+    assert truncated.kind == "max_tokens" and "raise max_tokens" in str(truncated).lower()
+    assert truncated.usage.output_tokens == 100 and truncated.usage.thinking_tokens == 100
+    assert set(results.errors) == {1, 2}
+    # The list's totals include what the failed replies paid (batch price).
+    assert results.usage.output_tokens == results[0].usage.output_tokens + 100
+    assert results.cost_usd == pytest.approx(results[0].cost_usd + refused.cost_usd + truncated.cost_usd)
+    assert truncated.cost_usd == pytest.approx(
+        (truncated.usage.input_tokens * 2.0 + 100 * 10.0) / 1e6 * 0.5)  # sonnet-5-5, halved
+
+
+def test_an_unknown_model_id_errors_in_its_slot_with_the_apis_404(client_env):
+    client_env.configure(batch_seconds_per_request=FAST)
+    results = invoke_batch([{"prompt": "a"}, {"prompt": "b", "model": "claude-nope-1"}], poll_interval=0.05,
+                           return_exceptions=True)
+    assert results[0] == "Echo: a"
+    assert results[1].kind == "batch_errored" and "not_found_error: model: claude-nope-1" in str(results[1])
+
+
+def test_batch_cost_uses_the_catalogue_prices_halved(client_env):
+    from _models import model_info
+
+    client_env.configure(batch_seconds_per_request=FAST)
+    for model in ("claude-haiku-5-5", "claude-opus-5-5"):
+        results = invoke_batch([{"prompt": "price check"}], model=model, poll_interval=0.05)
+        u, p = results[0].usage, model_info(model).pricing
+        assert results.cost_usd == pytest.approx((u.input_tokens * p.input + u.output_tokens * p.output) / 1e6 / 2)

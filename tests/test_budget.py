@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator
 
@@ -20,13 +21,16 @@ from _estimate import (
     estimate_run_cost,
     warm_prefixes,
 )
-from _results import PRICES
+from _interrupt import InterruptToken
+from _models import CATALOGUE
 from _transport import send
 from anthropic_emulator import Emulator
 
 pytestmark = pytest.mark.timeout(120)
 
 MODEL = claude_client.DEFAULT_MODEL
+PRICING = CATALOGUE[MODEL].pricing  # the default model's catalogue prices (USD per million)
+assert PRICING is not None
 
 
 @pytest.fixture(autouse=True)
@@ -52,18 +56,23 @@ def test_budget_validation() -> None:
     reservation = Budget(1.0).reserve(_params("x"))
     with pytest.raises(ValueError, match="actual_cost_usd"):
         reservation.settle(-1.0)
+    with pytest.raises(TypeError, match="interrupt"):
+        Budget(1.0).reserve(_params("x"), interrupt="stop")  # type: ignore[arg-type]
 
 
 def test_worst_case_is_the_documented_rule() -> None:
-    per_in, per_out = PRICES["claude-sonnet-4"]
     params = _params("x" * 4000, max_tokens=1000)
-    tokens = 1000 + 3  # ceil(4000 / 4) + the message overhead
+    tokens = 1300 + 3  # ceil(4000 / 4 * 1.3): the new tokenizer's 30% more; + the message overhead
+    assert CATALOGUE[MODEL].tokenizer_factor == 1.3
     assert estimate_request(params).total == tokens
-    assert Budget(1.0).worst_case(params) == pytest.approx((tokens * per_in + 1000 * per_out) / 1e6)
+    assert Budget(1.0).worst_case(params) == pytest.approx((tokens * PRICING.input + 1000 * PRICING.output) / 1e6)
     cached = _params("q", max_tokens=10,
                      system=[{"type": "text", "text": "s" * 8000, "cache_control": {"type": "ephemeral"}}])
-    # a cold cached prefix is priced as a cache write (1.25x)
-    assert Budget(1.0).worst_case(cached) == pytest.approx((2000 * 1.25 * per_in + 4 * per_in + 10 * per_out) / 1e6)
+    # a cold cached prefix is priced as a cache write (the model's 5-minute write price)
+    assert Budget(1.0).worst_case(cached) == pytest.approx(
+        (2600 * PRICING.cache_write_5m + 4 * PRICING.input + 10 * PRICING.output) / 1e6)
+    us = _params("x" * 4000, max_tokens=1000, inference_geo="us")
+    assert Budget(1.0).worst_case(us) == pytest.approx(Budget(1.0).worst_case(params) * 1.1)
 
 
 def test_unknown_model_cannot_be_bounded() -> None:
@@ -72,13 +81,10 @@ def test_unknown_model_cannot_be_bounded() -> None:
     assert info.value.kind == "budget"
 
 
-def test_cap_refuses_what_could_exceed_it(client_env: Emulator) -> None:
-    client_env.configure(ttft_ms=800)  # every request still in flight while the others reserve
+def _race(client_env: Emulator, params: list[dict], budget: Budget) -> list[Any]:
+    """Send every request at once (one thread each) under ``budget``; replies or errors."""
     client = claude_client.get_client()
-    params = [_params(f"slot {i}", max_tokens=2000) for i in range(10)]
-    worst = Budget(1.0).worst_case(params[0])
-    budget = Budget(3.5 * worst)
-    barrier = threading.Barrier(10)
+    barrier = threading.Barrier(len(params))
 
     def one(p: dict) -> Any:
         barrier.wait()
@@ -87,16 +93,64 @@ def test_cap_refuses_what_could_exceed_it(client_env: Emulator) -> None:
         except ClaudeInvocationError as exc:
             return exc
 
-    with ThreadPoolExecutor(10) as pool:
-        outcomes = list(pool.map(one, params))
+    with ThreadPoolExecutor(len(params)) as pool:
+        return list(pool.map(one, params))
+
+
+def test_what_does_not_fit_beside_the_reservations_waits(client_env: Emulator) -> None:
+    client_env.configure(ttft_ms=400)  # every request still in flight while the others reserve
+    params = [_params(f"slot {i}", max_tokens=2000) for i in range(10)]
+    worst = Budget(1.0).worst_case(params[0])
+    budget = Budget(3.5 * worst)  # three worst cases fit at once; the real replies cost far less
+    outcomes = _race(client_env, params, budget)
     done = [o for o in outcomes if isinstance(o, claude_client.ClaudeResponse)]
-    refused = [o for o in outcomes if isinstance(o, ClaudeInvocationError)]
-    assert len(done) == 3 and len(refused) == 7
-    assert all(e.kind == "budget" for e in refused)
-    assert client_env.stats()["messages"] == 3  # the refused ones never started
-    assert budget.reserved == 0
+    assert len(done) == 10, outcomes  # the seven that did not fit at first waited, then ran
+    assert budget.waited >= 7 and budget.refused == 0
+    stats = client_env.stats()
+    assert stats["messages"] == 10 and stats["peak_concurrency"] <= 3  # never more in flight than fit
+    assert budget.reserved == 0 and budget.waiting == 0
     assert budget.spent == pytest.approx(sum(r.cost_usd for r in done))
     assert budget.spent <= budget.max_cost_usd
+
+
+def test_cap_refuses_what_could_exceed_it(client_env: Emulator) -> None:
+    client_env.configure(ttft_ms=400, reply_words=5000)  # every reply runs to max_tokens: it costs its worst case
+    params = [_params(f"slot {i}", max_tokens=2000) for i in range(10)]
+    worst = Budget(1.0).worst_case(params[0])
+    budget = Budget(3.5 * worst)
+    outcomes = _race(client_env, params, budget)
+    done = [o for o in outcomes if isinstance(o, claude_client.ClaudeResponse)]
+    refused = [o for o in outcomes if isinstance(o, ClaudeInvocationError)]
+    assert all(r.usage.output_tokens == 2000 for r in done)
+    assert len(done) == 3 and len(refused) == 7, outcomes
+    assert all(e.kind == "budget" and "already spent" in str(e) for e in refused)
+    assert client_env.stats()["messages"] == 3  # the refused ones never started
+    assert budget.reserved == 0 and budget.waiting == 0
+    assert budget.spent == pytest.approx(sum(r.cost_usd for r in done))
+    assert budget.spent <= budget.max_cost_usd
+
+
+def test_many_small_requests_under_a_tight_cap_all_finish(client_env: Emulator) -> None:
+    """Issue 18's case: the cap is far above what the run really costs, but only two worst cases
+    fit at once; at max_workers=5 every slot waits its turn instead of failing."""
+    client_env.configure(ttft_ms=100, reply_words=5)
+    prompts = [{"prompt": f"tiny question {i}"} for i in range(20)]
+    measured = claude_client.invoke_parallel(prompts, max_tokens=50, max_workers=5)
+    real = measured.cost_usd
+    assert real is not None and real > 0 and not measured.errors
+    cap = 30 * real
+    per_request = real / 20
+    # max_tokens so that a worst case is ~40% of the cap: two fit at once, five do not
+    max_tokens = int((0.4 * cap - 20 * per_request) / (PRICING.output / 1e6))
+    worst = Budget(1.0).worst_case(_params("tiny question 10", max_tokens=max_tokens))
+    assert 2 * worst <= cap < 5 * worst
+    client_env.reset()
+    client_env.configure(ttft_ms=100, reply_words=5)
+    results = claude_client.invoke_parallel(prompts, max_tokens=max_tokens, max_workers=5, max_cost_usd=cap)
+    assert results.errors == {}, {i: str(e) for i, e in results.errors.items()}
+    assert all(isinstance(r, claude_client.ClaudeResponse) for r in results)
+    assert results.cost_usd == pytest.approx(real, rel=0.05) and results.cost_usd <= cap
+    assert client_env.stats()["peak_concurrency"] <= 2
 
 
 def test_sequential_run_stops_before_the_cap(client_env: Emulator) -> None:
@@ -115,6 +169,19 @@ def test_sequential_run_stops_before_the_cap(client_env: Emulator) -> None:
     assert sent > 20  # the real replies cost far less than their worst case
 
 
+@pytest.mark.parametrize("model", list(CATALOGUE))
+def test_a_spend_cap_runs_on_every_catalogued_model(client_env: Emulator, model: str) -> None:
+    prompts = [{"prompt": f"hello {i}"} for i in range(3)]
+    worst = Budget(1.0).worst_case({"model": model, "max_tokens": 64,
+                                    "messages": [{"role": "user", "content": "hello 0"}]})
+    cap = 2.5 * worst  # two at a time: the third waits for room
+    results = claude_client.invoke_parallel(prompts, model=model, max_tokens=64, max_cost_usd=cap, max_workers=3,
+                                            return_exceptions=True)
+    assert results.errors == {}, {i: str(e) for i, e in results.errors.items()}
+    assert results.cost_usd is not None and 0 < results.cost_usd <= cap
+    assert {r.model for r in client_env.message_requests()} == {model}
+
+
 def test_warm_prefix_is_reserved_at_the_read_price(client_env: Emulator) -> None:
     client = claude_client.get_client()
     system = [{"type": "text", "text": "policy " * 3000, "cache_control": {"type": "ephemeral"}}]
@@ -129,6 +196,29 @@ def test_warm_prefix_is_reserved_at_the_read_price(client_env: Emulator) -> None
     assert second.usage.cache_read_input_tokens > 0 and second.cost_usd <= warm
 
 
+def _in_thread(fn: Any) -> tuple[threading.Thread, list[Any]]:
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(fn())
+        except ClaudeInvocationError as exc:
+            out.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, out
+
+
+def _until(condition: Any, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return False
+
+
 def test_settle_rules_and_child_budgets() -> None:
     parent = Budget(1.0)
     child = parent.child(0.7)
@@ -138,16 +228,66 @@ def test_settle_rules_and_child_budgets() -> None:
     r.settle(0.0)  # a second settle does nothing
     assert child.spent == pytest.approx(r.cost_usd) and parent.spent == pytest.approx(r.cost_usd)
     assert child.reserved == 0 and parent.reserved == 0
-    big = _params("x", max_tokens=40_000)  # 40k * $15/M = $0.60 of output
-    child.reserve(big)
-    with pytest.raises(ClaudeInvocationError) as info:  # the child's cap binds first
+    big = _params("x", max_tokens=40_000)  # 40k output tokens at $10/M: $0.40
+    assert Budget(1.0).worst_case(big) == pytest.approx(0.40, rel=0.01)
+    first = child.reserve(big)
+    with pytest.raises(ClaudeInvocationError) as info:  # it would wait for its own thread's reservation
         child.reserve(big)
-    assert info.value.kind == "budget"
+    assert info.value.kind == "budget" and "this thread holds" in str(info.value)
+    thread, out = _in_thread(lambda: child.reserve(big))  # another thread waits for room
+    assert _until(lambda: child.waiting == 1) and not out
+    first.settle(0.0)
+    thread.join(10)
+    assert len(out) == 1 and out[0].cost_usd == pytest.approx(first.cost_usd)
+    out[0].settle(None)  # child: spent $0.40 and a little
+    with pytest.raises(ClaudeInvocationError) as info:  # the child's cap binds: spent + worst case > $0.70
+        child.reserve(big)
+    assert info.value.kind == "budget" and child.waiting == 0
     other = parent.child()
+    other.reserve(big).settle(None)  # parent: spent $0.80 and a little
     with pytest.raises(ClaudeInvocationError) as info:  # the parent's cap binds across children
         other.reserve(big)
     assert "parent" in str(info.value)
-    assert other.reserved == 0
+    assert other.reserved == 0 and parent.reserved == 0 and parent.spent <= parent.max_cost_usd
+
+
+def test_a_wait_for_room_ends_at_once_on_interrupt() -> None:
+    budget = Budget(1.0)
+    big = _params("x", max_tokens=60_000)  # $0.60: one at a time
+    held = budget.reserve(big)
+    token = InterruptToken()
+    thread, out = _in_thread(lambda: budget.reserve(big, interrupt=token))
+    assert _until(lambda: budget.waiting == 1)
+    started = time.monotonic()
+    token.interrupt()
+    thread.join(10)
+    assert not thread.is_alive() and time.monotonic() - started < 2
+    assert isinstance(out[0], ClaudeInvocationError) and out[0].kind == "interrupted"
+    assert budget.waiting == 0 and budget.reserved == pytest.approx(held.cost_usd)  # nothing left behind
+    held.settle(0.0)
+    budget.reserve(big, interrupt=InterruptToken()).settle(0.0)  # room again
+    assert budget.reserved == 0
+
+
+def test_waiters_get_room_first_come_first_served() -> None:
+    budget = Budget(1.0)
+    big = _params("x", max_tokens=60_000)
+    held = budget.reserve(big)
+    order: list[int] = []
+    threads = []
+    for i in range(3):
+        def take(i: int = i) -> Any:
+            reservation = budget.reserve(big)
+            order.append(i)
+            reservation.settle(0.0)
+            return reservation
+        thread, _out = _in_thread(take)
+        threads.append(thread)
+        assert _until(lambda n=i + 1: budget.waiting == n)  # queued in this order
+    held.settle(0.0)
+    for thread in threads:
+        thread.join(10)
+    assert order == [0, 1, 2]
 
 
 def test_budget_hammer_never_exceeds_the_cap() -> None:
@@ -214,13 +354,23 @@ def test_estimate_falls_back_to_local_when_unreachable() -> None:
     dead = anthropic.Anthropic(api_key="sk-ant-test-key", base_url="http://127.0.0.1:9", max_retries=0)
     estimate = estimate_run_cost([{"prompt": "x" * 400}], max_tokens=10, client=dead)
     assert estimate.method == "local"
-    assert estimate.input_tokens == 103
-    per_in, per_out = PRICES["claude-sonnet-4"]
-    assert math.isclose(estimate.high_usd, (math.ceil(103 * 4 / 3) * per_in + 10 * per_out) / 1e6)
+    assert estimate.input_tokens == 133  # ceil(400 / 4 * 1.3) + 3 on the default model's tokenizer
+    assert math.isclose(estimate.high_usd, (math.ceil(133 * 4 / 3) * PRICING.input + 10 * PRICING.output) / 1e6)
     with pytest.raises(TypeError):
         estimate_run_cost("not a list")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_tokens"):
         estimate_run_cost([{"prompt": "x"}], max_tokens=0)
+
+
+def test_estimate_checks_everything_before_it_sends(client_env: Emulator) -> None:
+    with pytest.raises(TypeError, match="client"):
+        estimate_run_cost([{"prompt": "x"}], client="x")
+    prompts = [{"prompt": "a"}, {"prompt": "b", "model": "claude-unpriced-test-model-3"}]
+    with pytest.raises(ValueError, match="claude-unpriced-test-model-3.*PRICES"):
+        estimate_run_cost(prompts)
+    with pytest.raises(ValueError, match="claude-unpriced-test-model-3.*PRICES"):
+        estimate_run_cost([{"prompt": "a"}], model="claude-unpriced-test-model-3")
+    assert client_env.requests == []  # not even a count_tokens request
 
 
 def test_a_cap_of_the_estimates_high_lets_the_whole_run_start(client_env) -> None:

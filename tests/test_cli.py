@@ -74,7 +74,8 @@ def test_jsonl_records_in_input_order_whatever_the_completion_order(tmp_path, em
     for r in recs:
         assert r["status"] == "ok"
         assert r["error_kind"] is None and r["error"] is None
-        assert r["usage"]["output_tokens"] == 3
+        assert r["usage"]["output_tokens"] == 3 + 8  # the text and the default model's thinking (high)
+        assert r["usage"]["thinking_tokens"] == 8
         assert r["usage"]["input_tokens"] >= 1
         assert isinstance(r["cost_usd"], float) and r["cost_usd"] > 0
         assert r["stop_reason"] == "end_turn"
@@ -89,8 +90,8 @@ def test_jsonl_records_in_input_order_whatever_the_completion_order(tmp_path, em
 def test_jsonl_file_with_per_prompt_keys(tmp_path, emulator):
     lines = [
         {"prompt": "first", "task_id": "t-a", "category": "docs", "system": "Be brief."},
-        {"prompt": "second one here", "task_id": "t-b", "max_tokens": 1},
-        {"prompt": "third", "model": "claude-haiku-4-5", "temperature": 0.2},
+        {"prompt": "second one here", "task_id": "t-b", "max_tokens": 1, "model": "claude-haiku-4-5"},
+        {"prompt": "third", "model": "claude-haiku-5-5", "effort": "low", "thinking": "adaptive"},
     ]
     f = tmp_path / "prompts.jsonl"
     f.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
@@ -104,8 +105,10 @@ def test_jsonl_file_with_per_prompt_keys(tmp_path, emulator):
     bodies = {r.prompt: r.body for r in emulator.message_requests()}
     assert "Be brief." in json.dumps(bodies["first"].get("system"))
     assert bodies["second one here"]["max_tokens"] == 1
-    assert bodies["third"]["model"] == "claude-haiku-4-5"
-    assert bodies["third"]["temperature"] == 0.2
+    assert bodies["third"]["model"] == "claude-haiku-5-5"
+    assert bodies["third"]["output_config"] == {"effort": "low"} and bodies["third"]["thinking"] == {"type": "adaptive"}
+    assert "temperature" not in bodies["third"] and "output_config" not in bodies["first"]
+    assert recs[2]["usage"]["thinking_tokens"] == 2
 
 
 @pytest.mark.timeout(60)
@@ -125,14 +128,14 @@ def test_plain_lines_from_file_and_stdin(tmp_path, emulator):
 def test_model_max_tokens_and_shared_system_options(tmp_path, emulator):
     sysfile = tmp_path / "system.txt"
     sysfile.write_text("You are terse.")
-    proc = run_cli(tmp_path, emulator, "--model", "claude-opus-4-1", "--max-tokens", "2",
+    proc = run_cli(tmp_path, emulator, "--model", "claude-haiku-4-5", "--max-tokens", "2",
                    "--system-file", str(sysfile), "--format", "jsonl", "a b c d", "e")
     assert proc.returncode == 0, proc.stderr
     recs = records(proc.stdout)
     assert recs[0]["text"] == "Echo: a" and recs[0]["stop_reason"] == "max_tokens"
     assert recs[1]["text"] == "Echo: e"
     for rec in emulator.message_requests():
-        assert rec.body["model"] == "claude-opus-4-1"
+        assert rec.body["model"] == "claude-haiku-4-5"
         assert rec.body["max_tokens"] == 2
         assert "You are terse." in json.dumps(rec.body["system"])
 

@@ -168,9 +168,15 @@ def test_every_unusable_key_file_raises_missing_key_error(client_env, monkeypatc
 # ------------------------------------------------------------------ models, JSON
 
 
-def test_get_available_models():
-    models = cc.get_available_models()
-    assert cc.DEFAULT_MODEL in models and models[1] == "claude-sonnet-4-6"
+def test_get_available_models_without_a_key_is_the_catalogue(monkeypatch, tmp_path):
+    for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ORCHESTRATING_AGENTS_PROJECT_DIR", str(tmp_path))  # no key file there
+    cc.reset_client()
+    models = cc.get_available_models()  # no key: nothing can be asked, nothing is sent
+    assert models == list(cc.AVAILABLE_MODELS) and models[:4] == [
+        "claude-fable-5-2", "claude-mythos-5-2", "claude-haiku-5-5", "claude-sonnet-5-5"]
+    assert cc.DEFAULT_MODEL in models
     assert len(models) == len(set(models)) and all(isinstance(m, str) and m.startswith("claude-") for m in models)
     assert all(cc.estimate_cost(cc.Usage(1), m) is not None for m in models)  # every listed model is priced
     models.clear()
@@ -258,16 +264,18 @@ def _norm(prompts, **kwargs):
 
 
 def test_normalize_accepts_any_mapping_and_builds_the_same_params():
-    proxy = types.MappingProxyType({"prompt": "hello", "system": "own", "cache_prompt": True, "temperature": 0.5})
+    proxy = types.MappingProxyType(
+        {"prompt": "hello", "system": "own", "cache_prompt": True, "temperature": 1.0, "effort": "low"}
+    )
     (spec,) = _norm([proxy], shared_system="shared", cache_shared_system=True)
     cached = {"type": "ephemeral"}
     assert spec.params == {
         "model": cc.DEFAULT_MODEL,
         "max_tokens": 64,
         "messages": [{"role": "user", "content": [{"type": "text", "text": "hello", "cache_control": cached}]}],
+        "output_config": {"effort": "low"},
         "system": [{"type": "text", "text": "shared", "cache_control": cached}, {"type": "text", "text": "own"}],
-        "temperature": 0.5,
-    }
+    }  # temperature 1.0 (the seed default) is not sent
     specs = _norm([{"prompt": "a", "model": "claude-haiku-4-5", "max_tokens": 9, "tag": 1}], extra_keys=frozenset({"tag"}))
     assert specs[0].params["model"] == "claude-haiku-4-5" and specs[0].params["max_tokens"] == 9
     assert specs[0].extra == {"tag": 1} and _norm([{"prompt": "b"}])[0].extra == {}

@@ -43,9 +43,12 @@ def test_invoke_claude_returns_str_with_metadata(client_env):
     assert reply.model == cc.DEFAULT_MODEL
     assert reply.id.startswith("msg_")
     assert reply.request_id.startswith("req_")
-    assert reply.usage.output_tokens == 3
+    assert reply.usage.output_tokens == 3 + 8  # the text, and the default model's thinking at high effort
+    assert reply.usage.thinking_tokens == 8
     assert reply.usage.input_tokens >= 1
-    assert reply.content == [{"type": "text", "text": "Echo: hello there"}]
+    thinking, text = reply.content  # thinking on by default: its block first, empty (display omitted)
+    assert text == {"type": "text", "text": "Echo: hello there"}
+    assert thinking["type"] == "thinking" and thinking["thinking"] == "" and thinking["signature"]
     assert reply.cost_usd == pytest.approx(cc.estimate_cost(reply.usage, cc.DEFAULT_MODEL))
     assert reply.cost_usd > 0
     clone = pickle.loads(pickle.dumps(reply))
@@ -57,8 +60,8 @@ def test_invoke_claude_returns_str_with_metadata(client_env):
 def test_streaming_callback_gets_chunks_in_order(client_env):
     chunks: list[str] = []
     reply = cc.invoke_claude_streaming("one two three [[words=12]]", callback=chunks.append)
-    assert "".join(chunks) == reply
-    assert len(chunks) == 12 and reply.usage.output_tokens == 12
+    assert "".join(chunks) == reply  # only the text: thinking never reaches the callback
+    assert len(chunks) == 12 and reply.usage.output_tokens == 12 + 8 and reply.usage.thinking_tokens == 8
     assert client_env.message_requests()[0].stream is True
     # invoke_claude(streaming=True) streams internally and returns the same text
     again = cc.invoke_claude("one two three [[words=12]]", streaming=True)
@@ -82,9 +85,15 @@ def test_streaming_callback_that_raises_aborts_and_chains(client_env):
 
 def test_max_tokens_truncation_is_visible_and_logged(client_env, caplog):
     caplog.set_level(logging.WARNING, logger="claude_client")
-    reply = cc.invoke_claude("a b c [[words=20]]", max_tokens=5)
-    assert reply.stop_reason == "max_tokens" and reply.usage.output_tokens == 5
+    reply = cc.invoke_claude("a b c [[words=20]]", max_tokens=5, effort="low")  # 2 thinking + 3 text tokens
+    assert reply.stop_reason == "max_tokens" and reply.usage.output_tokens == 5 and reply.usage.thinking_tokens == 2
+    assert reply == "Echo: a b"
     assert any("max_tokens" in r.getMessage() for r in caplog.records if r.name.startswith("claude_client"))
+    # thinking that uses all of max_tokens leaves no text: an error that says what to change
+    with pytest.raises(ClaudeInvocationError, match="max_tokens") as info:
+        cc.invoke_claude("a b c [[think=500]]", max_tokens=100)
+    assert info.value.kind == "max_tokens" and not info.value.transient and "effort" in str(info.value)
+    assert len(client_env.message_requests()) == 2  # not retried
 
 
 def test_cache_flags_and_no_caller_mutation(client_env):
@@ -105,10 +114,46 @@ def test_cache_flags_and_no_caller_mutation(client_env):
 
 
 def test_kwargs_pass_through(client_env):
-    cc.invoke_claude("hi", temperature=0.3, top_p=0.9, stop_sequences=["END"], metadata={"user_id": "u1"})
+    cc.invoke_claude("hi", temperature=1.0, stop_sequences=["END"], metadata={"user_id": "u1"}, effort="medium")
     body = client_env.message_requests()[0].body
-    assert body["temperature"] == 0.3 and body["top_p"] == 0.9
+    assert "temperature" not in body  # the seed default 1.0 is accepted and not sent
     assert body["stop_sequences"] == ["END"] and body["metadata"] == {"user_id": "u1"}
+    assert body["output_config"] == {"effort": "medium"}
+
+
+@pytest.mark.parametrize("kwargs", [{"temperature": 0.3}, {"top_p": 0.9}, {"top_k": 5}, {"temperature": 0.0}])
+def test_sampling_parameters_are_refused_before_sending(client_env, kwargs):
+    """API version 2026-10-21 removed them: the library says so (and points to effort=) instead of a 400."""
+    for call in (cc.invoke_claude, cc.invoke_claude_streaming, cc.invoke_claude_json):
+        with pytest.raises(ValueError, match=rf"{next(iter(kwargs))}.*effort=") as info:
+            call("hi", **kwargs) if call is not cc.invoke_claude_streaming else call("hi", print, **kwargs)
+        assert "removed" in str(info.value)
+    assert client_env.requests == []
+
+
+def test_effort_and_thinking_reach_the_body_and_bad_ones_are_refused(client_env):
+    reply = cc.invoke_claude("hi", effort="low", thinking="adaptive")
+    body = client_env.message_requests()[0].body
+    assert body["output_config"] == {"effort": "low"} and body["thinking"] == {"type": "adaptive"}
+    assert reply.usage.thinking_tokens == 2
+    streamed = cc.invoke_claude_streaming("hi", lambda chunk: None, effort="max", thinking={"type": "adaptive"})
+    assert streamed.usage.thinking_tokens == 16
+    assert client_env.message_requests()[1].body["output_config"] == {"effort": "max"}
+    haiku = cc.invoke_claude("hi", model="claude-haiku-5-5", thinking="disabled", effort="high")
+    assert [b["type"] for b in haiku.content] == ["text"] and haiku.usage.thinking_tokens == 0
+    sent = len(client_env.message_requests())
+    for kwargs, error in [
+        ({"effort": "extreme"}, ValueError),
+        ({"effort": 3}, TypeError),
+        ({"thinking": "sometimes"}, ValueError),
+        ({"thinking": "disabled"}, ValueError),  # Sonnet 5.5 refuses it (between_tools instead)
+        ({"thinking": "between_tools", "effort": "max"}, ValueError),  # between_tools up to high only
+        ({"model": "claude-haiku-4-5", "effort": "low"}, ValueError),  # no effort parameter
+        ({"model": "claude-opus-4-6", "effort": "xhigh"}, ValueError),  # four levels, no xhigh
+    ]:
+        with pytest.raises(error):
+            cc.invoke_claude("hi", **kwargs)
+    assert len(client_env.message_requests()) == sent
 
 
 def _five_breakpoints() -> dict:
@@ -186,7 +231,10 @@ def test_cache_prompt_marks_the_last_user_message_not_a_prefill(client_env):
         {"role": "assistant", "content": "Answer:"},
     ]
     before = copy.deepcopy(messages)
-    cc.invoke_claude(messages=messages, cache_prompt=True, max_tokens=10)
+    with pytest.raises(ValueError, match="prefill"):  # the default model (every 5.x model) refuses a prefill
+        cc.invoke_claude(messages=messages, cache_prompt=True, max_tokens=10)
+    assert client_env.requests == []
+    cc.invoke_claude(messages=messages, cache_prompt=True, max_tokens=10, model="claude-haiku-4-5")
     assert messages == before
     sent = client_env.message_requests()[0].body["messages"]
     assert sent[0]["content"] == [
@@ -196,7 +244,7 @@ def test_cache_prompt_marks_the_last_user_message_not_a_prefill(client_env):
     # a longer history: only the last user message is marked
     history = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
                {"role": "user", "content": [{"type": "text", "text": "c"}]}, {"role": "assistant", "content": "d"}]
-    cc.invoke_claude_streaming(messages=history, cache_prompt=True, max_tokens=10)
+    cc.invoke_claude_streaming(messages=history, cache_prompt=True, max_tokens=10, model="claude-haiku-4-5")
     sent = client_env.message_requests()[1].body["messages"]
     assert [_requests.count_breakpoints(m) for m in sent] == [0, 0, 1, 0]
     assert sent[2]["content"][-1]["cache_control"] == {"type": "ephemeral"}
@@ -205,7 +253,7 @@ def test_cache_prompt_marks_the_last_user_message_not_a_prefill(client_env):
 def test_large_max_tokens_falls_back_to_streaming(client_env):
     # The SDK refuses a non-streaming request this long (ValueError before sending): the library streams it.
     reply = cc.invoke_claude("hi", max_tokens=64000)
-    assert reply == "Echo: hi" and reply.stop_reason == "end_turn" and reply.usage.output_tokens == 2
+    assert reply == "Echo: hi" and reply.stop_reason == "end_turn" and reply.usage.output_tokens == 2 + 8
     record = client_env.message_requests()[-1]
     assert record.stream is True and record.body["max_tokens"] == 64000
     client_env.script("json please", '{"ok": true}')
@@ -465,11 +513,17 @@ def test_usage_and_cost():
 
 def test_unknown_model_cost_is_none_and_warned_once(client_env, caplog):
     caplog.set_level(logging.WARNING, logger="claude_client")
+    with pytest.raises(ClaudeInvocationError) as info:  # an id the API does not know: its 404, not retried
+        cc.invoke_claude("hi", model="mystery-model-x0")
+    assert info.value.status_code == 404 and "mystery-model-x0" in str(info.value)
+    client_env.configure(extra_models={"mystery-model-x1": "claude-sonnet-5-5"})  # the server knows it
     a = cc.invoke_claude("hi", model="mystery-model-x1")
+    first = [r for r in caplog.records if "mystery-model-x1" in r.getMessage()]
     b = cc.invoke_claude("hi again", model="mystery-model-x1")
-    assert a.cost_usd is None and b.cost_usd is None
+    assert a.cost_usd is None and b.cost_usd is None and a == "Echo: hi"
     warnings = [r for r in caplog.records if "mystery-model-x1" in r.getMessage()]
-    assert len(warnings) == 1
+    assert first and warnings == first  # warned on first use (no price, not catalogued), never again
+    assert len({r.getMessage() for r in warnings}) == len(warnings)
 
 
 # ------------------------------------------------------------------ the key never leaks

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import threading
 
 import pytest
@@ -46,7 +47,9 @@ def test_history_shape_and_copies(client_env):
     chat.send("second question")
     history = chat.get_messages()
     assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]
-    assert history[1]["content"] == [{"type": "text", "text": "Echo: first question"}]
+    thinking, text = history[1]["content"]  # the default model thinks: its block is kept, first
+    assert text == {"type": "text", "text": "Echo: first question"}
+    assert thinking["type"] == "thinking" and thinking["thinking"] == "" and thinking["signature"]
     assert all("cache_control" not in b for m in history for b in m["content"])
     history[0]["content"][0]["text"] = "tampered"
     assert chat.get_messages()[0]["content"][0]["text"] == "first question"
@@ -54,6 +57,7 @@ def test_history_shape_and_copies(client_env):
     assert last_body["system"] == "be brief"  # one uncached text block is sent as a string
     assert last_body["messages"][0]["content"][-1]["cache_control"] == {"type": "ephemeral"}
     assert last_body["messages"][2]["content"][-1]["cache_control"] == {"type": "ephemeral"}
+    assert last_body["messages"][1]["content"] == history[1]["content"]  # sent back unchanged
     chat.clear()
     assert len(chat) == 0 and chat.turn_count == 0
 
@@ -105,8 +109,10 @@ def test_send_streaming_chunks(client_env):
     chat = ConversationThread()
     chunks: list[str] = []
     reply = chat.send_streaming("stream this please [[words=9]]", chunks.append)
-    assert "".join(chunks) == reply and len(chunks) == 9
-    assert chat.get_messages()[1]["content"] == [{"type": "text", "text": str(reply)}]
+    assert "".join(chunks) == reply and len(chunks) == 9  # thinking is not streamed to the callback
+    content = chat.get_messages()[1]["content"]
+    assert [b["type"] for b in content] == ["thinking", "text"]
+    assert content[1] == {"type": "text", "text": str(reply)} and content[0]["signature"]
 
 
 def test_max_turns_raises_runtime_error_and_keeps_history(client_env):
@@ -181,7 +187,8 @@ def test_concurrent_sends_are_serialized(client_env):
     for user, assistant in zip(history[0::2], history[1::2]):
         assert user["role"] == "user" and assistant["role"] == "assistant"
         n = user["content"][0]["text"].split()[1]
-        assert assistant["content"][0]["text"].startswith(f"Echo: message {n}")
+        assert [b["type"] for b in assistant["content"]] == ["thinking", "text"]
+        assert assistant["content"][1]["text"].startswith(f"Echo: message {n}")
     assert client_env.peak_concurrency == 1
     # every request carried the full history before it
     sizes = [len(r.body["messages"]) for r in client_env.message_requests()]
@@ -190,8 +197,10 @@ def test_concurrent_sends_are_serialized(client_env):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"model": ""}, {"max_tokens": 0}, {"temperature": 2.0}, {"max_turns": 0}, {"continuation_prompt": ""},
-     {"cache_system": "yes"}, {"system": 3}],
+    [{"model": ""}, {"max_tokens": 0}, {"temperature": 2.0}, {"temperature": 0.5}, {"max_turns": 0},
+     {"continuation_prompt": ""}, {"cache_system": "yes"}, {"system": 3}, {"effort": "extreme"}, {"effort": 3},
+     {"thinking": "sometimes"}, {"model": "claude-opus-5-5", "thinking": "disabled"},
+     {"model": "claude-haiku-4-5", "effort": "low"}, {"max_tokens": 200_000}],
 )
 def test_constructor_validation(kwargs):
     with pytest.raises((ValueError, TypeError)):
@@ -255,3 +264,171 @@ def test_large_max_tokens_send_falls_back_to_streaming(client_env):
     records = client_env.message_requests()
     assert [r.stream for r in records] == [True, True] and len(chat) == 2
     assert records[-1].body["max_tokens"] == 32000
+
+
+# --------------------------------------------------------------- effort, thinking, save / load
+
+
+def lookup(word: str) -> str:
+    """Look a word up.
+
+    Args:
+        word: the word
+    """
+    return f"{word}: a small domesticated animal"
+
+
+def other(word: str) -> str:
+    """Another tool.
+
+    Args:
+        word: the word
+    """
+    return word
+
+
+def test_effort_and_thinking_are_thread_defaults_a_send_overrides(client_env):
+    chat = ConversationThread(effort="low", thinking="adaptive")
+    assert chat.send("one").usage.thinking_tokens == 2  # low
+    assert chat.send("two", effort="high").usage.thinking_tokens == 8
+    chat.effort = "medium"
+    assert chat.send_continuation().usage.thinking_tokens == 4
+    bodies = [r.body for r in client_env.message_requests()]
+    assert [b["output_config"] for b in bodies] == [{"effort": "low"}, {"effort": "high"}, {"effort": "medium"}]
+    assert all(b["thinking"] == {"type": "adaptive"} for b in bodies)
+    assert chat.usage.thinking_tokens == 14 and chat.usage.output_tokens > 14  # thinking counts as output
+
+
+def test_a_setting_the_model_refuses_is_refused_before_sending(client_env):
+    chat = ConversationThread()
+    chat.send("one")
+    with pytest.raises(ValueError, match="between_tools"):
+        chat.send("two", effort="max", thinking="between_tools")  # Sonnet 5.5: between_tools up to high
+    with pytest.raises(ValueError, match="effort"):
+        chat.send("two", effort="enormous")
+    chat.temperature = 0.2
+    with pytest.raises(ValueError, match="effort="):
+        chat.send("two")
+    assert len(client_env.message_requests()) == 1 and chat.turn_count == 1
+
+
+def test_thinking_blocks_go_back_unchanged_and_survive_save_and_load_byte_for_byte(client_env, tmp_path):
+    chat = ConversationThread(thinking={"type": "adaptive", "display": "summarized"})
+    chat.send("Café — naïve 🚀 \u2028 résumé")
+    chat.send("second")
+    received = chat.messages
+    thinking = received[1]["content"][0]
+    assert thinking["type"] == "thinking" and "Café — naïve 🚀" in thinking["thinking"] and thinking["signature"]
+    sent = client_env.message_requests()[-1].body["messages"]
+    assert sent[1]["content"] == received[1]["content"]  # the whole assistant content, unchanged, in order
+    path = tmp_path / "chat.json"
+    chat.save(path)
+    again = ConversationThread.load(path)
+    assert json.dumps(again.messages, ensure_ascii=False) == json.dumps(received, ensure_ascii=False)
+    assert again.send("third") == "Echo: third"  # the emulator verifies every signature it gets back
+    body = client_env.message_requests()[-1].body
+    assert body["messages"][1]["content"] == received[1]["content"]
+    assert body["messages"][3]["content"] == received[3]["content"]
+
+
+def test_a_changed_system_drops_the_thinking_bound_to_the_old_one(client_env):
+    chat = ConversationThread(system="OLD")
+    chat.send("one")
+    chat.system = "NEW"
+    chat.send("two")  # the API would refuse turn one's block: bound to the old system prompt
+    chat.send("three")
+    bodies = [r.body for r in client_env.message_requests()]
+    assert [b["type"] for b in bodies[1]["messages"][1]["content"]] == ["text"]
+    assert [b["type"] for b in bodies[2]["messages"][3]["content"]] == ["thinking", "text"]  # made under NEW
+    assert chat.turn_count == 3
+
+
+def test_the_running_cost_counts_a_paid_refusal(client_env):
+    chat = ConversationThread()
+    chat.send("one")
+    usage, cost = chat.usage, chat.cost_usd
+    with pytest.raises(ClaudeInvocationError) as info:
+        chat.send("[[refuse category=cyber]] two")
+    error = info.value
+    assert error.kind == "refusal" and error.usage.input_tokens > 0 and error.cost_usd > 0
+    assert chat.turn_count == 1  # the history is untouched
+    assert chat.usage == usage + error.usage
+    assert chat.cost_usd == pytest.approx(cost + error.cost_usd)
+    records = client_env.message_requests()
+    assert len(records) == 2  # a refusal is not retried
+
+
+def test_load_refuses_a_thread_saved_with_tools_unless_they_are_given(client_env, tmp_path):
+    chat = ConversationThread(tools=[lookup])
+    assert chat.send("define cat [[tool=lookup]]") and chat.turn_count == 2  # the tool turn joins the history
+    path = tmp_path / "tools.json"
+    chat.save(path)
+    sent = len(client_env.message_requests())
+    with pytest.raises(ValueError, match=r"tools=.*missing: lookup"):
+        ConversationThread.load(path)
+    with pytest.raises(ValueError, match="missing: lookup"):
+        ConversationThread.load(path, tools=[other])
+    again = ConversationThread.load(path, tools=[other, lookup])
+    assert again.messages == chat.messages
+    assert again.send("and dog?") == "Echo: and dog?"
+    assert len(client_env.message_requests()) == sent + 1
+    # a file of version 1 (no tool names recorded): the tools its history calls are needed
+    data = json.loads(path.read_text(encoding="utf-8"))
+    del data["tools"]
+    data["version"] = 1
+    path.write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(ValueError, match="missing: lookup"):
+        ConversationThread.load(path)
+
+
+@pytest.mark.parametrize(
+    "messages, match",
+    [
+        ([{"role": "assistant", "content": "I start"}, {"role": "user", "content": "hi"}], r"messages\[0\]"),
+        ([{"role": "user", "content": ""}], r"messages\[0\]"),
+        ([{"role": "user", "content": "hi", "extra": 1}], "extra"),
+        ("not a list", "messages"),
+    ],
+)
+def test_load_refuses_messages_the_api_would_refuse(client_env, tmp_path, messages, match):
+    chat = ConversationThread()
+    chat.send("hi")
+    path = tmp_path / "bad.json"
+    chat.save(path)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["messages"] = messages
+    path.write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(ValueError, match=match) as info:
+        ConversationThread.load(path)
+    assert "bad.json" in str(info.value)
+
+
+def test_a_saved_temperature_the_api_removed_is_dropped_on_load(client_env, tmp_path, caplog):
+    chat = ConversationThread()
+    chat.send("hi")
+    path = tmp_path / "old.json"
+    chat.save(path)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["settings"]["temperature"] = 0.5
+    path.write_text(json.dumps(data), encoding="utf-8")
+    with caplog.at_level("WARNING", logger="claude_client._conversation"):
+        again = ConversationThread.load(path)
+    assert again.temperature == 1.0 and "temperature=0.5" in caplog.text
+    assert again.send("more") == "Echo: more"
+
+
+def test_save_to_a_directory_or_a_missing_folder_fails_and_leaves_no_temporary_file(client_env, tmp_path):
+    chat = ConversationThread()
+    chat.send("hi")
+    root = tmp_path / "saves"
+    folder = root / "folder"
+    folder.mkdir(parents=True)
+    with pytest.raises(IsADirectoryError, match="folder"):
+        chat.save(folder)
+    with pytest.raises(FileNotFoundError):
+        chat.save(root / "missing" / "chat.json")
+    good = root / "chat.json"
+    chat.save(good)
+    chat.save(good)  # replaced atomically
+    assert sorted(p.name for p in root.rglob("*")) == ["chat.json", "folder"]
+    assert ConversationThread.load(good).messages == chat.messages

@@ -153,13 +153,43 @@ def test_interrupt_cuts_a_backoff_short(client_env) -> None:
 
 
 # =========================================================================== managed: basics
+def test_managed_effort_and_thinking_reach_each_request(client_env) -> None:
+    prompts = [
+        {"prompt": "run default"},
+        {"prompt": "own effort", "effort": "medium"},
+        {"prompt": "own thinking", "thinking": {"type": "adaptive"}},
+    ]
+    results = invoke_parallel_managed(prompts, effort="low", thinking="adaptive", max_tokens=50, **FAST)
+    assert results.errors == {}
+    bodies = {r.prompt: r.body for r in client_env.message_requests()}
+    assert [bodies[p][key] for p, key in (("run default", "output_config"), ("own effort", "output_config"))] == [
+        {"effort": "low"}, {"effort": "medium"}]
+    assert all(b["thinking"] == {"type": "adaptive"} for b in bodies.values())
+    # the emulator thinks 2 tokens at low effort, 4 at medium
+    assert [r.usage.thinking_tokens for r in results] == [2, 4, 2]
+
+
+def test_managed_effort_and_thinking_are_checked_before_sending(client_env) -> None:
+    with pytest.raises(ValueError, match="effort"):
+        invoke_parallel_managed([{"prompt": "a"}], effort="extreme")
+    with pytest.raises(ValueError, match="effort"):
+        invoke_parallel_managed([{"prompt": "a"}, {"prompt": "b", "effort": "hard"}])
+    with pytest.raises(ValueError, match="thinking"):
+        invoke_parallel_managed([{"prompt": "a"}], thinking="disabled")  # claude-sonnet-5-5: between_tools
+    with pytest.raises(ValueError, match="temperature"):
+        invoke_parallel_managed([{"prompt": "a", "temperature": 0.2}])
+    assert client_env.message_requests() == []
+
+
 def test_results_in_input_order_with_usage_rolled_up(client_env) -> None:
     prompts = [{"prompt": f"item {i} [[delay_ms={(i * 7) % 30} words=3]]"} for i in range(12)]
     results = invoke_parallel_managed(prompts, max_workers=4, max_tokens=50, **FAST)
     assert isinstance(results, ParallelResults)
     assert list(results) == [f"Echo: item {i}" for i in range(12)]
     assert results.errors == {}
-    assert results.usage.output_tokens == sum(r.usage.output_tokens for r in results) == 36
+    # 3 words each, plus the default model's adaptive thinking at its default effort (high: 8 tokens)
+    assert results.usage.output_tokens == sum(r.usage.output_tokens for r in results) == 12 * (3 + 8)
+    assert results.usage.thinking_tokens == 12 * 8
     assert results.usage.input_tokens == sum(r.usage.input_tokens for r in results)
     assert results.cost_usd == pytest.approx(sum(r.cost_usd for r in results))
 

@@ -43,7 +43,8 @@ def test_usage_roll_up(client_env):
     total = cc.Usage()
     for r in results:
         total = total + r.usage
-    assert results.usage == total and results.usage.output_tokens == 10
+    assert results.usage == total and results.usage.output_tokens == 5 * (2 + 8)  # text + thinking (high)
+    assert results.usage.thinking_tokens == 5 * 8
     assert results.cost_usd == pytest.approx(sum(r.cost_usd for r in results))
 
 

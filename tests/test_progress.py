@@ -132,14 +132,14 @@ def test_a_raising_callable_is_logged_once_and_disabled(caplog):
         calls.append(snap.seq)
         raise RuntimeError("display broke")
 
-    caplog.set_level(logging.WARNING, logger="_progress")
+    caplog.set_level(logging.WARNING, logger="claude_client._progress")
     with Progress(5, progress=bad) as progress:
         for _ in range(5):
             progress.started()
             progress.settled(Result("x", Usage(1, 1), 0.1))
         assert progress.snapshot().done == 5  # the run went on
     assert calls == [1]
-    warnings = [r for r in caplog.records if r.name == "_progress"]
+    warnings = [r for r in caplog.records if r.name == "claude_client._progress"]
     assert len(warnings) == 1 and "disabled" in warnings[0].getMessage()
 
 

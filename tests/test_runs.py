@@ -182,17 +182,19 @@ def test_progress_in_managed_runs_and_plain_lines_without_a_terminal(client_env,
 
 # --------------------------------------------------------------------------- conversations
 def test_conversation_save_and_load_keep_transcript_settings_and_usage(client_env, tmp_path) -> None:
-    chat = ConversationThread(system="Be brief.", max_tokens=300, temperature=0.5, max_turns=5)
+    chat = ConversationThread(system="Be brief.", max_tokens=300, effort="medium", thinking="adaptive", max_turns=5)
     chat.send("first")
     chat.send("second")
-    assert chat.cost_usd and chat.cost_usd > 0
+    assert chat.cost_usd and chat.cost_usd > 0 and chat.usage.thinking_tokens == 8  # medium: 4 per reply
     path = tmp_path / "chat.json"
     chat.save(path)
     again = ConversationThread.load(path)
     assert again.messages == chat.messages and again.usage == chat.usage
-    assert (again.system, again.max_tokens, again.temperature, again.max_turns) == ("Be brief.", 300, 0.5, 5)
+    settings = (again.system, again.max_tokens, again.effort, again.thinking, again.max_turns)
+    assert settings == ("Be brief.", 300, "medium", "adaptive", 5)
     assert again.cost_usd == pytest.approx(chat.cost_usd)
     assert again.send("third") == "Echo: third" and again.turn_count == 3
+    assert client_env.message_requests()[-1].body["output_config"] == {"effort": "medium"}
     assert "sk-ant" not in path.read_text()
     with pytest.raises(ValueError, match="ConversationThread"):
         ConversationThread.load(tmp_path / "missing.json")

@@ -200,3 +200,58 @@ def test_structured_output_after_a_tool_loop(client_env: Emulator) -> None:
     assert reply.tool_calls[0].output == "def of x" and len(reply.messages) == 4
     assert all("output_config" in r.body for r in client_env.message_requests())
     assert reply.usage == sum((Usage.from_sdk(r.usage) for r in client_env.message_requests()), Usage())
+
+
+# --------------------------------------------------------------------------- the schema itself, before sending
+@pytest.mark.parametrize("schema, path, what", [
+    ({"type": "object", "required": "a"}, "$.required", "list of property names"),
+    ({"type": "object", "required": ["a", "a"]}, "$.required", "twice"),
+    ({"type": "objekt"}, "$.type", "unknown type 'objekt'"),
+    ({"type": ["string", "bogus"]}, "$.type", "'bogus'"),
+    ({"type": []}, "$.type", "non-empty"),
+    ({"type": "object", "properties": []}, "$.properties", "dict of schemas"),
+    ({"type": "object", "properties": {"a": 5}}, "$.properties.a", "a schema must be a dict"),
+    ({"type": "object", "properties": {"a": {"type": "string", "minLength": -1}}}, "$.properties.a.minLength",
+     "int >= 0"),
+    ({"type": "array", "items": {"type": "integer", "maximum": "ten"}}, "$.items.maximum", "a number"),
+    ({"type": "array", "maxItems": 2.5}, "$.maxItems", "int >= 0"),
+    ({"type": "number", "multipleOf": 0}, "$.multipleOf", "> 0"),
+    ({"anyOf": []}, "$.anyOf", "non-empty list"),
+    ({"oneOf": [{"type": "string"}, "x"]}, "$.oneOf[1]", "a schema must be a dict"),
+    ({"type": "string", "enum": "abc"}, "$.enum", "list of values"),
+    ({"type": "object", "properties": {"a": {"$ref": "#/$defs/Gone"}}}, "$.properties.a.$ref", "does not resolve"),
+    ({"$ref": "https://example.com/schema.json"}, "$.$ref", "only local references"),
+    ({"type": "object", "additionalProperties": "no"}, "$.additionalProperties", "a schema must be a dict"),
+    ({"type": "string", "description": 5}, "$.description", "a str"),
+    ({"type": "object", "$defs": {"X": {"type": "strin"}}}, "$.$defs.X.type", "unknown type"),
+])
+def test_an_invalid_json_schema_is_refused_naming_the_path(client_env: Emulator, schema: dict, path: str,
+                                                           what: str) -> None:
+    import claude_client as cc
+
+    with pytest.raises(ValueError) as info:
+        OutputSpec.from_user(schema)
+    message = str(info.value)
+    assert message.startswith("output_schema is not a valid JSON schema") and path in message and what in message
+    with pytest.raises(ValueError, match="output_schema"):
+        cc.invoke_claude("x", output_schema=schema)
+    with pytest.raises(ValueError, match=r"output_config\['format'\]\['schema'\]"):
+        cc.invoke_claude("x", output_config={"format": {"type": "json_schema", "schema": schema}})
+    assert client_env.requests == []
+
+
+def test_valid_schemas_pass_the_check_and_are_sent_as_given(client_env: Emulator) -> None:
+    import claude_client as cc
+
+    recursive = {"$defs": {"Node": {"type": "object", "properties": {"kids": {"type": "array",
+                                                                            "items": {"$ref": "#/$defs/Node"}}}}},
+                 "$ref": "#/$defs/Node"}
+    for schema in (PERSON_SCHEMA, recursive, {"type": ["string", "null"]}, {"enum": [1, "a", None]},
+                   {"type": "object", "properties": {"a": True, "b": {"not": {"type": "null"}}},
+                    "patternProperties": {"^x": {"type": "integer", "exclusiveMinimum": 0}}}):
+        assert OutputSpec.from_user(schema) is not None
+    for model in (Person, Address, list[int]):  # a Pydantic model, or a type pydantic can build a schema for
+        assert OutputSpec.from_user(model) is not None
+    reply = cc.invoke_claude("who?", output_schema=PERSON_SCHEMA)
+    assert set(reply.parsed) == {"name", "age", "tags"}
+    assert client_env.message_requests()[0].body["output_config"]["format"]["schema"] == PERSON_SCHEMA
