@@ -42,6 +42,7 @@ EXPECTED = {
     "tools": "a 3-turn tool loop: the library vs a hand-written SDK loop, client CPU",
     "admission": "token-aware admission at a tier-1-like shape: 429s per request, throughput vs the limit",
     "journal": "run journal: overhead per result, and resuming from a complete journal",
+    "tracing": "OpenTelemetry tracing: client CPU with tracing off, and library spans vs the SDK's spans alone",
 }
 
 

@@ -51,12 +51,14 @@ import hashlib
 import logging
 import math
 import os
+import random
 import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Mapping, Optional
 
+import _tracing
 from _budget import Budget, Reservation
 from _credentials import on_change
 from _errors import ClaudeInvocationError
@@ -69,6 +71,7 @@ from _estimate import (
 )
 from _interrupt import InterruptToken, subscribe, unsubscribe
 from _results import Usage
+from _shared_admission import SharedLink, open_link, register_lock
 
 logger = logging.getLogger("claude_client._admission")
 
@@ -94,6 +97,8 @@ _FREE_CHECK_EVERY = 16  # on the fast path, look for rate-limit headers in one r
 _ROOMY_CHECK_EVERY = 8  # every bucket at least half full: read the headers of one response in this many
 _MAX_PAUSE_S = 60.0
 _RATIO_WEIGHT = 0.2  # weight of a new reply in the running actual / estimated input ratio
+_SPREAD_SHARE = 1.0  # without a store, a 429's pause is spread over this share of it ...
+_SPREAD_MAX_S = 5.0  # ... at most this long
 
 
 def rate_limit_pool(model: str) -> str:
@@ -236,7 +241,19 @@ class Ticket:
     >>> ticket.finish(reply.headers, reply.usage, None)      # or (error.headers, None, error)
     """
 
-    __slots__ = ("_controller", "_params", "_estimate", "_charges", "_probe", "_done", "_learned", "_mark", "_sent")
+    __slots__ = (
+        "_controller",
+        "_params",
+        "_estimate",
+        "_charges",
+        "_probe",
+        "_done",
+        "_learned",
+        "_mark",
+        "_sent",
+        "_shared",
+        "_smark",
+    )
 
     def __init__(
         self,
@@ -255,6 +272,8 @@ class Ticket:
         self._learned: Any = None
         self._mark: Optional[tuple[float, float, float]] = None  # controller._cum after this admission
         self._sent = 0.0  # wall-clock time of the admission
+        self._shared = False  # charged to the shared store's lease (not the local buckets)
+        self._smark: Optional[Mapping[str, float]] = None  # the store's marks when admitted
 
     def started(self, headers: Optional[Mapping[str, str]]) -> None:
         """Optional: learn from the response headers as soon as they arrive (a stream's headers
@@ -306,6 +325,10 @@ class AdmissionController:
 
     #: Longest wait for the first request's headers before the others go anyway (seconds).
     probe_wait_s = 0.25
+    #: The same with a shared store: every process on the key starts by probing, so the others wait
+    #: longer for the first headers (looking in the store every 50 ms for limits another process
+    #: learned) rather than all going uncharged at once.
+    shared_probe_wait_s = 1.0
 
     def __init__(self, model: str, limits: Optional[RateLimits] = None, *, count_cache_reads: bool = False) -> None:
         if limits is not None and not isinstance(limits, RateLimits):
@@ -338,8 +361,39 @@ class AdmissionController:
         self._stats = {"admitted": 0, "waited": 0, "wait_s": 0.0, "rate_limited": 0, "paused_429": 0, "contention": 0}
         # "probe": nothing known yet, one request at a time; "limited": buckets; "free": no limits.
         self._mode = "probe"
+        self._link: Optional[SharedLink] = None  # the shared store (None: per-process admission)
+        self._wait_kind = ""  # the limit the head of the queue last waited for
         if self._limits.any:
             self._apply_explicit(time.monotonic())
+
+    def _attach(self, link: SharedLink) -> None:
+        """Share the limits through ``link``: adopt what the store knows (limits learned by
+        another process: no probe; a pause in progress)."""
+        with self._lock:
+            self._link = link
+            register_lock(link, self._lock)
+            self._adopt(link, time.monotonic())
+
+    def _adopt(self, link: SharedLink, now: float) -> bool:
+        """Take the limits and pause the store knows (lock held); True when it knew limits."""
+        limits, paused = link.adopt()
+        if paused > 0:
+            self._pause_until = max(self._pause_until, now + paused)
+        if not limits:
+            return False
+        for kind, (capacity, minute) in limits.items():
+            self._header_limits[kind] = capacity
+            self._implied_minute[kind] = minute
+        self._apply_explicit(now)
+        return True
+
+    def _fallback(self, now: float) -> None:
+        """The store stopped answering: local buckets from the store's last levels (lock held)."""
+        link = self._link
+        for kind, bucket in self._buckets.items():
+            seen = link.levels.get(kind) if link is not None else None
+            bucket.level = min(bucket.capacity, seen) if seen is not None else 0.5 * bucket.capacity
+            bucket.last = now
 
     # -------------------------------------------------------------- configuration
     def set_limits(self, limits: Optional[RateLimits]) -> None:
@@ -371,7 +425,7 @@ class AdmissionController:
     def _contention(self, now: float) -> None:
         """Another user of the key showed up (a 429, or a ``remaining`` well below the local
         level): assume half the refill from now on (lock held; at most once per 1/20 minute)."""
-        if now - self._contended_at < self._base_minute("rpm") / 20:
+        if now - self._contended_at < self._base_minute("rpm") / 60:
             return
         self._contended_at = now
         if self._share > 0.1:
@@ -381,7 +435,7 @@ class AdmissionController:
 
     def _recover(self, now: float) -> None:
         """Take back the refill step by step (x1.25 per quarter minute without contention)."""
-        if self._share < 1.0 and now - max(self._contended_at, self._recovered_at) > self._base_minute("rpm") / 4:
+        if self._share < 1.0 and now - max(self._contended_at, self._recovered_at) > self._base_minute("rpm") / 2:
             self._recovered_at = now
             self._share = min(1.0, self._share * 1.25)
             self._rerate()
@@ -439,18 +493,23 @@ class AdmissionController:
                         "The request was interrupted (InterruptToken.interrupt()) while waiting for rate-limit room",
                         kind="interrupted",
                     )
+                admitted: Optional[Ticket] = None
                 with self._lock:
                     delay: Optional[float] = None
                     if self._queue and self._queue[0] is waiter:
                         now = time.monotonic()
-                        ticket = self._try_admit(params, estimate, now)
-                        if ticket is not None:
+                        admitted = self._try_admit(params, estimate, now)
+                        if admitted is not None:
                             self._queue.popleft()
                             self._stats["wait_s"] += now - started
                             self._wake_head_locked()
-                            return ticket
-                        delay = self._delay(estimate, now)
+                            limit = self._wait_kind or ("pause" if self._pause_until > started else self._mode)
+                        else:
+                            delay = self._delay(estimate, now)
                     waiter.event.clear()
+                if admitted is not None:
+                    _tracing.event("admission_wait", seconds=round(now - started, 6), limit=limit)
+                    return admitted
                 if interrupt is not None and interrupt.is_interrupted():
                     continue  # it fired before the clear above: do not sleep through it
                 # No lock held from here: sleep until the head may fit, or a finish wakes us.
@@ -476,15 +535,22 @@ class AdmissionController:
         """Seconds until the request fits (lock held); None: wait to be woken (the probe)."""
         if self._mode == "probe":
             if self._probe_in_flight:
-                return max(self._probe_deadline - now, self._pause_until - now, 0.0)
+                wait = max(self._probe_deadline - now, self._pause_until - now, 0.0)
+                return wait if self._link is None else min(wait, self.shared_probe_wait_s / 20)
             return max(0.0, self._pause_until - now)
         delay = self._pause_until - now
+        link = self._link
+        if self._mode == "limited" and link is not None and link.active:
+            self._wait_kind = link.wait_kind
+            return max(delay, link.wait_until - now, 0.0)
         if self._mode == "limited":
             itpm, otpm = self._need(estimate)
             for kind, amount in (("rpm", 1.0), ("itpm", itpm), ("otpm", otpm)):
                 bucket = self._buckets.get(kind)
                 if bucket is not None:
-                    delay = max(delay, bucket.wait(amount, now))
+                    wait = bucket.wait(amount, now)
+                    if wait > delay:
+                        delay, self._wait_kind = wait, kind
         return max(delay, 0.0)
 
     def _try_admit(self, params: Mapping[str, Any], estimate: RequestEstimate, now: float) -> Optional[Ticket]:
@@ -496,12 +562,20 @@ class AdmissionController:
             return Ticket(self, params, estimate, None)
         if mode == "probe":
             probe = not self._probe_in_flight
+            link = self._link
+            if not probe and now < self._probe_deadline and link is None:
+                return None
+            if not probe and link is not None and now >= max(link.retry_at, link.adopt_at):
+                # Another process may have learned the limits meanwhile: then no need to wait.
+                link.adopt_at = now + self.shared_probe_wait_s / 20
+                if self._adopt(link, now):
+                    return self._try_admit(params, estimate, now)
             if not probe and now < self._probe_deadline:
                 return None
             # The probe is out; past its deadline the others go too, uncharged, until headers come.
             self._probe_in_flight = True
             if probe:
-                self._probe_deadline = now + self.probe_wait_s
+                self._probe_deadline = now + (self.probe_wait_s if link is None else self.shared_probe_wait_s)
             self._in_flight += 1
             self._stats["admitted"] += 1
             ticket = Ticket(self, params, estimate, None, probe=True)
@@ -509,6 +583,21 @@ class AdmissionController:
             ticket._sent = time.time()
             return ticket
         itpm, otpm = self._need(estimate)
+        link = self._link
+        if link is not None and link.active:
+            wait = link.take((1.0, itpm, otpm), now)
+            if wait is None:
+                self._fallback(now)
+            elif wait > 0:
+                return None
+            else:
+                self._stats["admitted"] += 1
+                self._in_flight += 1
+                ticket = Ticket(self, params, estimate, (1.0, itpm, otpm))
+                ticket._shared = True
+                ticket._smark = link.marks
+                ticket._sent = time.time()
+                return ticket
         buckets = self._buckets
         rpm_b, itpm_b, otpm_b = buckets.get("rpm"), buckets.get("itpm"), buckets.get("otpm")
         if (
@@ -573,6 +662,11 @@ class AdmissionController:
         found = False
         mark = ticket._mark if ticket is not None else None
         cum = self._cum
+        link = self._link
+        shared = link is not None and link.active
+        told: Optional[dict[str, tuple[float, float]]] = {} if link is not None else None
+        left: dict[str, float] = {}
+        slack: dict[str, float] = {}
         for index, (kind, name, tolerance) in enumerate(_KINDS):
             raw_limit = fields.get(name + "-limit")
             if raw_limit is None:
@@ -596,6 +690,9 @@ class AdmissionController:
                 )
             minute = self._minute_of(kind)
             cap = self._cap(kind) or limit
+            if told is not None:
+                told[kind] = (cap, self._base_minute(kind))
+                left[kind], slack[kind] = remaining, tolerance
             later = (cum[index] - mark[index]) if mark is not None else 0.0
             floor = max(0.0, min(remaining, cap) - later)
             bucket = self._buckets.get(kind)
@@ -606,15 +703,22 @@ class AdmissionController:
             bucket.resize(cap, minute)
             before = bucket.level - (otpm_refund if kind == "otpm" else 0.0)
             if remaining + tolerance < before:
-                if remaining + max(tolerance, 0.05 * cap) < before:
+                if remaining + max(tolerance, 0.05 * cap) < before and not shared:
                     self._contention(now)
                 bucket.level = min(bucket.level, floor)
-            elif floor > bucket.level + tolerance and mark is not None and self._alone(ticket):
+            elif floor > bucket.level + tolerance and mark is not None and self._share >= 1.0 and self._alone(ticket):
                 # Only when nothing else is in flight: an attempt admitted earlier may reach the
                 # server after these headers were made, so it may be missing from ``remaining``.
                 bucket.level = floor
         if found:
             self._mode = "limited"
+            if link is not None and told:
+                if not shared:  # the store's first levels: no higher than this process's own
+                    for kind in left:
+                        bucket = self._buckets.get(kind)
+                        if bucket is not None:
+                            left[kind] = min(left[kind], max(0.0, bucket.level))
+                link.note(told, left, slack, ticket._smark if ticket is not None else None, now)
         return found
 
     def _alone(self, ticket: Optional[Ticket]) -> bool:
@@ -677,28 +781,17 @@ class AdmissionController:
             if charges is not None or ticket._probe:
                 self._in_flight -= 1
             if charges is not None:
-                buckets = self._buckets
-                rpm_b, itpm_b, otpm_b = buckets.get("rpm"), buckets.get("itpm"), buckets.get("otpm")
-                for b in (rpm_b, itpm_b, otpm_b):
-                    if b is not None:
-                        b.refill(now)
-                if rate_limited:  # the API took nothing
-                    if rpm_b is not None:
-                        rpm_b.give(charges[0])
-                    if itpm_b is not None:
-                        itpm_b.give(charges[1])
-                    refund_out = charges[2]
-                elif usage is not None:
-                    if itpm_b is not None and charges[1]:
-                        used = usage.input_tokens + usage.cache_creation_input_tokens
-                        if self.count_cache_reads:
-                            used += usage.cache_read_input_tokens
-                        itpm_b.give(charges[1] - used)  # negative: the estimate was short
-                    refund_out = max(0.0, charges[2] - usage.output_tokens)
-                else:  # failed: the API gives the unused output back
-                    refund_out = charges[2]
-                if otpm_b is not None and refund_out:
-                    otpm_b.give(refund_out)
+                back = self._refund(charges, usage, rate_limited)
+                refund_out = back[2]
+                link = self._link
+                if ticket._shared and link is not None and link.active:
+                    link.refund(back)
+                else:
+                    for kind, amount in zip(("rpm", "itpm", "otpm"), back):
+                        bucket = self._buckets.get(kind)
+                        if bucket is not None and amount:
+                            bucket.refill(now)
+                            bucket.give(amount)
             if usage is not None and estimate is not None and estimate.total > 0:
                 ratio = usage.total_input_tokens / estimate.total
                 if 0.05 < ratio < 20:
@@ -717,15 +810,47 @@ class AdmissionController:
                         "no rate-limit headers from the server: admission control for pool %s is off", self.pool
                     )
             if rate_limited:
-                self._stats["rate_limited"] += 1
-                if self._mode == "limited":
-                    self._contention(now)
-                if self._mode != "limited":
-                    # No rate-limit headers to learn from: everyone waits what the server asked.
-                    pause = getattr(error, "retry_after", None) or 1.0
-                    self._pause_until = max(self._pause_until, now + min(float(pause), _MAX_PAUSE_S))
-                    self._stats["paused_429"] += 1
+                self._rate_limited(error, now)
             self._wake_head_locked()
+
+    def _refund(
+        self, charges: tuple[float, float, float], usage: Optional[Usage], rate_limited: bool
+    ) -> tuple[float, float, float]:
+        """What an attempt charged ``charges`` gives back per bucket (negative: it used more)."""
+        if rate_limited:  # the API took nothing
+            return charges
+        if usage is None:  # failed: the API gives the unused output back
+            return 0.0, 0.0, charges[2]
+        used = usage.input_tokens + usage.cache_creation_input_tokens
+        if self.count_cache_reads:
+            used += usage.cache_read_input_tokens
+        return 0.0, (charges[1] - used) if charges[1] else 0.0, max(0.0, charges[2] - usage.output_tokens)
+
+    def _rate_limited(self, error: Any, now: float) -> None:
+        """A 429 (lock held): the scope pauses for its ``retry-after`` (shared through the store,
+        each caller at its own spread resume time); without a store, this process pauses for a
+        jittered ``retry-after`` (so processes sharing a key do not come back in step) and, with
+        limits known, assumes a smaller share of the refill."""
+        self._stats["rate_limited"] += 1
+        pause = min(float(getattr(error, "retry_after", None) or 1.0), _MAX_PAUSE_S)
+        link = self._link
+        if link is not None and now >= link.retry_at:
+            wait = link.pause(pause, now)
+            if wait is not None:
+                if link.active:
+                    pass  # the store's buckets already hold everyone: no local share to cut
+                elif self._mode == "limited":
+                    self._contention(now)
+                self._pause_until = max(self._pause_until, now + wait)
+                self._stats["paused_429"] += 1
+                return
+            if self._mode == "limited":
+                self._fallback(now)
+        if self._mode == "limited":
+            self._contention(now)
+        spread = min(max(_SPREAD_SHARE * pause, 0.05), _SPREAD_MAX_S)
+        self._pause_until = max(self._pause_until, now + pause + random.uniform(0.0, spread))
+        self._stats["paused_429"] += 1
 
     # -------------------------------------------------------------- diagnostics
     def snapshot(self) -> dict:
@@ -748,6 +873,7 @@ class AdmissionController:
                 "share": self._share,
                 "waiting": len(self._queue),
                 "paused_s": max(0.0, self._pause_until - now),
+                "shared": None if self._link is None else self._link.snapshot(),
                 **self._stats,
             }
 
@@ -794,6 +920,9 @@ def controller_for(client: Any, model: str, limits: Optional[RateLimits] = None)
             controller = _registry.get(key)
             if controller is None:
                 controller = _registry[key] = AdmissionController(model, limits)
+                link = open_link(client, key[2])
+                if link is not None:
+                    controller._attach(link)
                 return controller
     if limits is not None:
         controller.set_limits(limits)

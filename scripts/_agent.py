@@ -14,7 +14,9 @@ from typing import Any, Callable, Optional
 
 import anthropic
 
+import _tracing
 from _admission import Budget
+from _errors import ClaudeInvocationError
 from _interrupt import InterruptToken
 from _results import ClaudeResponse
 from _retry import RetryPolicy
@@ -86,7 +88,10 @@ class Agent:
         if output is not None:
             params = output.apply(params)
 
+        turns = [0]  # requests sent (the tool loop's agent span records them)
+
         def send_turn(body: dict) -> ClaudeResponse:
+            turns[0] += 1
             return send(
                 body,
                 client=self.client,
@@ -124,4 +129,21 @@ class Agent:
                     state=loop_state,
                 )
 
-        return once() if output is None else send_structured(once, output)
+        if toolset is None:
+            return once() if output is None else send_structured(once, output)
+        with _tracing.agent_span("agent", depth=self.depth, model=params.get("model")) as span:
+            try:
+                reply = once() if output is None else send_structured(once, output)
+            except ClaudeInvocationError as error:  # what the loop ran and paid before it failed
+                calls = getattr(error, "tool_calls", None)
+                span.finish(
+                    turns=turns[0],
+                    tool_calls=len(calls) if isinstance(calls, list) else None,
+                    usage=getattr(error, "usage", None),
+                    cost_usd=getattr(error, "cost_usd", None),
+                )
+                raise
+            span.finish(
+                turns=turns[0], tool_calls=len(reply.tool_calls or ()), usage=reply.usage, cost_usd=reply.cost_usd
+            )
+            return reply

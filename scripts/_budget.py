@@ -23,18 +23,39 @@ import contextlib
 import logging
 import math
 import threading
+import time
 from typing import Any, Iterator, Mapping, Optional
 
+import _tracing
+from _credentials import shared_limits_setting
 from _errors import ClaudeInvocationError
 from _estimate import estimate_request, worst_case_cost
 from _interrupt import InterruptToken, check_token, subscribe, unsubscribe
+from _shared_base import budget_name
+from _shared_limits import DEFAULT_TTL_S, BudgetGrant, BudgetReport, SharedStore, get_store
 
 logger = logging.getLogger("claude_client._admission")
 
-__all__ = ["Budget", "Reservation"]
+__all__ = ["Budget", "Reservation", "budget_report"]
 
 _EPSILON = 1e-12
 _RECHECK_S = 2.0  # a waiter also looks again this often (a safety net: settles wake it at once)
+_WAITED_S = 0.002  # a reservation that took longer than this waited (a tracing event says how long)
+_SHARED_POLL_S = (0.01, 0.25)  # a shared budget's waiter asks the store again after 10 ms, up to 250 ms
+
+
+def budget_report(name: str) -> Optional[BudgetReport]:
+    """A named spend cap (``budget="name"`` with ``max_cost_usd=``) as every process on the shared
+    store sees it: ``spent_usd``, ``reserved_usd`` (attempts in flight), ``open``, ``expired_usd``
+    (reservations of processes that died: counted as spent), ``refused``, ``cap_usd``. None when
+    shared limits are off or the store is unavailable.
+
+    >>> invoke_parallel(prompts, max_cost_usd=25.0, budget="nightly-eval")
+    >>> budget_report("nightly-eval").spent_usd
+    """
+    budget_name(name)
+    store = get_store(shared_limits_setting())
+    return None if store is None else store.budget_report(name)
 
 
 class _Waiter:
@@ -60,13 +81,14 @@ class Reservation:
     >>> reservation.settle(reply.cost_usd)   # 0.0: certainly cost nothing; None: keep the worst case
     """
 
-    __slots__ = ("_chain", "cost_usd", "_settled", "_holder")
+    __slots__ = ("_chain", "cost_usd", "_settled", "_holder", "_grants")
 
     def __init__(self, chain: tuple[Budget, ...], cost_usd: float, holder: int) -> None:
         self._chain = chain
         self.cost_usd = cost_usd
         self._settled = False
         self._holder = holder  # the thread that reserved it
+        self._grants: list[tuple[SharedStore, BudgetGrant]] = []  # its reservations in shared budgets
 
     def settle(self, actual_cost_usd: Optional[float]) -> None:
         """Replace the reservation with the real cost (None: unknown, the worst case is spent).
@@ -95,6 +117,8 @@ class Reservation:
                 else:
                     budget._holders.pop(self._holder, None)
                 budget._wake_locked()
+        for store, grant in self._grants:
+            store.budget_settle(grant, spent)  # None (the store unavailable): its expiry counts it spent
 
 
 class Budget:
@@ -116,22 +140,38 @@ class Budget:
     :meth:`Reservation.settle` replaces a reservation with the real cost. :meth:`child` makes a
     budget that also draws on this one (delegation).
 
+    ``name``: a spend cap shared with every run, in any process on the shared store
+    (``configure(shared_limits=...)``), that names it: each reservation is also made in the
+    store, atomically across processes, under the same wait-then-refuse rule (it waits while
+    reservations in flight anywhere may settle; it is refused when what every process has spent
+    plus its worst case exceeds ``max_cost_usd``). With shared limits off or the store
+    unavailable, the cap is this run's alone. :func:`budget_report` shows the shared figures.
+
     ``refused`` and ``waited`` count the attempts refused and the attempts that had to wait.
 
     >>> budget = Budget(2.50)
     >>> r = budget.reserve(params); ...; r.settle(reply.cost_usd)
     >>> budget.spent, budget.reserved, budget.remaining
+    >>> fleet = Budget(25.0, name="nightly-eval")       # shared by every process that names it
     """
 
-    def __init__(self, max_cost_usd: float, *, parent: Optional[Budget] = None) -> None:
+    #: How long a reservation in a shared budget lasts unsettled (its process died): then it counts
+    #: as spent at its worst case, and no longer blocks the others.
+    shared_ttl_s = DEFAULT_TTL_S
+
+    def __init__(self, max_cost_usd: float, *, parent: Optional[Budget] = None, name: Optional[str] = None) -> None:
         if isinstance(max_cost_usd, bool) or not isinstance(max_cost_usd, (int, float)):
             raise TypeError(f"max_cost_usd must be a number >= 0, got {type(max_cost_usd).__name__}")
         if not (max_cost_usd >= 0 and math.isfinite(max_cost_usd)):
             raise ValueError(f"max_cost_usd must be a finite number >= 0, got {max_cost_usd!r}")
         if parent is not None and not isinstance(parent, Budget):
             raise TypeError(f"parent must be a Budget or None, got {type(parent).__name__}")
+        if name is not None:
+            budget_name(name)
         self.max_cost_usd = float(max_cost_usd)
         self.parent = parent
+        self.name = name
+        self._store: Any = None  # the shared store of a named budget (looked up at its first reserve)
         self._lock = threading.Lock()
         self._spent = 0.0
         self._reserved = 0.0
@@ -192,6 +232,69 @@ class Budget:
         ``interrupt`` fires while it waits."""
         check_token(interrupt, "interrupt")
         cost = self.worst_case(params)
+        started = time.monotonic()
+        reservation = self._reserve_local(cost, interrupt)
+        named = [b for b in self._chain if b.name is not None]
+        if named:
+            try:
+                for budget in named:
+                    budget._reserve_shared(reservation, cost, interrupt)
+            except BaseException:
+                reservation.settle(0.0)  # never sent
+                raise
+        waited = time.monotonic() - started
+        if waited > _WAITED_S:
+            _tracing.event("spend_cap_wait", seconds=round(waited, 6))
+        return reservation
+
+    def _shared_store(self) -> Optional[SharedStore]:
+        if self._store is None:
+            self._store = get_store(shared_limits_setting()) or False
+        return self._store or None
+
+    def _reserve_shared(self, reservation: Reservation, cost: float, interrupt: Optional[InterruptToken]) -> None:
+        """Reserve ``cost`` in the shared budget of this name too: wait while reservations in
+        flight (any process) may settle; refuse when spent + cost > cap, or when this thread
+        holds other reservations (it would wait for itself)."""
+        store = self._shared_store()
+        if store is None:
+            return
+        assert self.name is not None
+        poll = _SHARED_POLL_S[0]
+        wake = threading.Event()
+        handle = subscribe(interrupt, wake.set) if interrupt is not None else None
+        try:
+            while True:
+                grant = store.budget_reserve(self.name, cost, self.max_cost_usd, ttl_s=self.shared_ttl_s)
+                if grant is None:  # unavailable: this run's cap alone (the store warned once)
+                    return
+                if grant.granted:
+                    reservation._grants.append((store, grant))
+                    return
+                mine = self._holders.get(threading.get_ident(), 0) > 1
+                if grant.spent_usd + cost > self.max_cost_usd + _EPSILON or mine:
+                    with self._lock:
+                        self.refused += 1
+                    beside = "its own reservations in flight" if mine else f"the ${grant.spent_usd:.4f} spent"
+                    raise ClaudeInvocationError(
+                        f"max_cost_usd={self.max_cost_usd:g} (shared budget {self.name!r}): not started, its "
+                        f"worst case ${cost:.4f} does not fit beside {beside} (spent ${grant.spent_usd:.4f}, "
+                        f"reserved ${grant.reserved_usd:.4f} across every process)",
+                        kind="budget",
+                    )
+                if interrupt is not None and interrupt.is_interrupted():
+                    raise ClaudeInvocationError(
+                        "The request was interrupted (InterruptToken.interrupt()) while waiting for room "
+                        f"under the shared budget {self.name!r}",
+                        kind="interrupted",
+                    )
+                wake.wait(poll)
+                poll = min(poll * 2, _SHARED_POLL_S[1])
+        finally:
+            if handle is not None:
+                unsubscribe(interrupt, handle)  # type: ignore[arg-type]
+
+    def _reserve_local(self, cost: float, interrupt: Optional[InterruptToken]) -> Reservation:
         me = threading.get_ident()
         waiter: Optional[_Waiter] = None
         handle: Optional[int] = None

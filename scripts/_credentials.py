@@ -23,8 +23,10 @@ from typing import Any, Callable, Optional
 
 import anthropic
 
+import _tracing
 from _errors import MissingAPIKeyError, register_secret
-from _validation import check_number, check_seconds
+from _shared_limits import Setting, resolve_setting
+from _validation import check_bool, check_number, check_seconds
 
 #: Environment variable naming the project-knowledge folder searched for key files.
 PROJECT_DIR_ENV = "ORCHESTRATING_AGENTS_PROJECT_DIR"
@@ -241,6 +243,9 @@ def configure(
     timeout: Optional[float] = None,
     client: Optional[anthropic.Anthropic] = None,
     max_retries: Optional[int] = None,
+    *,
+    shared_limits: Setting = None,
+    tracing: Optional[bool] = None,
 ) -> None:
     """Set process-wide defaults (each given value replaces the previous one).
 
@@ -253,7 +258,15 @@ def configure(
     garbage-collected). An ``api_key`` that is not one line of printable ASCII raises
     :class:`MissingAPIKeyError`.
 
+    ``shared_limits``: how processes using one key share its rate limits, the 429 pause and
+    named spend caps: ``True`` (the default: one SQLite file in the user's cache directory),
+    ``False`` (off: each process admits alone), ``"redis://host:6379/0"`` (across machines; the
+    ``[redis]`` extra) or ``"sqlite:///path"``. Unset, ``ORCHESTRATING_AGENTS_SHARED_LIMITS``
+    decides (the same values, or ``on``/``off``). ``tracing``: the library's OpenTelemetry spans
+    on (default) or off.
+
     >>> configure(base_url="http://127.0.0.1:8080", max_retries=0)
+    >>> configure(shared_limits="redis://redis.internal:6379/0", tracing=False)
     """
     if api_key is not None:
         api_key = _check_key(_check_non_empty(api_key, "api_key"), "configure(api_key=...)")
@@ -265,6 +278,10 @@ def configure(
         raise TypeError(f"client must be an anthropic.Anthropic, got {type(client).__name__}")
     if max_retries is not None:
         check_number(max_retries, "max_retries", integer=True)
+    if shared_limits is not None:
+        shared_limits = resolve_setting(shared_limits)
+    if tracing is not None:
+        check_bool(tracing, "tracing")
     with _state_lock:
         for name, value in (
             ("api_key", api_key),
@@ -272,11 +289,14 @@ def configure(
             ("timeout", timeout),
             ("client", client),
             ("max_retries", max_retries),
+            ("shared_limits", shared_limits),
         ):
             if value is not None:
                 _config[name] = value
         register_secret(api_key)
         register_secret(getattr(client, "api_key", None))
+        if tracing is not None:
+            _tracing.set_enabled(tracing)
         _changed()
 
 
@@ -290,7 +310,14 @@ def reset_client() -> None:
     with _state_lock:
         _resolved_key = None
         _config.clear()
+        _tracing.set_enabled(True)
         _changed()
+
+
+def shared_limits_setting() -> Setting:
+    """The ``configure(shared_limits=...)`` setting, or None (then the environment decides: see
+    :func:`_shared_limits.resolve_setting`)."""
+    return _config.get("shared_limits")
 
 
 def settings() -> tuple[int, dict[str, Any]]:

@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Optional
 
+import _tracing
 from _interrupt import InterruptToken
 from _results import ClaudeResponse, Usage, paid
 from _validation import check_positive_int, is_mapping
@@ -91,14 +92,23 @@ class DelegateTool:
         self.schema = _delegate_schema()
 
     def run(self, tool_input: Any, context: AgentContext) -> Delegation:
-        """Run the tasks of ``tool_input`` as sub-agents one level below ``context``."""
+        """Run the tasks of ``tool_input`` as sub-agents one level below ``context`` (under an
+        ``invoke_agent delegate`` span when tracing is on: the sub-agents' spans are its children)."""
         tasks = tool_input.get("tasks") if is_mapping(tool_input) else None
         if not isinstance(tasks, list) or not tasks or not all(isinstance(t, str) and t.strip() for t in tasks):
             raise ValueError("delegate needs {'tasks': [non-empty strings]}, got " + json.dumps(tool_input)[:200])
         if context.depth >= self.max_depth:
             raise ValueError(f"delegation depth limit reached (max_depth={self.max_depth})")
         child = context.child()
-        results = self.run_parallel_tasks(list(tasks), child)
+        with _tracing.agent_span(self.name, depth=child.depth) as span:  # the sub-agents' spans nest here
+            span.set({f"{_tracing.NS}.agent.sub_agents": len(tasks)})
+            try:
+                results = self.run_parallel_tasks(list(tasks), child)
+            except Exception as error:  # a delegation that failed part-way: what its sub-agents used
+                partial = getattr(error, "results", None)
+                span.finish(usage=getattr(partial, "usage", None), cost_usd=getattr(partial, "cost_usd", None))
+                raise
+            span.finish(usage=getattr(results, "usage", None), cost_usd=getattr(results, "cost_usd", None))
         return Delegation(list(tasks), child.depth, results)
 
     def __repr__(self) -> str:

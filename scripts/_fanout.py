@@ -15,6 +15,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Optional, Sequence
 
+import _tracing
 from _agent import Agent
 from _errors import ClaudeInvocationError
 from _interrupt import InterruptToken, subscribe, unsubscribe, wait_sliced
@@ -104,7 +105,7 @@ class _Run:
     def snapshot(self, return_exceptions: bool) -> ParallelResults:
         results = list(self.results)
         errors = dict(self.errors)
-        usage, cost = totals(results)
+        usage, cost = totals(results, errors=errors.values())  # what failed slots paid (a refusal) counts too
         if return_exceptions:
             for index, error in errors.items():
                 results[index] = error
@@ -147,17 +148,25 @@ def run_parallel(
 
     def work(spec: PromptSpec, on_start: Optional[Callable[[], Any]]) -> None:
         outcome: Any = None
+        ended: Optional[BaseException] = None
+        span = _tracing.NOOP_PROMPT
         try:
             if not token.is_interrupted():
                 if on_begin is not None:
                     on_begin(spec.index)
                 on_text = callbacks[spec.index] if callbacks is not None else None
-                outcome = agent.run(spec.params, on_text=on_text, on_start=on_start, tools=spec.extra.get("toolset"))
+                span = _tracing.prompt_span(spec.index)  # the SDK's request spans nest under it
+                with span.current():
+                    outcome = agent.run(
+                        spec.params, on_text=on_text, on_start=on_start, tools=spec.extra.get("toolset")
+                    )
         except ClaudeInvocationError as error:
             outcome = None if error.kind == "interrupted" else error
+            ended = error
         except BaseException as error:  # a programming error: it fails its own slot only
-            outcome = error
+            outcome = ended = error
         finally:
+            span.settle(outcome, ended)
             run.settle(spec.index, outcome)
 
     wake_handle = subscribe(token, run.wake.set)
@@ -169,7 +178,7 @@ def run_parallel(
         if pilot:
             released = threading.Event()
             release_handle = subscribe(token, released.set)
-            pilot_future = executor.submit(work, specs[0], released.set)
+            pilot_future = _tracing.submit(executor, work, specs[0], released.set)
             pilot_future.add_done_callback(lambda _f: released.set())
             submitted.append((pilot_future, specs[0].index))
             wait_sliced(released)
@@ -179,7 +188,7 @@ def run_parallel(
             if token.is_interrupted():
                 run.settle(spec.index, None)
             else:
-                submitted.append((executor.submit(work, spec, None), spec.index))
+                submitted.append((_tracing.submit(executor, work, spec, None), spec.index))
         wait_sliced(run.wake)
     except BaseException as exc:  # e.g. Ctrl-C while waiting: abort what is in flight
         stop = exc

@@ -60,11 +60,13 @@ class ConcurrencyLimiter:
     def __init__(self, global_limit: int = 10, category_limits: Optional[Mapping[str, int]] = None) -> None:
         check_number(global_limit, "global_limit", minimum=1, integer=True)
         if category_limits is not None and not isinstance(category_limits, Mapping):
-            raise ValueError(f"category_limits must be a mapping of str -> int >= 1, got {category_limits!r}")
+            raise TypeError(
+                f"category_limits must be a mapping of str -> int >= 1, got {type(category_limits).__name__}"
+            )
         limits: Dict[str, int] = {}
         for cat, lim in (category_limits or {}).items():
             if not isinstance(cat, str):
-                raise ValueError(f"category_limits keys must be str, got {cat!r}")
+                raise TypeError(f"category_limits keys must be str, got {type(cat).__name__}")
             check_number(lim, f"category_limits[{cat!r}]", minimum=1, integer=True)
             limits[cat] = lim
         self.global_limit = global_limit

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+import _tracing
 from _agent import Agent
 from _errors import ClaudeInvocationError, translate
 from _fanout import RunInterrupted, check_callbacks
@@ -23,7 +24,7 @@ from _interrupt import InterruptToken, subscribe, unsubscribe
 from _limits import ConcurrencyLimiter, RateLimitGate, add_listener, remove_listener, wait_for_slot
 from _models import DEFAULT_MODEL
 from _requests import prompt_specs
-from _results import ParallelResults, totals
+from _results import ParallelResults, paid, totals
 from _retry import NO_RETRY, RetryPolicy
 from _runs import (
     AGENT_KEYS,
@@ -45,6 +46,8 @@ logger = logging.getLogger("orchestration._managed")
 _MANAGED_KEYS = frozenset({"task_id", "category"})
 _LEAVE_GRACE_S = 3.0  # after an interrupt, at most this long for the aborted workers to record their tasks
 _POLL_S = 0.05  # fallback wake-up of idle workers and of the driving thread (events wake them at once)
+#: What ends the prompt span of a task left unfinished by a stop (marks it interrupted, not failed).
+_LEFT_OVER = ClaudeInvocationError("the run stopped before the task ended", kind="interrupted")
 
 
 @dataclass
@@ -57,6 +60,8 @@ class _Task:
     toolset: Optional[ToolSet] = None
     #: Where the task's tool loop stands: a retry resumes at the failed turn (no tool runs twice).
     loop_state: LoopState = field(default_factory=LoopState)
+    #: The task's ``prompt`` span, from its first attempt to its end (taken out under the run's lock).
+    span: Optional[_tracing.PromptSpan] = None
 
 
 def _validate_managed_prompts(prompts: Any, where: str = "prompts") -> List[Dict[str, Any]]:
@@ -269,21 +274,25 @@ class _ManagedRun:
             self.tracker.claim(task.task_id)
             self.tracker.start(task.task_id)
             self.hooks.begin(task.index)
+            span = self._span_of(task)
             try:
-                response = self.agent.run(
-                    task.params,
-                    on_start=on_start,
-                    on_text=task.on_text,
-                    tools=task.toolset,
-                    loop_state=task.loop_state,
-                )
+                with span.current():
+                    response = self.agent.run(
+                        task.params,
+                        on_start=on_start,
+                        on_text=task.on_text,
+                        tools=task.toolset,
+                        loop_state=task.loop_state,
+                    )
             except Exception as exc:
                 error = translate(exc)
                 if error is not exc:
                     error.__cause__ = exc
                 if error.kind == "rate_limit" and error.retry_after:
                     # before the slot goes back, so no woken worker sends inside the pause
-                    self.gate.pause_for(min(error.retry_after, self.policy.max_retry_after_s))
+                    pause = min(error.retry_after, self.policy.max_retry_after_s)
+                    self.gate.pause_for(pause)
+                    span.event("rate_limit_pause", seconds=pause)
             except BaseException as exc:  # KeyboardInterrupt / SystemExit in a tool: the run ends as on Ctrl-C
                 stop = exc
         finally:
@@ -293,6 +302,7 @@ class _ManagedRun:
                 self._running.discard(pos)
                 self.tracker.cancel(task.task_id, TerminalReason.INTERRUPTED)
                 self._pending -= 1
+            self._close_span(task, stop)
             self._stop_with(stop)
             self.token.interrupt()  # abort the other requests in flight
             return
@@ -311,6 +321,8 @@ class _ManagedRun:
                 self._cap = min(self._max_cap, self._cap + 1.0 / self._cap)
             settled = self._settle(pos, response, error)
             self._cond.notify_all()
+        if task.span is not None and self.tracker.get(task.task_id).is_terminal:  # outside the lock, as the hooks
+            self._close_span(task, error, settled)
         if settled is not None:  # outside the run's lock: the journal writes, the display draws
             self.hooks.settle(task.index, settled)
 
@@ -346,6 +358,8 @@ class _ManagedRun:
                 delay,
             )
             heapq.heappush(self._delayed, (time.monotonic() + delay, pos))
+            if task.span is not None:
+                task.span.event("retry", kind=error.kind, delay_s=delay, attempt=info.attempts)
             return None
         final = None
         if info.can_retry:  # interrupted while it could still retry
@@ -356,9 +370,35 @@ class _ManagedRun:
         self._pending -= 1
         return final
 
+    # ------------------------------------------------------------------ tracing
+    def _span_of(self, task: _Task) -> _tracing.PromptSpan:
+        """The task's prompt span, started at its first attempt (a child of the run's span)."""
+        span = task.span  # one worker at a time runs a task: no lock needed to start its span
+        if span is None:
+            span = _tracing.prompt_span(task.index, task_id=task.task_id, category=task.category)
+            if span.recording:
+                task.span = span
+        return span
+
+    def _close_span(self, task: _Task, error: Optional[BaseException] = None, outcome: Any = None) -> None:
+        """Finish and end the task's prompt span (once: it is taken out under the run's lock)."""
+        if task.span is None:
+            return
+        with self._cond:
+            span, task.span = task.span, None
+        if span is None:
+            return
+        info = self.tracker.get(task.task_id)
+        reason = info.terminal_reason.value if info.terminal_reason is not None else "interrupted"
+        spent = paid(outcome if outcome is not None else error)
+        usage, cost = spent if spent is not None else (None, None)
+        span.finish(attempts=info.attempts, terminal_reason=reason, usage=usage, cost_usd=cost)
+        span.end(error if outcome is None or isinstance(outcome, BaseException) else None)
+
     # ------------------------------------------------------------------ after the run
     def cancel_leftovers(self) -> None:
         """Mark every task that never ended as INTERRUPTED (after the workers have left)."""
+        ended = []
         with self._cond:
             for pos, task in enumerate(self.tasks):
                 if pos in self._running:
@@ -368,6 +408,9 @@ class _ManagedRun:
                     failed = isinstance(self.fatal, Exception)  # a bug, not a Ctrl-C-like stop
                     reason = TerminalReason.CANCELLED if failed else TerminalReason.INTERRUPTED
                     self.tracker.cancel(task.task_id, reason)
+                    ended.append(task)
+        for task in ended:  # a task waiting for its retry: its span ends as interrupted
+            self._close_span(task, _LEFT_OVER)
 
 
 def invoke_parallel_managed(
@@ -406,6 +449,7 @@ def invoke_parallel_managed(
     progress: Any = False,
     effort: Optional[str] = None,
     thinking: Any = None,
+    budget: Optional[str] = None,
 ) -> ParallelResults:
     """Run many prompts with retries, concurrency limits, a shared rate-limit pause and a task tracker.
 
@@ -415,7 +459,10 @@ def invoke_parallel_managed(
     as in the seed) and ``category`` (the limiter category; default None). ``effort`` (``"low"`` ...
     ``"max"``: ``output_config.effort``) and ``thinking`` (a dict such as ``{"type": "adaptive"}``
     or ``"adaptive"`` / ``"disabled"`` / ``"between_tools"``) apply to every prompt that does not
-    set its own. Everything is validated before any request.
+    set its own. ``budget`` names a spend cap shared across processes (passed to the run's agent
+    options like ``max_cost_usd``). Everything is validated before any request. With tracing on
+    (a tracer provider installed), the run is one ``run invoke_parallel_managed`` span with one
+    ``prompt`` span per task (all its attempts; retries and rate-limit pauses as events).
 
     Steps:
 
@@ -484,6 +531,7 @@ def invoke_parallel_managed(
         on_tool_call=on_tool_call,
         max_cost_usd=max_cost_usd,
         rate_limits=rate_limits,
+        **({} if budget is None else {"budget": budget}),
     )
     policy = resolve_policy(policy, max_retries=max_retries, base_delay_ms=base_delay_ms, max_delay_ms=max_delay_ms)
     if concurrency_limiter is not None and not isinstance(concurrency_limiter, ConcurrencyLimiter):
@@ -511,34 +559,40 @@ def invoke_parallel_managed(
     all_specs = normalize(originals)  # every prompt is valid before reconcile or any request
     attach_prompt_tools(all_specs)
     check_callbacks(callbacks, len(originals))
-    with run_hooks(
-        as_sent(all_specs, options),
-        journal=journal,
-        retry_failed=retry_failed,
-        progress=progress,
-        label="invoke_parallel_managed",
-        output=options.output,
-    ) as hooks:
-        return _run_managed(
-            originals,
-            hooks,
-            options=options,
-            policy=policy,
-            normalize=normalize,
-            reconcile=reconcile,
-            tracker=tracker,
-            callbacks=callbacks,
-            interrupt_token=interrupt_token,
-            stall=stall,
-            max_workers=max_workers,
-            cache_pilot=cache_pilot,
-            cache_shared_system=cache_shared_system,
-            shared_system=shared_system,
-            concurrency_limiter=concurrency_limiter,
-            on_stall=on_stall,
-            api_key=api_key,
-            base_url=base_url,
-            return_exceptions=return_exceptions,
+    with (
+        _tracing.run_span("invoke_parallel_managed", prompts=len(originals), workers=max_workers, model=model) as span,
+        run_hooks(
+            as_sent(all_specs, options),
+            journal=journal,
+            retry_failed=retry_failed,
+            progress=progress,
+            label="invoke_parallel_managed",
+            output=options.output,
+        ) as hooks,
+    ):
+        return span.run(
+            lambda: _run_managed(
+                originals,
+                hooks,
+                options=options,
+                policy=policy,
+                normalize=normalize,
+                reconcile=reconcile,
+                tracker=tracker,
+                callbacks=callbacks,
+                interrupt_token=interrupt_token,
+                stall=stall,
+                max_workers=max_workers,
+                cache_pilot=cache_pilot,
+                cache_shared_system=cache_shared_system,
+                shared_system=shared_system,
+                concurrency_limiter=concurrency_limiter,
+                on_stall=on_stall,
+                api_key=api_key,
+                base_url=base_url,
+                return_exceptions=return_exceptions,
+            ),
+            interrupt=interrupt_token,
         )
 
 
@@ -680,7 +734,7 @@ def _drive(run: _ManagedRun, workers: int) -> None:
     run.set_workers(workers)
     handle = subscribe(run.token, run.wake)
     add_listener(run.limiter, run.wake)
-    threads = [threading.Thread(target=run.worker, name=f"claude-managed-{i}", daemon=True) for i in range(workers)]
+    threads = [_tracing.thread(run.worker, name=f"claude-managed-{i}", daemon=True) for i in range(workers)]
     leaving = False  # the one grace has begun: a Ctrl-C now ends it, never starts another
     try:
         for t in threads:

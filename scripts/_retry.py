@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, TypeVar
 
+import _tracing
 from _errors import REPLY_KINDS, ClaudeInvocationError, is_api_failure, translate
 from _interrupt import InterruptToken
 from _validation import check_bool, check_number
@@ -347,7 +348,8 @@ def run(
     The last error is raised with ``.attempts`` set. A reply that is not an answer (kinds
     ``refusal``, ``max_tokens``, ``context_overflow``) is never retried, whatever the condition.
     Other exceptions (programming errors) propagate unchanged on the first attempt. Each retry
-    is logged at INFO on ``claude_client._retry``.
+    is logged at INFO on ``claude_client._retry`` and recorded as a ``retry`` event (kind,
+    delay_s, attempt) on the current span when tracing is on.
     """
     attempt = 0
     while True:
@@ -367,6 +369,7 @@ def run(
         logger.info(
             "%s: attempt %d of %d failed (%s); retrying in %.3f s", what, attempt, policy.max_attempts, last.kind, delay
         )
+        _tracing.event("retry", kind=last.kind, delay_s=delay, attempt=attempt)
         if sleep(delay, interrupt):
             stopped = interrupted_error(f"while waiting to retry after {attempt} failed attempt(s): {last}", last)
             stopped.attempts = attempt

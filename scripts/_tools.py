@@ -36,6 +36,7 @@ import weakref
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Optional, Sequence
 
+import _tracing
 from _delegation import AgentContext, ChildRun, DelegateTool, Delegation, make_delegate_tool, sdk_tools
 from _errors import ABORT_MESSAGES, ClaudeInvocationError
 from _interrupt import InterruptToken, subscribe, unsubscribe
@@ -359,11 +360,12 @@ def _result_content(output: Any) -> Any:
 class _Call:
     """One tool_use block being run (fields written by the worker, then ``done``)."""
 
-    __slots__ = ("use", "tool", "started", "done", "output", "error", "seconds", "reported", "block")
+    __slots__ = ("use", "tool", "started", "done", "output", "error", "seconds", "reported", "block", "span")
 
     def __init__(self, use: dict, tool: Optional[_Tool]) -> None:
         self.use = use
         self.tool = tool
+        self.span: Optional[_tracing.ToolSpan] = None  # started with the call (execute_tool)
         self.started = 0.0
         self.done = False
         self.output: Any = None
@@ -497,26 +499,39 @@ class _Loop:
             batches = [calls]
         else:
             batches = [[c] for c in calls]
-        for batch in batches:
-            for call in batch:
-                self.notify(
-                    ToolCall(
-                        str(call.use.get("name")), call.use.get("input"), None, False, 0.0, str(call.use.get("id", ""))
-                    )
-                )
-                call.started = time.monotonic()
-                if self.threaded or len(batch) > 1:
-                    thread = threading.Thread(
-                        target=_work,
-                        args=(call, token, self.context, self.wake),
-                        name=f"tool-{call.use.get('name')}",
-                        daemon=True,
-                    )
-                    thread.start()
-                else:
-                    _work(call, token, self.context, None)
-            self.wait(batch)
+        try:
+            for batch in batches:
+                for call in batch:
+                    self.start(call, token, threaded=self.threaded or len(batch) > 1)
+                self.wait(batch)
+        except BaseException as exc:  # an interrupt, a callback error, Ctrl-C: end the calls' spans
+            for call in calls:
+                if not call.reported and call.span is not None:
+                    call.span.end(exc)
+            raise
         return [c.block for c in calls]
+
+    def start(self, call: _Call, token: InterruptToken, *, threaded: bool) -> None:
+        """Report the call's start and run it: on its own thread, or here (under its span)."""
+        self.notify(
+            ToolCall(str(call.use.get("name")), call.use.get("input"), None, False, 0.0, str(call.use.get("id", "")))
+        )
+        call.span = span = _tracing.tool_span(
+            str(call.use.get("name")), call.use.get("id"), input=call.use.get("input")
+        )
+        call.started = time.monotonic()
+        if threaded:
+            thread = _tracing.thread(
+                _work,
+                args=(call, token, self.context, self.wake),
+                name=f"tool-{call.use.get('name')}",
+                daemon=True,
+                under=span,
+            )
+            thread.start()
+        else:
+            with span.current():
+                _work(call, token, self.context, None)
 
     def wait(self, batch: list[_Call]) -> None:
         deadline = None if self.tool_timeout is None else time.monotonic() + self.tool_timeout
@@ -550,6 +565,8 @@ class _Loop:
         call.reported = True
         if call.error is not None and not isinstance(call.error, Exception):
             # KeyboardInterrupt, SystemExit ... in a tool end the run as a Ctrl-C does
+            if call.span is not None:
+                call.span.end(call.error)
             raise call.error
         name = str(call.use.get("name"))
         output: Any
@@ -583,6 +600,9 @@ class _Loop:
         if is_error:
             call.block["is_error"] = True
         record = ToolCall(name, call.use.get("input"), output, is_error, call.seconds, str(call.use.get("id", "")))
+        if call.span is not None:
+            call.span.finish(seconds=call.seconds, is_error=is_error, output=output)
+            call.span.end()
         self.records.append(record)
         self.notify(record)
 

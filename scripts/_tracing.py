@@ -53,6 +53,7 @@ logger = logging.getLogger("claude_client._tracing")
 
 __all__ = [
     "NOOP",
+    "NOOP_PROMPT",
     "SCOPE",
     "TracedSpan",
     "agent_span",
@@ -311,6 +312,7 @@ def _is_interrupt(error: BaseException) -> bool:
 
 
 _CACHE_READS = f"{NS}.usage.cache_read.input_tokens"
+_RETRY_EVENT = f"{NS}.retry"
 
 
 def _usage_attributes(usage: Any) -> dict[str, Any]:
@@ -501,6 +503,26 @@ class RunSpan(TracedSpan):
             succeeded=len(replies),
         )
 
+    def run(self, fn: Callable[[], T], *, interrupt: Any = None) -> T:
+        """``fn()`` (a run returning its :class:`~_results.ParallelResults`), then :meth:`finish_results`
+        with what it returned, or with the ``.results`` of what it raised (a failed run's error, a
+        Ctrl-C's ``RunInterrupted``: slots left empty count as interrupted); re-raised. The
+        ``interrupt`` token, if interrupted by the end, makes the empty slots count as interrupted.
+
+        >>> with run_span("invoke_parallel", prompts=len(specs), workers=5, model=model) as span:
+        ...     return span.run(lambda: run_parallel(specs, ...), interrupt=interrupt_token)
+        """
+        if self.span is None:
+            return fn()
+        try:
+            results = fn()
+        except BaseException as exc:
+            self.finish_results(getattr(exc, "results", None), interrupted=isinstance(exc, KeyboardInterrupt))
+            raise
+        stopped = interrupt is not None and bool(interrupt.is_interrupted())
+        self.finish_results(results, interrupted=stopped)
+        return results
+
 
 class PromptSpan(TracedSpan):
     """The span of one prompt of a run, over all its attempts (:func:`prompt_span`)."""
@@ -515,7 +537,7 @@ class PromptSpan(TracedSpan):
         usage: Any = None,
         cost_usd: Optional[float] = None,
     ) -> None:
-        """Record how the prompt ended: attempts made, terminal reason (``completed``, ``failed``,
+        """Record how the prompt ended: attempts made, terminal reason (``succeeded``, ``failed``,
         ``interrupted`` ...), usage and cost (what failed attempts paid included)."""
         self.set(
             {
@@ -525,6 +547,37 @@ class PromptSpan(TracedSpan):
                 **_cost_attributes(cost_usd),
             }
         )
+
+    def retries(self) -> int:
+        """The ``retry`` events recorded on this span so far (0 when tracing is off)."""
+        events = getattr(self.span, "events", None) or ()  # the SDK's spans keep theirs; the API's do not
+        return sum(1 for e in events if getattr(e, "name", None) == _RETRY_EVENT)
+
+    def settle(self, outcome: Any, error: Optional[BaseException] = None) -> None:
+        """Finish the span from how a prompt ended and end it: ``outcome`` (a reply, an exception
+        or None) or ``error`` (what ended it; an interrupt leaves the status unset).
+
+        >>> span.settle(reply)                 # succeeded, attempts = 1 + the retries recorded
+        """
+        if self.span is None:
+            return
+        failure = error if error is not None else (outcome if isinstance(outcome, BaseException) else None)
+        if failure is None and outcome is not None:
+            reason, attempts = "succeeded", self.retries() + 1
+        elif failure is None or _is_interrupt(failure):
+            reason, attempts = "interrupted", None
+        else:
+            reason, attempts = "failed", getattr(failure, "attempts", None)
+        if not isinstance(attempts, int) or isinstance(attempts, bool):
+            attempts = self.retries() + 1 if reason != "interrupted" else None
+        paid_by = failure if outcome is None or isinstance(outcome, BaseException) else outcome
+        self.finish(
+            attempts=attempts,
+            terminal_reason=reason,
+            usage=getattr(paid_by, "usage", None),
+            cost_usd=getattr(paid_by, "cost_usd", None),
+        )
+        self.end(failure)
 
 
 class AgentSpan(TracedSpan):
@@ -567,6 +620,8 @@ class ToolSpan(TracedSpan):
 #: The span every helper returns when tracing is off (shared; every method does nothing).
 NOOP = TracedSpan(None)
 _NOOP_RUN, _NOOP_PROMPT, _NOOP_AGENT, _NOOP_TOOL = RunSpan(None), PromptSpan(None), AgentSpan(None), ToolSpan(None)
+#: The prompt span of a prompt that never started (every method does nothing).
+NOOP_PROMPT = _NOOP_PROMPT
 
 
 def _content(key: str, value: Any) -> dict[str, Any]:

@@ -27,6 +27,7 @@ import anthropic
 import httpcore2
 import httpx2
 
+import _tracing
 from _admission import Budget, controller_for
 from _credentials import on_change, resolve_api_key, resolve_base_url, settings
 from _errors import ABORT_MESSAGES, ClaudeInvocationError, translate
@@ -272,7 +273,8 @@ def get_client(*, api_key: Optional[str] = None, base_url: Optional[str] = None)
     key = resolve_api_key(api_key)
     url = resolve_base_url(base_url)
     timeout, retries = config.get("timeout"), config.get("max_retries")
-    slot = (key, url, timeout, retries)
+    telemetry = _tracing.client_option()
+    slot = (key, url, timeout, retries, _telemetry_key(telemetry))
     with _clients_lock:
         client = _clients.get(slot) if generation == _generation_seen else None
         if client is None:
@@ -282,12 +284,23 @@ def get_client(*, api_key: Optional[str] = None, base_url: Optional[str] = None)
                 kwargs["timeout"] = timeout
             if retries is not None:
                 kwargs["max_retries"] = retries
+            if telemetry is not None:  # the library's own provider (else: the SDK's defaults)
+                kwargs["open_telemetry"] = telemetry
             client = anthropic.Anthropic(**kwargs)
             if generation == _generation_seen:  # else configure() ran meanwhile: do not keep it
                 _clients[slot] = client
             if http_client.abortable:
                 _abortable.add(client)
         return client
+
+
+def _telemetry_key(option: Optional[dict[str, Any]]) -> Optional[tuple]:
+    """The client-cache key of an ``open_telemetry=`` option: its provider's identity and switches
+    (a client lives as long as its slot, and keeps its provider alive, so the id stays unique)."""
+    if option is None:
+        return None
+    traces = tuple(sorted(option.get("traces", {}).items()))
+    return (id(option["tracer_provider"]), traces, option.get("propagation", True))
 
 
 def _forget_clients() -> None:

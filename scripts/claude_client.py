@@ -39,6 +39,7 @@ import logging
 from dataclasses import replace
 from typing import Any, Callable, Optional, Union
 
+import _tracing
 from _admission import RateLimits
 from _conversation import DEFAULT_CONTINUATION_PROMPT, ConversationThread
 from _credentials import (
@@ -635,25 +636,32 @@ def _parallel(
     options.limit(client, [spec.params for spec in specs])
     agent = options.agent(client, policy=default_policy(client), stall_timeout=stall)
     pilot = wants_pilot(cache_pilot, cache_shared_system, shared_system, [spec.params for spec in specs])
-    with run_hooks(
-        as_sent(specs, options),
-        journal=journal,
-        retry_failed=retry_failed,
-        progress=progress,
-        label="invoke_parallel",
-        output=options.output,
-    ) as hooks:
-        return run_parallel(
-            specs,
-            agent=agent,
-            max_workers=max_workers,
-            callbacks=callbacks,
-            return_exceptions=return_exceptions,
-            interrupt_token=interrupt_token,
-            pilot=pilot,
-            seed=hooks.restored,
-            on_begin=hooks.begin,
-            on_settle=hooks.settle if (hooks.journal or hooks.progress) else None,
+    kind = "invoke_parallel" if callbacks is None else "invoke_parallel_streaming"
+    with (
+        _tracing.run_span(kind, prompts=len(specs), workers=max_workers, model=model) as span,
+        run_hooks(
+            as_sent(specs, options),
+            journal=journal,
+            retry_failed=retry_failed,
+            progress=progress,
+            label="invoke_parallel",
+            output=options.output,
+        ) as hooks,
+    ):
+        return span.run(
+            lambda: run_parallel(
+                specs,
+                agent=agent,
+                max_workers=max_workers,
+                callbacks=callbacks,
+                return_exceptions=return_exceptions,
+                interrupt_token=interrupt_token,
+                pilot=pilot,
+                seed=hooks.restored,
+                on_begin=hooks.begin,
+                on_settle=hooks.settle if (hooks.journal or hooks.progress) else None,
+            ),
+            interrupt=interrupt_token,
         )
 
 

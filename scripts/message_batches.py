@@ -33,6 +33,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, List, Optional, Union
 
+import _tracing
 from _batch_journal import BODY_OVERHEAD as _BODY_OVERHEAD
 from _batch_journal import Journal as _Journal
 from _batch_journal import chunks as _chunks
@@ -240,32 +241,36 @@ def invoke_batch(
                 ParallelResults([], usage=Usage(), cost_usd=0.0), refused, max_cost_usd, return_exceptions
             )
     display = Progress(len(requests), progress, "invoke_batch") if progress is not False else None
-    try:
-        results = _invoke(
-            requests,
-            path,
-            model,
-            state_args=(max_batch_requests, max_batch_bytes),
-            on_progress=on_progress if display is None else _feeding(display, on_progress),
-            output=output,
-            retry_failed=retry_failed,
-            interrupt_token=interrupt_token,
-            return_exceptions=return_exceptions,
-            timeout=timeout,
-            limit=limit,
-            poll_interval=poll_interval,
-            on_interrupt=on_interrupt,
-            api_key=api_key,
-            base_url=base_url,
-        )
-    except ClaudeInvocationError as error:
-        if refused and isinstance(error.results, ParallelResults):
-            error.results = _with_refused(error.results, refused, max_cost_usd, True)
-        raise
-    finally:
-        if display is not None:
-            display.close()
-    return _with_refused(results, refused, max_cost_usd, return_exceptions) if refused else results
+    with _tracing.run_span("invoke_batch", prompts=len(requests), model=model) as span:  # the poller runs here
+        try:
+            results = span.run(
+                lambda: _invoke(
+                    requests,
+                    path,
+                    model,
+                    state_args=(max_batch_requests, max_batch_bytes),
+                    on_progress=on_progress if display is None else _feeding(display, on_progress),
+                    output=output,
+                    retry_failed=retry_failed,
+                    interrupt_token=interrupt_token,
+                    return_exceptions=return_exceptions,
+                    timeout=timeout,
+                    limit=limit,
+                    poll_interval=poll_interval,
+                    on_interrupt=on_interrupt,
+                    api_key=api_key,
+                    base_url=base_url,
+                ),
+                interrupt=interrupt_token,
+            )
+        except ClaudeInvocationError as error:
+            if refused and isinstance(error.results, ParallelResults):
+                error.results = _with_refused(error.results, refused, max_cost_usd, True)
+            raise
+        finally:
+            if display is not None:
+                display.close()
+        return _with_refused(results, refused, max_cost_usd, return_exceptions) if refused else results
 
 
 def _affordable(requests: Sequence[Any], cap: float) -> int:

@@ -66,6 +66,7 @@ This module parses the arguments; the work is done by private modules, one conce
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import signal
@@ -250,6 +251,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     out.add_argument("-o", "--output", metavar="FILE", help="write results to FILE instead of stdout")
     out.add_argument("--no-progress", action="store_true", help="no live progress on stderr")
+    out.add_argument(
+        "--trace-file",
+        metavar="FILE",
+        help="write the run's OpenTelemetry spans (the library's and the SDK's) to FILE as OTLP/JSON "
+        "lines, one trace per run (needs the [tracing] extra: opentelemetry-sdk)",
+    )
     out.add_argument("-q", "--quiet", action="store_true", help="no progress and no notices on stderr (errors only)")
     return p
 
@@ -346,6 +353,12 @@ def _check_options(args: argparse.Namespace) -> None:
         parent = os.path.dirname(os.path.abspath(args.journal))
         if not os.path.isdir(parent):
             raise UsageError(f"--journal: no such directory: {parent}")
+    if args.trace_file:
+        if os.path.isdir(args.trace_file):
+            raise UsageError(f"--trace-file: is a directory: {args.trace_file} (give a file path)")
+        parent = os.path.dirname(os.path.abspath(args.trace_file))
+        if not os.path.isdir(parent):
+            raise UsageError(f"--trace-file: no such directory: {parent}")
 
 
 def _main(args: argparse.Namespace, stdin: IO[str], stdout: IO[str], stderr: IO[str]) -> int:
@@ -389,6 +402,7 @@ def _run_main(
     from _cli_estimate import dry_run
     from _cli_output import open_output
     from _cli_run import execute, validate_with_library
+    from _cli_trace import open_trace_file
 
     notice = (lambda text: None) if args.quiet else display.notice
     # api_key / base_url passed to the library for this run only
@@ -396,9 +410,11 @@ def _run_main(
         validate_with_library(items, args, shared_system)
         if args.dry_run:
             return dry_run(items, args, shared_system, connect, stdout, notice)
+        tracing = open_trace_file(args.trace_file) if args.trace_file else contextlib.nullcontext()
         out = open_output(args.output, stdout)
         try:
-            return execute(items, args, shared_system, display, fmt, out, stderr, connect)
+            with tracing:  # the run's spans go to the trace file while it runs
+                return execute(items, args, shared_system, display, fmt, out, stderr, connect)
         finally:
             if out is not stdout:
                 out.close()

@@ -224,7 +224,9 @@ class _Task:
 
 
 def _check_max_retries(value: Any, name: str = "max_retries") -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= 0, got {type(value).__name__} {value!r}")
+    if value < 0:
         raise ValueError(f"{name} must be an int >= 0, got {value!r}")
     return value
 
@@ -263,10 +265,12 @@ class TaskTracker:
         raises ``ValueError``, unless ``replace=True`` and the existing task is terminal (its
         record is then replaced by a fresh one, attempts back to 0).
         """
-        if not isinstance(task_id, str) or not task_id:
-            raise ValueError(f"task_id must be a non-empty str, got {task_id!r}")
+        if not isinstance(task_id, str):
+            raise TypeError(f"task_id must be a non-empty str, got {type(task_id).__name__} {task_id!r}")
+        if not task_id:
+            raise ValueError("task_id must be a non-empty str, got ''")
         if category is not None and not isinstance(category, str):
-            raise ValueError(f"category must be a str or None, got {category!r}")
+            raise TypeError(f"category must be a str or None, got {type(category).__name__} {category!r}")
         retries = self.max_retries if max_retries is None else _check_max_retries(max_retries)
         meta = MappingProxyType(dict(metadata or {}))
         now = time.monotonic()

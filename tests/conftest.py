@@ -21,6 +21,19 @@ from anthropic_emulator import Emulator  # noqa: E402
 TEST_KEY = "sk-ant-test-key"
 
 
+@pytest.fixture(autouse=True)
+def _own_shared_store(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Each test its own shared-limits store (a fresh SQLite file), so tests never share learned
+    limits, pauses or budgets by accident across tests, xdist workers or runs. A test of sharing
+    sets ``ORCHESTRATING_AGENTS_SHARED_LIMITS`` itself (and passes it to its processes)."""
+    from _shared_limits import ENV_VAR, reset_stores
+
+    path = tmp_path_factory.mktemp("shared") / "shared-limits.sqlite3"
+    monkeypatch.setenv(ENV_VAR, f"sqlite:///{path}")
+    yield
+    reset_stores()
+
+
 @pytest.fixture(scope="session")
 def _emulator_server() -> Iterator[Emulator]:
     with Emulator() as emu:

@@ -667,7 +667,7 @@ def test_ctrl_c_during_create_journals_the_batch_it_may_have_made(client_env, tm
     """A real SIGINT while the create call waits for its answer (the server has made the batch):
     the batch cannot be told from another job's until it ends, so it is journaled as a candidate,
     not canceled; the re-run proves it is the job's by its nonce and collects it."""
-    client_env.configure(batch_seconds_per_request=5.0, batch_create_delay_ms=3000)
+    client_env.configure(batch_seconds_per_request=5.0, batch_create_delay_ms=10_000)  # ample under load
     journal = tmp_path / "job.json"
     code = _CHILD_CTRL_C.format(scripts=str(SCRIPTS), journal=str(journal), on_interrupt=on_interrupt)
     child = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ), stdout=subprocess.PIPE,
@@ -680,7 +680,7 @@ def test_ctrl_c_during_create_journals_the_batch_it_may_have_made(client_env, tm
         assert client_env.batches(), "the child never created its batch"
         data = json.loads(journal.read_text())
         assert data["batches"][0]["id"] is None and data["batches"][0]["create_started_at"]
-        child.send_signal(signal.SIGINT)  # the create answer is still 3 s away
+        child.send_signal(signal.SIGINT)  # the create answer is still seconds away
         out, err = child.communicate(timeout=30)
     finally:
         if child.poll() is None:

@@ -6,11 +6,16 @@ fast paths of _normalize_prompts (same results and errors as before).
 """
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import os
 import pickle
+import threading
 import types
+import urllib.parse
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -181,6 +186,114 @@ def test_get_available_models_without_a_key_is_the_catalogue(monkeypatch, tmp_pa
     assert all(cc.estimate_cost(cc.Usage(1), m) is not None for m in models)  # every listed model is priced
     models.clear()
     assert cc.get_available_models()  # a fresh list each time
+
+
+def test_get_available_models_reads_the_models_api(client_env):
+    client_env.configure(extra_models={"claude-future-9": "claude-sonnet-5-5"})
+    models = cc.get_available_models()
+    listed = [r for r in client_env.requests if r.path == "/v1/models"]
+    assert len(listed) == 1 and listed[0].method == "GET"
+    assert "claude-future-9" in models and cc.DEFAULT_MODEL in models  # what the server says, not the catalogue
+    assert models[0] == "claude-fable-5-2" and len(models) == len(set(models))
+    assert client_env.message_requests() == []
+
+
+def _model_entry(model_id: str, **changes) -> dict:
+    entry = {"id": model_id, "type": "model", "display_name": model_id.upper(), "created_at": "2026-11-01T00:00:00Z",
+             "lifecycle": "active"}
+    entry.update(changes)
+    return entry
+
+
+@contextlib.contextmanager
+def _models_server(pages: dict, status: int = 200) -> Iterator[list[str]]:
+    """A tiny Models API: ``pages`` maps the ``after_id`` query (None first) to a page of ids."""
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the http.server API
+            seen.append(self.path)
+            query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
+            after = query.get("after_id", [None])[0]
+            if status != 200:
+                body = {"type": "error", "error": {"type": "not_found_error" if status == 404 else
+                                                   "authentication_error", "message": "nope"}}
+            else:
+                ids = pages[after]
+                keys = list(pages)
+                has_more = keys.index(after) + 1 < len(keys)
+                body = {"data": [_model_entry(i) for i in ids], "has_more": has_more, "first_id": ids[0],
+                        "last_id": ids[-1]}
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        seen.append(f"http://127.0.0.1:{server.server_address[1]}")
+        yield seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_get_available_models_follows_every_page():
+    with _models_server({None: ["claude-a", "claude-b"], "claude-b": ["claude-c"]}) as seen:
+        models = cc.get_available_models(api_key="sk-ant-test-key", base_url=seen[0])
+    assert models == ["claude-a", "claude-b", "claude-c", cc.DEFAULT_MODEL]  # the default stays among them
+    queries = [urllib.parse.parse_qs(urllib.parse.urlparse(p).query) for p in seen[1:]]
+    assert queries == [{"limit": ["1000"]}, {"limit": ["1000"], "after_id": ["claude-b"]}]
+
+
+def test_get_available_models_falls_back_to_the_catalogue_or_raises_what_is_wrong():
+    with _models_server({}, status=404) as seen:  # a server without /v1/models
+        assert cc.get_available_models(api_key="sk-ant-test-key", base_url=seen[0]) == list(cc.AVAILABLE_MODELS)
+    with _models_server({}, status=401) as seen:  # a bad key is the caller's to know
+        with pytest.raises(ClaudeInvocationError) as info:
+            cc.get_available_models(api_key="sk-ant-bad-key-123", base_url=seen[0])
+    assert info.value.kind == "auth" and "sk-ant-bad-key-123" not in str(info.value)
+    cc.configure(max_retries=0)
+    try:
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        assert cc.get_available_models(api_key="sk-ant-test-key", base_url=f"http://127.0.0.1:{port}") == list(
+            cc.AVAILABLE_MODELS)  # nothing listening: the catalogue
+    finally:
+        cc.reset_client()
+
+
+def test_get_model_info_from_the_catalogue_and_the_models_api(client_env):
+    info = cc.get_model_info("claude-haiku-5-5")
+    assert isinstance(info, cc.ModelInfo) and info.known and info.default_effort == "medium"
+    assert info.pricing.input == pytest.approx(0.10) and info.min_cache_tokens == 512
+    assert cc.get_model_info() is cc.get_model_info(cc.DEFAULT_MODEL)
+    stranger = cc.get_model_info("claude-future-9")
+    assert not stranger.known and stranger.pricing is None
+    assert client_env.requests == []  # the catalogue: no request
+    client_env.configure(extra_models={"claude-future-9": "claude-haiku-5-5"})
+    merged = cc.get_model_info("claude-future-9", from_api=True)
+    assert merged.efforts == ("low", "medium", "high", "xhigh", "max")  # what the API says
+    assert merged.thinking_types == frozenset({"adaptive", "disabled"})
+    assert merged.max_output == 128_000 and merged.pricing is None  # the rest: the cautious stand-in
+    with pytest.raises(ClaudeInvocationError) as missing:
+        cc.get_model_info("claude-nowhere-1", from_api=True)
+    assert missing.value.status_code == 404
+    for bad, error in (("", ValueError), (None, TypeError), (5, TypeError)):
+        with pytest.raises(error, match="model"):
+            cc.get_model_info(bad)
+    with pytest.raises(TypeError, match="from_api"):
+        cc.get_model_info("claude-haiku-5-5", from_api="yes")
 
 
 @pytest.mark.parametrize(

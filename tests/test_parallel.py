@@ -298,8 +298,10 @@ def test_interrupt_cuts_a_server_retry_wait_short(client_env):
         cc.invoke_claude_streaming("[[fail=429 retry_after=5 times=1]] one", interrupt_token=token)
     assert info.value.kind == "interrupted"
     assert time.monotonic() - started < 2.5
-    # The 429 paused admission for this key and model (every caller waits): start afresh.
+    # The 429 paused admission for this key and pool (every caller waits, in every process that
+    # shares the store): start afresh, with this process's own admission only.
     cc.reset_client()
+    cc.configure(shared_limits=False)
     baseline = threading.active_count()
     token = InterruptToken()
     threading.Timer(0.3, token.interrupt).start()
@@ -330,3 +332,40 @@ def test_library_retries_obey_the_servers_should_retry_header(client_env):
     assert not results[1].transient
     prompts = [r.prompt for r in client_env.message_requests()]
     assert prompts.count("again") == 3 and prompts.count("never") == 1
+
+
+def test_effort_and_thinking_for_every_prompt_a_prompt_overrides(client_env):
+    prompts = [{"prompt": "a"}, {"prompt": "b", "effort": "max"}, {"prompt": "c", "thinking": {"type": "adaptive"}}]
+    results = cc.invoke_parallel(prompts, effort="low", thinking="adaptive")
+    assert [r.usage.thinking_tokens for r in results] == [2, 16, 2]
+    bodies = {r.prompt: r.body for r in client_env.message_requests()}
+    assert [bodies[p]["output_config"] for p in "abc"] == [{"effort": "low"}, {"effort": "max"}, {"effort": "low"}]
+    assert all(bodies[p]["thinking"] == {"type": "adaptive"} for p in "abc")
+    streamed = cc.invoke_parallel_streaming([{"prompt": "d"}], callbacks=[None], effort="medium")
+    interruptible = cc.invoke_parallel_interruptible([{"prompt": "e"}], InterruptToken(), effort="xhigh")
+    assert streamed[0].usage.thinking_tokens == 4 and interruptible[0].usage.thinking_tokens == 12
+    sent = len(client_env.message_requests())
+    for bad in ({"effort": "huge"}, {"thinking": "between_tools", "effort": "max"}):
+        with pytest.raises(ValueError):
+            cc.invoke_parallel([{"prompt": "x"}], **bad)
+    with pytest.raises(ValueError, match=r"prompts\[1\]"):
+        cc.invoke_parallel([{"prompt": "x"}, {"prompt": "y", "thinking": "disabled"}])  # Sonnet 5.5 refuses it
+    assert len(client_env.message_requests()) == sent
+
+
+def test_delegate_tool_and_invoke_with_retry_take_effort(client_env):
+    from orchestration import invoke_with_retry
+
+    reply = invoke_with_retry("retry me [[fail=529 times=1]]", effort="low", base_delay_ms=1)
+    assert reply == "Echo: retry me" and reply.usage.thinking_tokens == 2
+    assert all(r.body["output_config"] == {"effort": "low"} for r in client_env.message_requests())
+    with pytest.raises(ValueError, match="effort"):
+        cc.delegate_tool(effort="huge")
+    with pytest.raises(TypeError, match="temperature"):
+        cc.delegate_tool(temperature=0.5)
+    helper = cc.delegate_tool(model="claude-haiku-5-5", effort="low")
+    client_env.reset()
+    parent = cc.invoke_claude('[[tool=delegate input=%7B%22tasks%22%3A%5B%22sub%20one%22%5D%7D]] go', tools=[helper])
+    assert parent.children and parent.children[0].task == "sub one"
+    child = next(r for r in client_env.message_requests() if r.prompt == "sub one")
+    assert child.body["model"] == "claude-haiku-5-5" and child.body["output_config"] == {"effort": "low"}

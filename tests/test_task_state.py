@@ -271,13 +271,15 @@ def test_snapshot_is_frozen_and_detached() -> None:
 def test_bad_input_fails_fast() -> None:
     with pytest.raises(ValueError, match="max_retries"):
         TaskTracker(max_retries=-1)
-    with pytest.raises(ValueError, match="max_retries"):
+    with pytest.raises(TypeError, match="max_retries"):  # a wrong type is a TypeError
         TaskTracker(max_retries=True)  # type: ignore[arg-type]
     t = TaskTracker()
     with pytest.raises(ValueError, match="task_id"):
         t.add("")
-    with pytest.raises(ValueError, match="task_id"):
+    with pytest.raises(TypeError, match="task_id"):
         t.add(3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="category"):
+        t.add("b", category=5)  # type: ignore[arg-type]
     t.add("a")
     with pytest.raises(ValueError, match="reason"):
         t.cancel("a", R.SUCCEEDED)

@@ -285,6 +285,7 @@ def test_run_totals_come_from_the_runs_results(spans, client_env) -> None:
     prompts = [{"prompt": "ok one"}, {"prompt": "ok two"}, {"prompt": "[[fail=400]] bad"}]
     results = claude_client.invoke_parallel(prompts, model=MODEL, max_tokens=20, return_exceptions=True)
     assert len(results.errors) == 1 and results.cost_usd
+    spans.clear()  # the run's own spans (tests/test_tracing_runs.py): here only the hand-made ones
     with _tracing.run_span("invoke_parallel", prompts=3, workers=5, model=MODEL) as run:
         run.finish_results(results)
     stopped = ParallelResults([results[0], None, None], usage=results[0].usage, cost_usd=results[0].cost_usd)
