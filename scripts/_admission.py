@@ -253,6 +253,7 @@ class Ticket:
         "_sent",
         "_shared",
         "_smark",
+        "_unpaid",
     )
 
     def __init__(
@@ -274,6 +275,7 @@ class Ticket:
         self._sent = 0.0  # wall-clock time of the admission
         self._shared = False  # charged to the shared store's lease (not the local buckets)
         self._smark: Optional[Mapping[str, float]] = None  # the store's marks when admitted
+        self._unpaid: Optional[tuple[float, float]] = None  # a probe's estimate, charged to nothing
 
     def started(self, headers: Optional[Mapping[str, str]]) -> None:
         """Optional: learn from the response headers as soon as they arrive (a stream's headers
@@ -363,6 +365,7 @@ class AdmissionController:
         self._mode = "probe"
         self._link: Optional[SharedLink] = None  # the shared store (None: per-process admission)
         self._wait_kind = ""  # the limit the head of the queue last waited for
+        self._uncharged = [0.0, 0.0, 0.0]  # estimated charges of the probe-phase attempts in flight
         if self._limits.any:
             self._apply_explicit(time.monotonic())
 
@@ -385,7 +388,14 @@ class AdmissionController:
             self._header_limits[kind] = capacity
             self._implied_minute[kind] = minute
         self._apply_explicit(now)
+        self._charge_uncharged(link)
         return True
+
+    def _charge_uncharged(self, link: SharedLink) -> None:
+        """The link just became active: the probe-phase attempts still in flight were charged to
+        nothing; their estimates become a debt of the lease, charged to the store with the next
+        grant (lock held)."""
+        link.refund((-self._uncharged[0], -self._uncharged[1], -self._uncharged[2]))
 
     def _fallback(self, now: float) -> None:
         """The store stopped answering: local buckets from the store's last levels (lock held)."""
@@ -579,6 +589,9 @@ class AdmissionController:
             self._in_flight += 1
             self._stats["admitted"] += 1
             ticket = Ticket(self, params, estimate, None, probe=True)
+            if link is not None:
+                ticket._unpaid = self._need(estimate)  # (see _charge_uncharged)
+                self._add_uncharged(ticket._unpaid, 1.0)
             ticket._mark = (self._cum[0], self._cum[1], self._cum[2])
             ticket._sent = time.time()
             return ticket
@@ -719,6 +732,8 @@ class AdmissionController:
                         if bucket is not None:
                             left[kind] = min(left[kind], max(0.0, bucket.level))
                 link.note(told, left, slack, ticket._smark if ticket is not None else None, now)
+                if link.active and not shared:
+                    self._charge_uncharged(link)
         return found
 
     def _alone(self, ticket: Optional[Ticket]) -> bool:
@@ -797,6 +812,8 @@ class AdmissionController:
                 if 0.05 < ratio < 20:
                     self._ratio += _RATIO_WEIGHT * (ratio - self._ratio)
             carried = fields is not None and self._learn(fields, now, refund_out, ticket)
+            if ticket._unpaid is not None:  # (after _learn: a probe whose headers activate the link is charged)
+                self._add_uncharged(ticket._unpaid, -1.0)
             if parsed and not carried:
                 self._headerless = True
             self._recover(now)
@@ -812,6 +829,13 @@ class AdmissionController:
             if rate_limited:
                 self._rate_limited(error, now)
             self._wake_head_locked()
+
+    def _add_uncharged(self, need: tuple[float, float], sign: float) -> None:
+        """Count a probe-phase attempt's estimate in (``sign`` 1) or out (-1) of ``_uncharged``."""
+        itpm, otpm = need
+        self._uncharged[0] = max(0.0, self._uncharged[0] + sign)
+        self._uncharged[1] = max(0.0, self._uncharged[1] + sign * itpm)
+        self._uncharged[2] = max(0.0, self._uncharged[2] + sign * otpm)
 
     def _refund(
         self, charges: tuple[float, float, float], usage: Optional[Usage], rate_limited: bool
@@ -919,10 +943,11 @@ def controller_for(client: Any, model: str, limits: Optional[RateLimits] = None)
         with _registry_lock:
             controller = _registry.get(key)
             if controller is None:
-                controller = _registry[key] = AdmissionController(model, limits)
+                controller = AdmissionController(model, limits)
                 link = open_link(client, key[2])
-                if link is not None:
+                if link is not None:  # attached before anyone can use it (no probe charged to nothing)
                     controller._attach(link)
+                _registry[key] = controller
                 return controller
     if limits is not None:
         controller.set_limits(limits)

@@ -213,7 +213,7 @@ def library_items(items: list[dict]) -> list[dict]:
 def run_options(args: argparse.Namespace) -> dict[str, Any]:
     """The keyword arguments of :func:`orchestration.invoke_parallel_managed` set by ``--tool``
     (``args.tool_functions``, loaded by :func:`_cli_tools.load_tools`), ``--max-tool-turns``,
-    ``--max-cost``, ``--journal`` and ``--retry-failed``; options not given are left out."""
+    ``--max-cost``, ``--budget``, ``--journal`` and ``--retry-failed``; options not given are left out."""
     options: dict[str, Any] = {}
     tools = getattr(args, "tool_functions", None)
     if tools:
@@ -222,6 +222,8 @@ def run_options(args: argparse.Namespace) -> dict[str, Any]:
         options["max_tool_turns"] = args.max_tool_turns
     if getattr(args, "max_cost", None) is not None:
         options["max_cost_usd"] = args.max_cost
+        if getattr(args, "budget", None):
+            options["budget"] = args.budget
     if getattr(args, "journal", None):
         options["journal"] = args.journal
         options["retry_failed"] = bool(getattr(args, "retry_failed", False))

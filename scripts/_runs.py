@@ -37,6 +37,9 @@ class AgentOptions:
     tool_options: ToolOptions
     max_cost_usd: Optional[float]
     rate_limits: Optional[RateLimits] = None
+    #: The name of a spend cap shared with every run, in any process on the shared store, that
+    #: names it (``budget="nightly"`` with ``max_cost_usd=``).
+    budget_name: Optional[str] = None
 
     @classmethod
     def checked(
@@ -50,9 +53,19 @@ class AgentOptions:
         on_tool_call: Any = None,
         max_cost_usd: Any = None,
         rate_limits: Any = None,
+        budget: Any = None,
     ) -> AgentOptions:
         if max_cost_usd is not None:
             check_number(max_cost_usd, "max_cost_usd")
+        if budget is not None:
+            if not isinstance(budget, str):
+                raise TypeError(
+                    f"budget must be a str (the name of a shared spend cap) or None, got {type(budget).__name__}"
+                )
+            if not budget.strip():
+                raise ValueError("budget must be a non-empty name")
+            if max_cost_usd is None:
+                raise ValueError("budget= names a shared spend cap: give max_cost_usd= with it")
         if rate_limits is not None and not isinstance(rate_limits, RateLimits):
             raise TypeError(f"rate_limits must be a RateLimits or None, got {type(rate_limits).__name__}")
         return cls(
@@ -61,6 +74,7 @@ class AgentOptions:
             ToolOptions.checked(max_tool_turns, tool_timeout, parallel_tools, on_tool_call),
             None if max_cost_usd is None else float(max_cost_usd),
             rate_limits,
+            budget,
         )
 
     def limit(self, client: anthropic.Anthropic, bodies: Sequence[dict]) -> None:
@@ -80,7 +94,7 @@ class AgentOptions:
         budget: Optional[Budget] = None,
     ) -> Agent:
         if budget is None and self.max_cost_usd is not None:
-            budget = Budget(self.max_cost_usd)
+            budget = Budget(self.max_cost_usd, name=self.budget_name)
         return Agent(
             client,
             policy=policy,

@@ -121,7 +121,15 @@ class SharedLink:
         self.adopt_at = -math.inf  # (the controller looks for limits in the store again from then)
         self.wait_until = 0.0  # the store said: nothing fits before then (monotonic)
         self.wait_kind = ""
-        self.stats = {"acquires": 0, "refused": 0, "learns": 0, "gives": 0, "pauses": 0, "fallbacks": 0}
+        self.stats = {
+            "acquires": 0,
+            "refused": 0,
+            "learns": 0,
+            "gives": 0,
+            "pauses": 0,
+            "fallbacks": 0,
+            "given_itpm": 0.0,
+        }
 
     def __repr__(self) -> str:
         return f"<SharedLink {self.store.kind} {'active' if self.active else 'idle'}>"
@@ -277,6 +285,7 @@ class SharedLink:
         if not back:
             return True
         self.stats["gives"] += 1
+        self.stats["given_itpm"] += back.get("itpm", 0.0)
         return self.store.give(self.scope, back) is not None
 
     def pause(self, seconds: float, now: float) -> Optional[float]:

@@ -41,6 +41,7 @@ from typing import Any, Callable, Optional, Union
 
 import _tracing
 from _admission import RateLimits
+from _budget import budget_report
 from _conversation import DEFAULT_CONTINUATION_PROMPT, ConversationThread
 from _credentials import (
     CREDENTIALS_FIELD,
@@ -101,6 +102,7 @@ __all__ = [
     "Usage",
     "configure",
     "delegate_tool",
+    "budget_report",
     "estimate_cost",
     "estimate_run_cost",
     "get_anthropic_api_key",
@@ -157,6 +159,7 @@ def invoke_claude(
     parallel_tools: bool = False,
     on_tool_call: Optional[Callable[[Any], Any]] = None,
     max_cost_usd: Optional[float] = None,
+    budget: Optional[str] = None,
     rate_limits: Optional[RateLimits] = None,
     effort: Optional[str] = None,
     thinking: Union[str, dict, None] = None,
@@ -176,6 +179,8 @@ def invoke_claude(
     (5.x models think by default; the reply's text leaves thinking out, ``reply.content`` keeps
     its blocks). ``temperature`` stays for compatibility: the API removed sampling parameters, so
     any value but 1.0 (and ``top_p`` / ``top_k``) is refused before sending; use ``effort``.
+    ``max_cost_usd`` caps what the call may spend; with ``budget="name"`` the cap is shared by
+    every run, in any process on the shared store, that names it (see :func:`budget_report`).
 
     >>> reply = invoke_claude("Summarise: ...", system="Be brief.", max_tokens=200, effort="low")
     >>> reply.stop_reason, reply.usage.output_tokens, reply.usage.thinking_tokens, reply.cost_usd
@@ -203,6 +208,7 @@ def invoke_claude(
         parallel_tools=parallel_tools,
         on_tool_call=on_tool_call,
         max_cost_usd=max_cost_usd,
+        budget=budget,
         rate_limits=rate_limits,
         effort=effort,
         thinking=thinking,
@@ -231,6 +237,7 @@ def invoke_claude_streaming(
     parallel_tools: bool = False,
     on_tool_call: Optional[Callable[[Any], Any]] = None,
     max_cost_usd: Optional[float] = None,
+    budget: Optional[str] = None,
     rate_limits: Optional[RateLimits] = None,
     effort: Optional[str] = None,
     thinking: Union[str, dict, None] = None,
@@ -274,6 +281,7 @@ def invoke_claude_streaming(
         parallel_tools=parallel_tools,
         on_tool_call=on_tool_call,
         max_cost_usd=max_cost_usd,
+        budget=budget,
         rate_limits=rate_limits,
         effort=effort,
         thinking=thinking,
@@ -478,6 +486,7 @@ def invoke_parallel(
     parallel_tools: bool = False,
     on_tool_call: Optional[Callable[[Any], Any]] = None,
     max_cost_usd: Optional[float] = None,
+    budget: Optional[str] = None,
     rate_limits: Optional[RateLimits] = None,
     journal: Any = None,
     retry_failed: bool = False,
@@ -530,6 +539,7 @@ def invoke_parallel_streaming(
     parallel_tools: bool = False,
     on_tool_call: Optional[Callable[[Any], Any]] = None,
     max_cost_usd: Optional[float] = None,
+    budget: Optional[str] = None,
     rate_limits: Optional[RateLimits] = None,
     journal: Any = None,
     retry_failed: bool = False,
@@ -570,6 +580,7 @@ def invoke_parallel_interruptible(
     parallel_tools: bool = False,
     on_tool_call: Optional[Callable[[Any], Any]] = None,
     max_cost_usd: Optional[float] = None,
+    budget: Optional[str] = None,
     rate_limits: Optional[RateLimits] = None,
     journal: Any = None,
     retry_failed: bool = False,

@@ -228,6 +228,18 @@ def _build_parser() -> argparse.ArgumentParser:
         "its prompt fails with error_kind 'budget' (exit status 1)",
     )
     agents.add_argument(
+        "--budget",
+        metavar="NAME",
+        help="with --max-cost: the cap is shared with every run, in any process on the shared "
+        "store, that names the same budget",
+    )
+    agents.add_argument(
+        "--shared-limits",
+        metavar="URL",
+        help="share rate limits, the 429 pause and named budgets with other processes on this key: "
+        "'on' (a store on this machine, the default), 'off', or redis://host:6379/0",
+    )
+    agents.add_argument(
         "--dry-run",
         action="store_true",
         help="print the cost estimate (input_tokens, output_tokens_max, low_usd, "
@@ -343,6 +355,18 @@ def _check_options(args: argparse.Namespace) -> None:
 
     if args.model is not None and not args.model.strip():
         raise UsageError(f"--model: expected a model id such as {DEFAULT_MODEL}, got {args.model!r}")
+    if args.budget is not None and (not args.budget.strip() or args.max_cost is None):
+        raise UsageError("--budget NAME needs --max-cost USD (the cap the named budget shares)")
+    if args.shared_limits is not None:
+        from _shared_limits import resolve_setting
+
+        text = args.shared_limits.strip()
+        lowered = text.lower()
+        setting: Any = True if lowered == "on" else False if lowered == "off" else text
+        try:
+            args.shared_limits_setting = resolve_setting(setting, name="--shared-limits")
+        except (TypeError, ValueError) as exc:
+            raise UsageError(str(exc)) from None
     if args.retry_failed and not args.journal:
         raise UsageError("--retry-failed needs --journal PATH (the journal of the run to resume)")
     if args.max_tool_turns is not None and not args.tool:
@@ -410,6 +434,10 @@ def _run_main(
         validate_with_library(items, args, shared_system)
         if args.dry_run:
             return dry_run(items, args, shared_system, connect, stdout, notice)
+        if args.shared_limits is not None:
+            from claude_client import configure
+
+            configure(shared_limits=args.shared_limits_setting)
         tracing = open_trace_file(args.trace_file) if args.trace_file else contextlib.nullcontext()
         out = open_output(args.output, stdout)
         try:

@@ -136,3 +136,32 @@ def test_a_signal_during_start_up_exits_with_its_status_and_no_traceback(tmp_pat
         for rec in records(out):  # a run that had started writes its prompts as interrupted
             assert rec["status"] == "interrupted"
     assert len(outcomes) == 10
+
+
+# ----------------------------------------------------------------------------- shared limits, budgets
+
+
+def test_budget_needs_max_cost_and_a_bad_shared_limits_url_is_a_usage_error(tmp_path, emulator):
+    for args in (["--budget", "team", "x"], ["--shared-limits", "ftp://nowhere", "x"]):
+        proc = run_cli(tmp_path, emulator, *args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert args[0] in proc.stderr and "Traceback" not in proc.stderr
+    assert emulator.requests == []
+
+
+def test_two_cli_runs_share_one_named_budget_through_the_store(tmp_path, emulator):
+    import os
+
+    import claude_client
+    from _shared_limits import ENV_VAR, reset_stores
+
+    url = os.environ[ENV_VAR]  # this test's own store (tests/conftest.py)
+    for prompt in ("first run", "second run"):
+        proc = run_cli(tmp_path, emulator, "--max-cost", "1", "--budget", "team", "--shared-limits", url, prompt)
+        assert proc.returncode == 0, proc.stderr
+    reset_stores()
+    report = claude_client.budget_report("team")
+    paid = sum(r["cost_usd"] for r in records(proc.stdout))
+    assert report is not None and report.cap_usd == 1.0 and report.reserved_usd == 0
+    assert report.spent_usd > paid  # both runs' spend, not the last one's alone
+    assert len(emulator.message_requests()) == 2
