@@ -166,10 +166,10 @@ _RSS_CHILD = r"""
 import json, resource, sys
 sys.path.insert(0, sys.argv[1])
 import claude_client
-claude_client.invoke_parallel([{"prompt": "warm"}], max_tokens=8)
+claude_client.invoke_parallel([{"prompt": "warm"}], max_tokens=32)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 n = int(sys.argv[2])
-results = claude_client.invoke_parallel([{"prompt": f"p{i}"} for i in range(n)], max_tokens=8, max_workers=10)
+results = claude_client.invoke_parallel([{"prompt": f"p{i}"} for i in range(n)], max_tokens=32, max_workers=10)
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"before_kb": before, "after_kb": after, "n": len(results)}))
 """

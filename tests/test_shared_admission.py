@@ -98,19 +98,11 @@ def run_processes(emu: Emulator, processes: int, prompts_each: int, shared: str)
             out, err = child.communicate(timeout=200)
             assert child.returncode == 0, err[-3000:]
             outs.append(json.loads(out.strip().splitlines()[-1]))
-            if os.environ.get("G9_DEBUG"):
-                print(outs[-1], "\n".join(line for line in err.splitlines() if "cut at max_tokens" not in line)[-3000:])
     finally:
         for child in children:
             if child.poll() is None:
                 child.kill()
     stats = emu.stats()
-    if os.environ.get("G9_DEBUG"):
-        print("STATS", stats)
-        recs = emu.requests
-        t0 = min(r.started_at for r in recs)
-        print("TIMELINE", [(round(r.started_at - t0, 2), r.status, r.prompt[:12]) for r in recs if r.status != 200])
-        print("FIRST", [(round(r.started_at - t0, 2), r.prompt[:12]) for r in recs[:40]])
     wall = max(o["ended"] for o in outs) - min(o["began"] for o in outs)
     charged = sum(o["input"] for o in outs)
     return {
@@ -181,10 +173,8 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
         reset_stores()
 
 
-#: Issue 20 asks for <= 2% of requests answered 429 with the store on. Measured so far: 7-15% (0
-#: failed, throughput 0.96-0.98 of the limit), against 21% and failed prompts with the store off.
-#: The bound below holds what is reached; tighten it to 0.02 when the lease sizing gets there.
-SHARED_429_BOUND = 0.18
+#: Issue 20: <= 2% of requests answered 429 with the store on (store off: 15-33%).
+SHARED_429_BOUND = 0.02
 
 
 def _check_shared(figures: dict[str, Any]) -> None:
