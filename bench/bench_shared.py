@@ -9,9 +9,10 @@
 (b) Several processes on one key at the emulator's ITPM limit (4 processes x 45 prompts of
     ~2,000 tokens at 120k ITPM; the minute scaled to ``MINUTE_S`` so the run is short), against
     one process alone with the same total demand. Reported: failed prompts, 429s as a fraction of
-    requests, throughput as a fraction of the limit. Phase 1 measures shared limits *off* (every
-    process admits alone) and *alone*; phase 2 adds *on* (the store wired into admission) and 8
-    processes, by setting ``ORCHESTRATING_AGENTS_SHARED_LIMITS`` in the children.
+    requests, throughput as a fraction of the limit. 4 and 8 processes, three ways: the shared store
+    *on* (SQLite; Redis too when ``redis-server`` is installed), *off* (every process admits
+    alone), and one process *alone*; set by ``ORCHESTRATING_AGENTS_SHARED_LIMITS`` in the
+    children. Also the client CPU of one process alone with the store on, against off.
 
 Run: ``python bench/bench_shared.py [--quick]``.
 """
@@ -207,19 +208,46 @@ def _processes(processes: int, prompts_each: int, shared: Optional[str]) -> dict
     }
 
 
+def _process_rows(label: str, figures: dict[str, float], demand: int, alone: dict[str, float]) -> list[dict]:
+    return [
+        row("shared", f"(b) {label}: failed prompts of {demand}", figures["failed"], "prompts", target="0"),
+        row("shared", f"(b) {label}: 429s per request", figures["rate_limited"], "fraction", target="<= 0.02"),
+        row("shared", f"(b) {label}: throughput vs the ITPM limit", figures["throughput"], "fraction",
+            baseline=alone["throughput"], baseline_name="one process alone", target=">= 0.85",
+            lower_is_better=False),
+    ]
+
+
 def processes(quick: bool = False) -> list[dict]:
+    """4 and 8 processes on one key, three ways: store on (SQLite, and Redis when installed), store
+    off, and one process alone with the same total demand; plus the client CPU a process alone
+    pays for the store (store on against off, same demand, same run)."""
     per = 20 if quick else 45
-    rows = []
-    alone = _processes(1, 4 * per, "off")
-    for label, figures in (("4 processes, shared limits off", _processes(4, per, "off")),
-                           ("1 process alone, same demand", alone)):
-        rows.append(row("shared", f"(b) {label}: failed prompts of {4 * per}", figures["failed"], "prompts",
-                        target="0"))
-        rows.append(row("shared", f"(b) {label}: 429s per request", figures["rate_limited"], "fraction",
-                        target="<= 0.02"))
-        rows.append(row("shared", f"(b) {label}: throughput vs the ITPM limit", figures["throughput"], "fraction",
-                        baseline=alone["throughput"], baseline_name="one process alone", target=">= 0.85",
-                        lower_is_better=False))
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        server = _redis_server(tmp)
+        if server is None:
+            logger.warning("redis-server is not installed: the Redis rows are left out")
+        try:
+            for n in (4, 8):
+                demand = n * per
+                alone = _processes(1, demand, "off")
+                ways = [(f"{n} processes, shared store on (SQLite)", f"sqlite:///{tmp}/shared-{n}.sqlite3")]
+                if server is not None:
+                    ways.append((f"{n} processes, shared store on (Redis)", server[1]))
+                ways.append((f"{n} processes, shared store off", "off"))
+                for label, setting in ways:
+                    rows += _process_rows(label, _processes(n, per, setting), demand, alone)
+                rows += _process_rows(f"1 process alone, same demand as {n}", alone, demand, alone)
+                if n == 4:
+                    alone_on = _processes(1, demand, f"sqlite:///{tmp}/alone.sqlite3")
+                    rows.append(row("shared", f"(b) 1 process alone, {demand} prompts: client CPU, store on (SQLite)",
+                                    alone_on["cpu"], "s CPU", baseline=alone["cpu"], baseline_name="store off",
+                                    target="<= 1.03"))
+        finally:
+            if server is not None:
+                server[0].kill()
+                server[0].wait()
     return rows
 
 

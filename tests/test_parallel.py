@@ -17,6 +17,13 @@ pytestmark = pytest.mark.timeout(90)
 LONG_SYSTEM = " ".join(f"rule{i} keep answers short and precise." for i in range(600))  # ~5k tokens
 
 
+def _thread_baseline() -> int:
+    """Threads alive now, counting the library's one long-lived interrupt dispatcher (a daemon
+    started with the first InterruptToken of the process, whichever test that is)."""
+    InterruptToken()
+    return threading.active_count()
+
+
 def _threads_back_to(baseline: int, timeout: float = 5.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -161,7 +168,7 @@ def test_callback_raising_fails_only_its_own_prompt(client_env):
 
 
 def test_interrupt_ten_long_streams(client_env):
-    baseline = threading.active_count()
+    baseline = _thread_baseline()
     token = InterruptToken()
     prompts = [{"prompt": f"long {i} [[words=100000 delay_ms=20]]"} for i in range(10)]
     box: dict = {}
@@ -188,7 +195,7 @@ def test_interrupt_ten_long_streams(client_env):
 def test_ctrl_c_while_waiting_aborts_in_flight_streams(client_env):
     """A KeyboardInterrupt in the waiting thread (Ctrl-C in a notebook) aborts the streams in
     flight instead of waiting minutes for them, and propagates."""
-    baseline = threading.active_count()
+    baseline = _thread_baseline()
     prompts = [{"prompt": f"long {i} [[words=100000 delay_ms=20]]"} for i in range(4)]
     watcher = threading.Thread(
         target=lambda: client_env.wait_for(lambda e: e.active_requests == 4, timeout=10) and os.kill(os.getpid(), signal.SIGINT)
@@ -227,16 +234,26 @@ def test_interrupt_keeps_finished_and_never_starts_queued(client_env):
 
 
 def test_interrupt_before_headers_in_parallel(client_env):
-    baseline = threading.active_count()
+    baseline = _thread_baseline()
     token = InterruptToken()
     prompts = [{"prompt": f"wait {i} [[ttft_ms=30000]]"} for i in range(6)]
-    threading.Timer(0.4, token.interrupt).start()
-    started = time.monotonic()
+    fired: list[float] = []
+
+    def interrupt_once_all_are_waiting() -> None:
+        # interrupt when all six requests are at the server (a fixed timer races a loaded machine)
+        client_env.wait_for(lambda e: e.stats()["active"] == 6, timeout=20)
+        fired.append(time.monotonic())
+        token.interrupt()
+
+    interrupter = threading.Thread(target=interrupt_once_all_are_waiting, daemon=True)
+    interrupter.start()
     results = cc.invoke_parallel_interruptible(prompts, interrupt_token=token, max_workers=6)
-    assert time.monotonic() - started < 5.0
+    returned = time.monotonic()
+    interrupter.join(5)
+    assert fired and returned - fired[0] < 5.0
     assert list(results) == [None] * 6
     assert client_env.wait_for(lambda e: e.stats()["aborted"] == 6, timeout=5)
-    assert _threads_back_to(baseline)
+    assert _threads_back_to(baseline), [t.name for t in threading.enumerate()]
 
 
 def test_already_interrupted_token_runs_nothing(client_env):
@@ -302,7 +319,7 @@ def test_interrupt_cuts_a_server_retry_wait_short(client_env):
     # shares the store): start afresh, with this process's own admission only.
     cc.reset_client()
     cc.configure(shared_limits=False)
-    baseline = threading.active_count()
+    baseline = _thread_baseline()
     token = InterruptToken()
     threading.Timer(0.3, token.interrupt).start()
     started = time.monotonic()
